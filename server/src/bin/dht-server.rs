@@ -1,0 +1,114 @@
+//! `dht-server`: the registry's command line. Parses options, starts the
+//! server, prints `listening on HOST:PORT`, and stops it on SIGINT/SIGTERM.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use dht_server::connection::{Limits, DEFAULT_WRITE_TIMEOUT};
+use dht_server::server::{Config, Server};
+use dht_server::store::{SyncMode, DEFAULT_READERS};
+
+/// The central registry of the p2p file sharing system: it remembers which
+/// peers share which files (by the SHA-256 of the file name), in SQLite, and
+/// answers a one-line text protocol (REGISTER, SEARCH, FIND, HEARTBEAT, ...).
+#[derive(Debug, Parser)]
+#[command(
+    name = "dht-server",
+    version,
+    after_help = "Examples:\n  \
+      dht-server                                  # registry.db, port 9000 on all interfaces\n  \
+      dht-server --db /var/lib/p2p/registry.db --listen 127.0.0.1:9000 --ttl 10m\n  \
+      printf 'PING\\n' | nc 127.0.0.1 9000         # -> PONG\n\n\
+      Logging: RUST_LOG=debug dht-server (default level: info, on stderr)."
+)]
+struct Args {
+    /// SQLite database file; created with its schema when missing.
+    #[arg(long, value_name = "PATH", default_value = "registry.db")]
+    db: String,
+    /// Address to listen on; port 0 picks a free port (printed on stdout).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9000")]
+    listen: String,
+    /// Worker threads started up front; the pool grows to --max-connections.
+    #[arg(long, value_name = "N", default_value_t = dht_server::server::DEFAULT_WORKERS)]
+    workers: usize,
+    /// Connections served at once; one more is answered `ERR busy` and closed.
+    #[arg(long, value_name = "N", default_value_t = dht_server::server::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// How long a registration lives without a heartbeat (e.g. 30m, 90s, 2h).
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// `full`: fsync every commit (survives power loss). `normal`: faster,
+    /// survives a crash of the server but may lose the last commits on power loss.
+    #[arg(long, value_enum, default_value_t = Sync::Full)]
+    sync: Sync,
+    /// A connection with no request for this long is closed
+    /// (default: `connection::DEFAULT_IDLE_TIMEOUT`).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// A request line must be complete this long after its first byte
+    /// (default: `connection::DEFAULT_LINE_TIMEOUT`).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    line_timeout: Duration,
+    /// Read-only SQLite connections in the pool.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_READERS)]
+    readers: u32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Sync {
+    Full,
+    Normal,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dht-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config {
+        db: args.db,
+        listen: args.listen,
+        workers: args.workers,
+        max_connections: args.max_connections,
+        ttl: args.ttl,
+        sync: match args.sync {
+            Sync::Full => SyncMode::Full,
+            Sync::Normal => SyncMode::Normal,
+        },
+        readers: args.readers,
+        limits: Limits {
+            idle_timeout: args.idle_timeout,
+            line_timeout: args.line_timeout,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+        },
+    };
+    let server = Server::open(config)?;
+    let shutdown = server.shutdown_handle();
+    ctrlc::set_handler(move || shutdown.shutdown()).context("installing the signal handler")?;
+
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {}", server.local_addr()).context("writing to stdout")?;
+    stdout.flush().context("writing to stdout")?;
+    drop(stdout);
+
+    server.run()?;
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! A blocking client of the registry protocol over one TCP connection.
+//!
+//! Shared by the peer, the admin tool, the tests and the load generator. It
+//! sends [`Request`]s and reads typed [`Reply`]s; it knows nothing of what
+//! the caller does with them. One `Client` keeps its connection open for any
+//! number of requests.
+
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+pub use crate::protocol::Reply;
+use crate::protocol::{
+    self, ErrorCode, FindHit, ReplyError, Request, Source, Status, MAX_LINE_BYTES,
+};
+
+/// How long the client waits to connect, and then for each reply, before it
+/// gives up: a registry that does not answer must not hang a peer's menu.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest reply line the client reads: a source line or a find line with a
+/// maximal name fits well inside.
+const MAX_REPLY_LINE: usize = 2 * MAX_LINE_BYTES;
+
+/// What can go wrong talking to the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot resolve registry address {addr}: {source}")]
+    Resolve { addr: String, source: io::Error },
+    #[error("cannot connect to the registry at {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connection to the registry at {addr} failed: {source}")]
+    Io { addr: String, source: io::Error },
+    #[error("the registry at {addr} closed the connection")]
+    Closed { addr: String },
+    #[error("the registry at {addr} sent a bad reply: {source}")]
+    BadReply { addr: String, source: ReplyError },
+    /// The registry answered `ERR <code> <message>`.
+    #[error("the registry at {addr} refused the request: {code} {message}")]
+    Refused {
+        addr: String,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("the registry at {addr} answered {reply:?} to {request}")]
+    Unexpected {
+        addr: String,
+        request: &'static str,
+        reply: Reply,
+    },
+}
+
+/// One open connection to the registry.
+pub struct Client {
+    addr: String,
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+    line: String,
+    out: String,
+}
+
+impl Client {
+    /// Connects with [`DEFAULT_TIMEOUT`].
+    pub fn connect(addr: &str) -> Result<Client, ClientError> {
+        Client::connect_timeout(addr, DEFAULT_TIMEOUT)
+    }
+
+    /// Connects to the first address `addr` resolves to that accepts, and
+    /// uses `timeout` for connecting and for every read and write after.
+    pub fn connect_timeout(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|source| ClientError::Resolve {
+                addr: addr.to_owned(),
+                source,
+            })?
+            .collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for sa in addrs {
+            match TcpStream::connect_timeout(&sa, timeout) {
+                Ok(stream) => return Client::from_stream(addr, stream, timeout),
+                Err(e) => last = e,
+            }
+        }
+        Err(ClientError::Connect {
+            addr: addr.to_owned(),
+            source: last,
+        })
+    }
+
+    /// Wraps a connected stream (for callers that bind the local end themselves).
+    pub fn from_stream(
+        addr: &str,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let io_err = |source| ClientError::Io {
+            addr: addr.to_owned(),
+            source,
+        };
+        stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
+        // Requests are small and a reply is awaited after each: Nagle only adds latency.
+        stream.set_nodelay(true).map_err(io_err)?;
+        let write_half = stream.try_clone().map_err(io_err)?;
+        Ok(Client {
+            addr: addr.to_owned(),
+            reader: BufReader::new(stream),
+            writer: BufWriter::new(write_half),
+            line: String::new(),
+            out: String::new(),
+        })
+    }
+
+    /// The address this client was asked to connect to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends one request and reads its whole reply. `ERR` is returned as
+    /// `Ok(Reply::Err(..))`; the typed helpers below turn it into an error.
+    pub fn request(&mut self, request: &Request<'_>) -> Result<Reply, ClientError> {
+        self.out.clear();
+        request.write_line(&mut self.out);
+        self.send_raw(&self.out.clone())?;
+        self.read_reply()
+    }
+
+    /// Sends bytes as they are (tests use this to send malformed input).
+    pub fn send_raw(&mut self, bytes: &str) -> Result<(), ClientError> {
+        self.writer
+            .write_all(bytes.as_bytes())
+            .and_then(|()| self.writer.flush())
+            .map_err(|source| ClientError::Io {
+                addr: self.addr.clone(),
+                source,
+            })
+    }
+
+    /// Reads one whole reply: its status line and any item lines.
+    pub fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        let status =
+            protocol::parse_status(self.read_line()?).map_err(|source| ClientError::BadReply {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        match status {
+            Status::Done(reply) => Ok(reply),
+            Status::Found(n) => {
+                let mut sources = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    let source = protocol::parse_source(self.read_line()?);
+                    sources.push(source.map_err(|source| self.bad_reply(source))?);
+                }
+                Ok(Reply::Found(sources))
+            }
+            Status::Results(n) => {
+                let mut hits = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    let hit = protocol::parse_find_hit(self.read_line()?);
+                    hits.push(hit.map_err(|source| self.bad_reply(source))?);
+                }
+                Ok(Reply::Results(hits))
+            }
+        }
+    }
+
+    fn bad_reply(&self, source: ReplyError) -> ClientError {
+        ClientError::BadReply {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    /// One line without its ending; an over-long line is a bad reply.
+    fn read_line(&mut self) -> Result<&str, ClientError> {
+        self.line.clear();
+        let limit = (MAX_REPLY_LINE + 1) as u64;
+        let n = (&mut self.reader)
+            .take(limit)
+            .read_line(&mut self.line)
+            .map_err(|source| ClientError::Io {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(ClientError::Closed {
+                addr: self.addr.clone(),
+            });
+        }
+        if !self.line.ends_with('\n') {
+            return Err(self.bad_reply(ReplyError {
+                line: self.line.chars().take(80).collect(),
+                reason: "line too long or cut short",
+            }));
+        }
+        Ok(self.line.trim_end_matches('\n').trim_end_matches('\r'))
+    }
+
+    fn expect_ok(&mut self, request: &Request<'_>) -> Result<Reply, ClientError> {
+        match self.request(request)? {
+            Reply::Err(code, message) => Err(ClientError::Refused {
+                addr: self.addr.clone(),
+                code,
+                message,
+            }),
+            reply => Ok(reply),
+        }
+    }
+
+    fn unexpected(&self, request: &Request<'_>, reply: Reply) -> ClientError {
+        ClientError::Unexpected {
+            addr: self.addr.clone(),
+            request: request.command_word(),
+            reply,
+        }
+    }
+
+    /// `REGISTER`: announces that this host serves `name` on `port`.
+    pub fn register(
+        &mut self,
+        port: u16,
+        size: u64,
+        sha256: &str,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        let request = Request::Register {
+            port,
+            size,
+            sha256,
+            name,
+        };
+        match self.expect_ok(&request)? {
+            Reply::Ok => Ok(()),
+            other => Err(self.unexpected(&request, other)),
+        }
+    }
+
+    /// `UNREGISTER`: `Ok(true)` when removed, `Ok(false)` when it was not registered.
+    pub fn unregister(&mut self, port: u16, name: &str) -> Result<bool, ClientError> {
+        let request = Request::Unregister { port, name };
+        match self.expect_ok(&request)? {
+            Reply::Ok => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(self.unexpected(&request, other)),
+        }
+    }
+
+    /// `SEARCH`: the live sources of `name`, most recently seen first (empty when none).
+    pub fn search(&mut self, name: &str) -> Result<Vec<Source>, ClientError> {
+        let request = Request::Search { name };
+        match self.expect_ok(&request)? {
+            Reply::Found(sources) => Ok(sources),
+            Reply::NotFound => Ok(Vec::new()),
+            other => Err(self.unexpected(&request, other)),
+        }
+    }
+
+    /// `FIND`: names matching every word.
+    pub fn find(&mut self, words: &[&str]) -> Result<Vec<FindHit>, ClientError> {
+        let request = Request::Find {
+            words: words.to_vec(),
+        };
+        match self.expect_ok(&request)? {
+            Reply::Results(hits) => Ok(hits),
+            other => Err(self.unexpected(&request, other)),
+        }
+    }
+
+    /// `HEARTBEAT`: how many registrations of this host and port were refreshed.
+    pub fn heartbeat(&mut self, port: u16) -> Result<u64, ClientError> {
+        let request = Request::Heartbeat { port };
+        match self.expect_ok(&request)? {
+            Reply::Refreshed(n) => Ok(n),
+            other => Err(self.unexpected(&request, other)),
+        }
+    }
+
+    /// `PING`.
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        match self.expect_ok(&Request::Ping)? {
+            Reply::Pong => Ok(()),
+            other => Err(self.unexpected(&Request::Ping, other)),
+        }
+    }
+
+    /// `QUIT`: ends the conversation politely.
+    pub fn quit(mut self) -> Result<(), ClientError> {
+        match self.expect_ok(&Request::Quit)? {
+            Reply::Bye => Ok(()),
+            other => Err(self.unexpected(&Request::Quit, other)),
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The registry's storage: opening and checking the SQLite file, the schema
+//! migrations, and every SQL statement of the system.
+//!
+//! Nothing outside this module builds SQL. Reads go through [`Store`], a
+//! pool of read-only connections; writes are the functions of [`writes`],
+//! which only the writer thread ([`crate::writer`]) calls, on its own
+//! connection, inside its group-commit transaction. [`admin`] holds the
+//! operator's queries used by `p2p-admin`.
+
+pub mod admin;
+mod migrate;
+pub mod writes;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{params, Connection, OpenFlags};
+
+use crate::protocol::{FindHit, Source, MAX_FIND_RESULTS};
+pub use migrate::SCHEMA_VERSION;
+
+/// How long a statement waits for another process's lock (`p2p-admin`
+/// beside the server) before it reports the database busy.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read connections in the pool. Reads in WAL mode never block each other,
+/// so a few per core is plenty; workers beyond that wait their turn briefly.
+pub const DEFAULT_READERS: u32 = 8;
+
+/// How durable a commit is (SQLite's `synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// fsync on every commit: an acknowledged change survives power loss.
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a process crash, may lose the
+    /// last commits on power loss; faster.
+    Normal,
+}
+
+impl SyncMode {
+    fn pragma(self) -> &'static str {
+        match self {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        }
+    }
+}
+
+/// How a program opens the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The server: create the file and its schema when missing, migrate an older one.
+    CreateOrMigrate,
+    /// An operator's write (prune): the file must exist with the current schema.
+    ExistingReadWrite,
+    /// An operator's read: the file must exist with the current schema; nothing is written.
+    ExistingReadOnly,
+}
+
+/// Everything that can go wrong in storage. Each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path} does not exist")]
+    Missing { path: String },
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("{path} is not a SQLite database (or is corrupt): {source}")]
+    NotSqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("database {path} has schema version {found}, newer than this program's {supported}; use a newer build")]
+    NewerSchema {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("database {path} has schema version {found}, but this program needs {supported}; start dht-server on it once to migrate it")]
+    OlderSchema {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("cannot migrate the schema of {path}: {source}")]
+    Migrate {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("cannot create the read pool for {path}: {source}")]
+    Pool { path: String, source: r2d2::Error },
+    #[error("no read connection free for {path}: {source}")]
+    PoolTimeout { path: String, source: r2d2::Error },
+    #[error("database error on {path}: {source}")]
+    Sql {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
+/// Opens one connection on `path` and checks it before anything is written:
+/// a missing file (unless the mode creates it), a file that is not SQLite,
+/// or a schema from another version is an error, and such a file is left
+/// byte-for-byte as it was. The server's connection also gets WAL mode and
+/// a migrated schema.
+pub fn open_connection(
+    path: &str,
+    mode: OpenMode,
+    sync: SyncMode,
+) -> Result<Connection, StoreError> {
+    let exists = Path::new(path).exists();
+    if !exists && mode != OpenMode::CreateOrMigrate {
+        return Err(StoreError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let flags = match mode {
+        OpenMode::CreateOrMigrate => {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+        }
+        OpenMode::ExistingReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
+        OpenMode::ExistingReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+
+    // The first read of the header: fails here for a file that is not SQLite.
+    let found = migrate::version_of(&conn).map_err(|source| classify_open_error(path, source))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let sql_err = |source| StoreError::Sql {
+        path: path.to_owned(),
+        source,
+    };
+    match mode {
+        OpenMode::CreateOrMigrate => {
+            // WAL: readers never block the writer, and a commit is one append + fsync.
+            let journal: String = conn
+                .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+                .map_err(sql_err)?;
+            if !journal.eq_ignore_ascii_case("wal") {
+                tracing::warn!(path, journal, "database did not switch to WAL mode");
+            }
+            conn.pragma_update(None, "synchronous", sync.pragma())
+                .map_err(sql_err)?;
+            migrate::migrate(&mut conn, path)?;
+        }
+        OpenMode::ExistingReadWrite | OpenMode::ExistingReadOnly => {
+            if found != SCHEMA_VERSION {
+                return Err(StoreError::OlderSchema {
+                    path: path.to_owned(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            if mode == OpenMode::ExistingReadWrite {
+                conn.pragma_update(None, "synchronous", sync.pragma())
+                    .map_err(sql_err)?;
+            }
+        }
+    }
+    Ok(conn)
+}
+
+fn classify_open_error(path: &str, source: rusqlite::Error) -> StoreError {
+    match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            StoreError::NotSqlite {
+                path: path.to_owned(),
+                source,
+            }
+        }
+        _ => StoreError::Open {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Milliseconds since the Unix epoch: the registry's clock for `last_seen`.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The oldest `last_seen` that is still live at `now` for a time-to-live.
+pub fn live_since(now: i64, ttl: Duration) -> i64 {
+    now.saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Read access to the registry through a pool of read-only connections.
+#[derive(Clone)]
+pub struct Store {
+    path: String,
+    pool: r2d2::Pool<SqliteConnectionManager>,
+}
+
+impl Store {
+    /// A pool of `readers` read-only connections on a database that
+    /// [`open_connection`] has already checked (and, for the server, created).
+    pub fn open_readers(path: &str, readers: u32) -> Result<Store, StoreError> {
+        let manager = SqliteConnectionManager::file(path)
+            .with_flags(
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .with_init(|conn| conn.busy_timeout(BUSY_TIMEOUT));
+        let pool = r2d2::Pool::builder()
+            .max_size(readers.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(BUSY_TIMEOUT)
+            // A pooled connection is a local file handle: checking it on each
+            // checkout would cost a query per request for nothing.
+            .test_on_check_out(false)
+            .build(manager)
+            .map_err(|source| StoreError::Pool {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Store {
+            path: path.to_owned(),
+            pool,
+        })
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn conn(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, StoreError> {
+        self.pool.get().map_err(|source| StoreError::PoolTimeout {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn sql_err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sql {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Live sources of the file whose name hashes to `name_key`, most
+    /// recently seen first.
+    pub fn search(&self, name_key: &str, live_since: i64) -> Result<Vec<Source>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT p.host, p.port, r.size, r.sha256
+                 FROM files f
+                 JOIN registrations r ON r.file_id = f.id
+                 JOIN peers p ON p.id = r.peer_id
+                 WHERE f.name_key = ?1 AND r.last_seen >= ?2
+                 ORDER BY r.last_seen DESC, p.id",
+            )
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map(params![name_key, live_since], |row| {
+                Ok(Source {
+                    host: row.get(0)?,
+                    port: row.get(1)?,
+                    size: row.get::<_, i64>(2)? as u64,
+                    sha256: row.get(3)?,
+                })
+            })
+            .map_err(|e| self.sql_err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
+    }
+
+    /// Names of live files in which every word is a prefix of some word of
+    /// the name (case-insensitive), one hit per distinct content, most
+    /// shared first, at most [`MAX_FIND_RESULTS`].
+    pub fn find(&self, words: &[&str], live_since: i64) -> Result<Vec<FindHit>, StoreError> {
+        let Some(query) = fts_prefix_query(words) else {
+            return Ok(Vec::new());
+        };
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT count(*), r.size, r.sha256, f.name
+                 FROM files_fts
+                 JOIN files f ON f.id = files_fts.rowid
+                 JOIN registrations r ON r.file_id = f.id
+                 WHERE files_fts MATCH ?1 AND r.last_seen >= ?2
+                 GROUP BY f.id, r.size, r.sha256
+                 ORDER BY count(*) DESC, f.name, r.sha256
+                 LIMIT ?3",
+            )
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map(params![query, live_since, MAX_FIND_RESULTS as i64], |row| {
+                Ok(FindHit {
+                    sources: row.get::<_, i64>(0)? as u64,
+                    size: row.get::<_, i64>(1)? as u64,
+                    sha256: row.get(2)?,
+                    name: row.get(3)?,
+                })
+            })
+            .map_err(|e| self.sql_err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
+    }
+}
+
+/// Builds an FTS5 query in which each word is a quoted prefix term, so that
+/// no user text is ever read as FTS syntax. A word with no letter or digit
+/// (which the tokenizer would drop) cannot match any word: `None`.
+fn fts_prefix_query(words: &[&str]) -> Option<String> {
+    let mut query = String::new();
+    for word in words {
+        if !word.chars().any(char::is_alphanumeric) {
+            return None;
+        }
+        if !query.is_empty() {
+            query.push_str(" AND ");
+        }
+        query.push('"');
+        query.push_str(&word.replace('"', "\"\""));
+        query.push_str("\"*");
+    }
+    (!query.is_empty()).then_some(query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fts_query_quotes_every_word() {
+        assert_eq!(
+            fts_prefix_query(&["a", "b\"c"]).as_deref(),
+            Some("\"a\"* AND \"b\"\"c\"*")
+        );
+        assert_eq!(fts_prefix_query(&["-"]), None);
+        assert_eq!(fts_prefix_query(&[]), None);
+    }
+}

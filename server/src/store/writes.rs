@@ -1,0 +1,146 @@
+//! The registry's writes, one function per kind of change.
+//!
+//! Each runs on the writer thread's connection inside the transaction the
+//! writer opened for its batch; none of them begins or commits anything.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// `REGISTER`: adds or refreshes the registration of `name` by `host:port`.
+/// Registering the same name again from the same address replaces its size
+/// and hash (the peer's file changed) and counts as a heartbeat.
+#[allow(clippy::too_many_arguments)]
+pub fn register(
+    conn: &Connection,
+    host: &str,
+    port: u16,
+    name_key: &str,
+    name: &str,
+    size: u64,
+    sha256: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let file_id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO files (name_key, name) VALUES (?1, ?2)
+             ON CONFLICT (name_key) DO UPDATE SET name = excluded.name
+             RETURNING id",
+        )?
+        .query_row(params![name_key, name], |row| row.get(0))?;
+    let peer_id = upsert_peer(conn, host, port)?;
+    let size = i64::try_from(size).map_err(|_| {
+        rusqlite::Error::ToSqlConversionFailure("size does not fit SQLite's INTEGER".into())
+    })?;
+    conn.prepare_cached(
+        "INSERT INTO registrations (file_id, peer_id, size, sha256, registered_at, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+         ON CONFLICT (file_id, peer_id) DO UPDATE SET
+             registered_at = CASE WHEN sha256 = excluded.sha256 AND size = excluded.size
+                                  THEN registered_at ELSE excluded.registered_at END,
+             size = excluded.size,
+             sha256 = excluded.sha256,
+             last_seen = excluded.last_seen",
+    )?
+    .execute(params![file_id, peer_id, size, sha256, now])?;
+    Ok(())
+}
+
+fn upsert_peer(conn: &Connection, host: &str, port: u16) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO peers (host, port) VALUES (?1, ?2)
+         ON CONFLICT (host, port) DO UPDATE SET port = excluded.port
+         RETURNING id",
+    )?
+    .query_row(params![host, port], |row| row.get(0))
+}
+
+fn peer_id(conn: &Connection, host: &str, port: u16) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM peers WHERE host = ?1 AND port = ?2")?
+        .query_row(params![host, port], |row| row.get(0))
+        .optional()
+}
+
+/// `UNREGISTER`: removes one registration; `false` when there was none.
+/// A file or peer left with no registration is removed with it.
+pub fn unregister(
+    conn: &Connection,
+    host: &str,
+    port: u16,
+    name_key: &str,
+) -> rusqlite::Result<bool> {
+    let Some(peer_id) = peer_id(conn, host, port)? else {
+        return Ok(false);
+    };
+    let file_id: Option<i64> = conn
+        .prepare_cached("SELECT id FROM files WHERE name_key = ?1")?
+        .query_row(params![name_key], |row| row.get(0))
+        .optional()?;
+    let Some(file_id) = file_id else {
+        return Ok(false);
+    };
+    let removed = conn
+        .prepare_cached("DELETE FROM registrations WHERE file_id = ?1 AND peer_id = ?2")?
+        .execute(params![file_id, peer_id])?;
+    if removed == 0 {
+        return Ok(false);
+    }
+    conn.prepare_cached(
+        "DELETE FROM files WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM registrations WHERE file_id = ?1)",
+    )?
+    .execute(params![file_id])?;
+    conn.prepare_cached(
+        "DELETE FROM peers WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM registrations WHERE peer_id = ?1)",
+    )?
+    .execute(params![peer_id])?;
+    Ok(true)
+}
+
+/// `HEARTBEAT`: marks every live registration of `host:port` as seen now.
+/// Expired registrations stay expired: the peer learns from the count that
+/// it must register again.
+pub fn heartbeat(
+    conn: &Connection,
+    host: &str,
+    port: u16,
+    now: i64,
+    live_since: i64,
+) -> rusqlite::Result<u64> {
+    let Some(peer_id) = peer_id(conn, host, port)? else {
+        return Ok(0);
+    };
+    let refreshed = conn
+        .prepare_cached(
+            "UPDATE registrations SET last_seen = ?2
+             WHERE peer_id = ?1 AND last_seen >= ?3",
+        )?
+        .execute(params![peer_id, now, live_since])?;
+    Ok(refreshed as u64)
+}
+
+/// Deletes every registration not seen since `live_since`, then the files
+/// and peers left without any; returns how many registrations went.
+pub fn sweep_expired(conn: &Connection, live_since: i64) -> rusqlite::Result<u64> {
+    let removed = conn
+        .prepare_cached("DELETE FROM registrations WHERE last_seen < ?1")?
+        .execute(params![live_since])?;
+    if removed > 0 {
+        delete_orphans(conn)?;
+    }
+    Ok(removed as u64)
+}
+
+/// Removes files and peers that no registration refers to any more.
+pub fn delete_orphans(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM files WHERE NOT EXISTS
+         (SELECT 1 FROM registrations r WHERE r.file_id = files.id)",
+    )?
+    .execute([])?;
+    conn.prepare_cached(
+        "DELETE FROM peers WHERE NOT EXISTS
+         (SELECT 1 FROM registrations r WHERE r.peer_id = peers.id)",
+    )?
+    .execute([])?;
+    Ok(())
+}

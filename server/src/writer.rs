@@ -1,0 +1,230 @@
+//! The writer thread: the one owner of every write to the registry.
+//!
+//! Workers send [`Write`]s over a crossbeam channel and wait for the outcome.
+//! The writer takes the first waiting write and every other one already
+//! queued (up to [`MAX_BATCH`]), applies them all in one transaction, commits
+//! (one fsync for the whole batch with `synchronous=FULL`) and only then
+//! answers each. This is group commit: under load one fsync acknowledges many
+//! registrations, and an `OK` is never sent for a change that is not on disk.
+//!
+//! Between batches the writer also deletes expired registrations, so the
+//! sweep never races another write. It must not read for clients: SEARCH and
+//! FIND go through the read pool in [`crate::store::Store`].
+
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use rusqlite::Connection;
+
+use crate::store::{self, writes, StoreError};
+
+/// Most writes committed in one transaction: bounds how long one commit
+/// holds the write lock (and so how long `p2p-admin prune` may wait).
+pub const MAX_BATCH: usize = 1024;
+
+/// Writes that may wait for the writer before senders block: absorbs bursts
+/// without unbounded memory.
+pub const QUEUE_CAPACITY: usize = 4096;
+
+/// A change a client asked for. `host` is the address the server saw.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Register {
+        host: String,
+        port: u16,
+        name: String,
+        size: u64,
+        sha256: String,
+    },
+    Unregister {
+        host: String,
+        port: u16,
+        name: String,
+    },
+    Heartbeat {
+        host: String,
+        port: u16,
+    },
+}
+
+/// What a committed write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Registered,
+    /// `false` when there was nothing to unregister.
+    Unregistered(bool),
+    /// How many registrations a heartbeat refreshed.
+    Refreshed(u64),
+}
+
+/// Why a write was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The batch this write was part of could not be committed.
+    #[error("commit failed: {reason}")]
+    Commit { reason: String },
+    #[error("the writer thread has stopped")]
+    Stopped,
+}
+
+struct Job {
+    write: Write,
+    done: Sender<Result<Outcome, WriteError>>,
+}
+
+/// The senders' side: cheap to clone, one per worker. The writer stops
+/// once every handle is dropped and the queue is drained.
+#[derive(Clone)]
+pub struct WriterHandle {
+    jobs: Sender<Job>,
+}
+
+impl WriterHandle {
+    /// Queues a write and blocks until it is committed (or failed).
+    pub fn submit(&self, write: Write) -> Result<Outcome, WriteError> {
+        let (done, outcome) = bounded(1);
+        self.jobs
+            .send(Job { write, done })
+            .map_err(|_| WriteError::Stopped)?;
+        outcome.recv().map_err(|_| WriteError::Stopped)?
+    }
+}
+
+/// Settings of the writer thread.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Database path, for error messages.
+    pub path: String,
+    /// How long a registration lives without a heartbeat.
+    pub ttl: Duration,
+    /// How often expired registrations are deleted.
+    pub sweep_every: Duration,
+}
+
+/// Starts the writer thread on `conn` (a connection from
+/// [`store::open_connection`] in [`store::OpenMode::CreateOrMigrate`]).
+/// The thread closes the connection when it stops.
+pub fn spawn(
+    conn: Connection,
+    config: WriterConfig,
+) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+    let (jobs, queue) = bounded(QUEUE_CAPACITY);
+    let thread = thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || run(conn, queue, config))?;
+    Ok((WriterHandle { jobs }, thread))
+}
+
+fn run(mut conn: Connection, queue: Receiver<Job>, config: WriterConfig) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut next_sweep = Instant::now() + config.sweep_every;
+    loop {
+        let wait = next_sweep.saturating_duration_since(Instant::now());
+        match queue.recv_timeout(wait) {
+            Ok(job) => batch.push(job),
+            Err(RecvTimeoutError::Timeout) => {
+                sweep(&mut conn, &config);
+                next_sweep = Instant::now() + config.sweep_every;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &config, &mut batch);
+    }
+    // Every handle is gone: the last batch is committed. Close explicitly to
+    // see the error (a failed checkpoint) instead of losing it in Drop.
+    if let Err((_, e)) = conn.close() {
+        tracing::error!(path = %config.path, error = %e, "closing the database failed");
+    } else {
+        tracing::info!(path = %config.path, "database closed");
+    }
+}
+
+/// Applies `batch` in one transaction, commits, then answers every job.
+fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Job>) {
+    let sql_err = |source| StoreError::Sql {
+        path: config.path.clone(),
+        source,
+    };
+    let now = store::now_ms();
+    let live_since = store::live_since(now, config.ttl);
+    let result = (|| -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+        let tx = conn.transaction().map_err(sql_err)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for job in batch.iter() {
+            let outcome = apply(&tx, &job.write, now, live_since).map_err(sql_err);
+            let failed = outcome.is_err();
+            outcomes.push(outcome);
+            // Some errors (disk full, I/O) make SQLite roll the whole
+            // transaction back; later statements would then each commit on
+            // their own. Stop, and fail the batch at commit below.
+            if failed && tx.is_autocommit() {
+                break;
+            }
+        }
+        tx.commit().map_err(sql_err)?;
+        Ok(outcomes)
+    })();
+    match result {
+        Ok(outcomes) => {
+            for (job, outcome) in batch.drain(..).zip(outcomes) {
+                let _ = job.done.send(outcome.map_err(WriteError::from));
+            }
+        }
+        Err(e) => {
+            tracing::error!(path = %config.path, error = %e, writes = batch.len(), "commit failed");
+            let reason = e.to_string();
+            for job in batch.drain(..) {
+                let _ = job.done.send(Err(WriteError::Commit {
+                    reason: reason.clone(),
+                }));
+            }
+        }
+    }
+}
+
+fn apply(conn: &Connection, write: &Write, now: i64, live_since: i64) -> rusqlite::Result<Outcome> {
+    match write {
+        Write::Register {
+            host,
+            port,
+            name,
+            size,
+            sha256,
+        } => {
+            let key = crate::protocol::name_key(name);
+            writes::register(conn, host, *port, &key, name, *size, sha256, now)?;
+            Ok(Outcome::Registered)
+        }
+        Write::Unregister { host, port, name } => {
+            let key = crate::protocol::name_key(name);
+            writes::unregister(conn, host, *port, &key).map(Outcome::Unregistered)
+        }
+        Write::Heartbeat { host, port } => {
+            writes::heartbeat(conn, host, *port, now, live_since).map(Outcome::Refreshed)
+        }
+    }
+}
+
+fn sweep(conn: &mut Connection, config: &WriterConfig) {
+    let live_since = store::live_since(store::now_ms(), config.ttl);
+    let result = conn.transaction().and_then(|tx| {
+        let removed = writes::sweep_expired(&tx, live_since)?;
+        tx.commit()?;
+        Ok(removed)
+    });
+    match result {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "expired registrations deleted"),
+        Err(e) => tracing::warn!(path = %config.path, error = %e, "expiry sweep failed"),
+    }
+}

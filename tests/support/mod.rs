@@ -1,0 +1,433 @@
+//! Test support for the end-to-end tests: start the real binaries on
+//! `127.0.0.1:0`, read the address they bound from their output, wait on
+//! conditions with deadlines, and always kill what was started.
+//!
+//! Nothing here sleeps as synchronisation: every wait polls a condition
+//! until a deadline and fails with a message that says what it waited for.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// How long a started program may take to print its address.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default deadline for a condition in a test.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Path of one of the workspace's binaries (`dht-server`, `peer`,
+/// `p2p-admin`), built by `cargo test --workspace` into the same target
+/// directory as this test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds every binary",
+        path.display()
+    );
+    path
+}
+
+/// Polls `condition` until it holds or `timeout` passes; panics naming `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if condition() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    dht_server::protocol::to_hex(&Sha256::digest(bytes))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so big test files need no RNG crate.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A started program, killed (SIGKILL) and reaped when dropped.
+pub struct Running {
+    child: Option<Child>,
+    /// Lines the program printed on stdout after the address line.
+    lines: mpsc::Receiver<String>,
+    /// Its stderr, collected in the background (read it after it exits).
+    stderr: Option<thread::JoinHandle<String>>,
+    name: String,
+}
+
+impl Running {
+    /// Starts `program args...` and waits for a stdout line
+    /// `<prefix> HOST:PORT`, returning the address and the process.
+    pub fn start(
+        program: &Path,
+        args: &[&str],
+        prefix: &str,
+        env: &[(&str, &str)],
+    ) -> (SocketAddr, Running) {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let running = Running::spawn(command, program);
+        running.wait_for_address(prefix)
+    }
+
+    /// Spawns a prepared command (stdout and stderr must be piped).
+    pub fn spawn(mut command: Command, program: &Path) -> Running {
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().map(|mut err| {
+            thread::spawn(move || {
+                let mut text = String::new();
+                let _ = err.read_to_string(&mut text);
+                text
+            })
+        });
+        let lines = forward_lines(stdout);
+        Running {
+            child: Some(child),
+            lines,
+            stderr,
+            name,
+        }
+    }
+
+    /// Waits for the line `<prefix> HOST:PORT` on stdout.
+    pub fn wait_for_address(self, prefix: &str) -> (SocketAddr, Running) {
+        let line = self.wait_for_line(|line| line.starts_with(prefix), START_TIMEOUT);
+        let addr = line[prefix.len()..]
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: bad address line {line:?}: {e}", self.name));
+        (addr, self)
+    }
+
+    /// Waits for a stdout line that satisfies `matches` and returns it;
+    /// panics (with the program's stderr) if it exits or the time runs out.
+    pub fn wait_for_line(&self, matches: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if matches(&line) => return line,
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("{}: timed out after {timeout:?} waiting for a line", self.name)
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("{}: exited before printing the expected line", self.name)
+                }
+            }
+        }
+    }
+
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`) with the `kill` command.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("the kill command runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit on its own, up to `timeout`; returns
+    /// its status and stderr. Panics if it does not exit in time.
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("not yet waited for");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait works") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} did not exit within {timeout:?}", self.name);
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        (status, stderr)
+    }
+
+    /// SIGKILL now and reap.
+    pub fn kill(mut self) {
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+fn forward_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A running `dht-server` on `127.0.0.1:0` with its database in a temp dir.
+pub struct Registry {
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    /// The process; `None` after [`Registry::stop`] or [`Registry::crash`].
+    pub process: Option<Running>,
+    /// Keeps the database's directory alive as long as the registry value.
+    pub dir: TempDir,
+}
+
+impl Registry {
+    /// A fresh registry with default options.
+    pub fn start() -> Registry {
+        Registry::start_with(&[])
+    }
+
+    /// A fresh registry with extra command-line options.
+    pub fn start_with(extra: &[&str]) -> Registry {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("registry.db");
+        let (addr, process) = start_registry(&db, extra);
+        Registry {
+            addr,
+            db,
+            process: Some(process),
+            dir,
+        }
+    }
+
+    /// `host:port` as a string, for `--server` and `Client::connect`.
+    pub fn addr_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// A protocol client connected to this registry.
+    pub fn client(&self) -> dht_server::client::Client {
+        dht_server::client::Client::connect(&self.addr_string()).expect("connect to the registry")
+    }
+
+    /// SIGTERM and wait for a clean exit; returns stderr.
+    pub fn stop(&mut self) -> String {
+        let process = self.process.take().expect("registry is running");
+        process.signal("TERM");
+        let (status, stderr) = process.wait_exit(WAIT_TIMEOUT);
+        assert!(status.success(), "dht-server exited with {status}: {stderr}");
+        stderr
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn crash(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts again on the same database (on a new port).
+    pub fn restart(&mut self, extra: &[&str]) {
+        assert!(self.process.is_none(), "stop or crash the registry first");
+        let (addr, process) = start_registry(&self.db, extra);
+        self.addr = addr;
+        self.process = Some(process);
+    }
+}
+
+fn start_registry(db: &Path, extra: &[&str]) -> (SocketAddr, Running) {
+    let db = db.to_str().expect("temp paths are UTF-8");
+    let mut args = vec!["--db", db, "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Running::start(&bin("dht-server"), &args, "listening on ", &[])
+}
+
+/// Runs a program to completion with a deadline; returns its output.
+pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Output {
+    run_in(program, args, None, timeout)
+}
+
+/// Like [`run`], in a working directory.
+pub fn run_in(program: &Path, args: &[&str], cwd: Option<&Path>, timeout: Duration) -> Output {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait works") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{} {args:?} did not finish within {timeout:?}", program.display());
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// A running `peer serve` on `127.0.0.1:0`, with its own shared and
+/// downloads folders in a temp dir.
+pub struct Peer {
+    /// Where its file server listens.
+    pub addr: SocketAddr,
+    pub shared: PathBuf,
+    pub downloads: PathBuf,
+    pub process: Option<Running>,
+    pub dir: TempDir,
+}
+
+impl Peer {
+    /// A temp dir with empty `shared/` and `downloads/`; not started yet.
+    pub fn folders() -> (TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shared = dir.path().join("shared");
+        let downloads = dir.path().join("downloads");
+        std::fs::create_dir_all(&shared).expect("create shared/");
+        std::fs::create_dir_all(&downloads).expect("create downloads/");
+        (dir, shared, downloads)
+    }
+
+    /// Starts `peer serve --port 0` against `registry`, sharing the files
+    /// `files` (name, content) written into its shared folder first. Returns
+    /// once the peer printed `listening on HOST:PORT`, i.e. its files are
+    /// registered and served.
+    pub fn serve(registry: &Registry, files: &[(&str, &[u8])], extra: &[&str]) -> Peer {
+        let (dir, shared, downloads) = Peer::folders();
+        for (name, content) in files {
+            std::fs::write(shared.join(name), content).expect("write shared file");
+        }
+        let (addr, process) = start_peer(registry, &shared, &downloads, extra);
+        Peer {
+            addr,
+            shared,
+            downloads,
+            process: Some(process),
+            dir,
+        }
+    }
+
+    /// The common options that point a `peer` command at this peer's folders.
+    pub fn common_args<'a>(&'a self, registry: &'a str) -> Vec<&'a str> {
+        vec![
+            "--server",
+            registry,
+            "--shared",
+            self.shared.to_str().expect("UTF-8 temp path"),
+            "--downloads",
+            self.downloads.to_str().expect("UTF-8 temp path"),
+        ]
+    }
+}
+
+fn start_peer(
+    registry: &Registry,
+    shared: &Path,
+    downloads: &Path,
+    extra: &[&str],
+) -> (SocketAddr, Running) {
+    let server = registry.addr_string();
+    let mut args = vec![
+        "--server",
+        &server,
+        "--shared",
+        shared.to_str().expect("UTF-8 temp path"),
+        "--downloads",
+        downloads.to_str().expect("UTF-8 temp path"),
+        "serve",
+        "--port",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Running::start(&bin("peer"), &args, "listening on ", &[])
+}
