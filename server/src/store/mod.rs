@@ -342,6 +342,123 @@ fn fts_prefix_query(words: &[&str]) -> Option<String> {
 mod tests {
     use super::*;
 
+    const HASH: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    fn temp_db() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("r.db").to_string_lossy().into_owned();
+        (dir, path)
+    }
+
+    #[test]
+    fn refuses_garbage_and_newer_files_without_touching_them() {
+        let (_dir, path) = temp_db();
+        let garbage = b"this is not a database, it is a shopping list\n".repeat(100);
+        std::fs::write(&path, &garbage).unwrap();
+        for mode in [OpenMode::CreateOrMigrate, OpenMode::ExistingReadOnly] {
+            let err = open_connection(&path, mode, SyncMode::Full).unwrap_err();
+            assert!(matches!(err, StoreError::NotSqlite { .. }), "{err}");
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), garbage);
+
+        let (_dir, path) = temp_db();
+        drop(open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Full).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let before = std::fs::read(&path).unwrap();
+        let err = open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Full).unwrap_err();
+        assert!(matches!(err, StoreError::NewerSchema { .. }), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn admin_modes_never_create_a_database() {
+        let (_dir, path) = temp_db();
+        let err = open_connection(&path, OpenMode::ExistingReadOnly, SyncMode::Full).unwrap_err();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+        assert!(!Path::new(&path).exists());
+    }
+
+    #[test]
+    fn search_heartbeat_expiry_and_orphans() {
+        let (_dir, path) = temp_db();
+        let conn = open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+        let store = Store::open_readers(&path, 2).unwrap();
+        let key = crate::protocol::name_key("a b");
+        writes::register(&conn, "127.0.0.1", 1, &key, "a b", 5, HASH, 1_000).unwrap();
+        writes::register(&conn, "127.0.0.1", 2, &key, "a b", 5, HASH, 2_000).unwrap();
+        let ports = |since| -> Vec<u16> {
+            store
+                .search(&key, since)
+                .unwrap()
+                .iter()
+                .map(|s| s.port)
+                .collect()
+        };
+        assert_eq!(ports(0), [2, 1], "most recently seen first");
+        assert_eq!(ports(1_500), [2], "expired rows are not shown");
+
+        // A heartbeat refreshes live rows only.
+        assert_eq!(
+            writes::heartbeat(&conn, "127.0.0.1", 1, 3_000, 1_500).unwrap(),
+            0
+        );
+        assert_eq!(
+            writes::heartbeat(&conn, "127.0.0.1", 2, 3_000, 1_500).unwrap(),
+            1
+        );
+        assert_eq!(
+            writes::heartbeat(&conn, "127.0.0.2", 2, 3_000, 0).unwrap(),
+            0
+        );
+
+        assert_eq!(writes::sweep_expired(&conn, 1_500).unwrap(), 1);
+        assert!(writes::unregister(&conn, "127.0.0.1", 2, &key).unwrap());
+        assert!(!writes::unregister(&conn, "127.0.0.1", 2, &key).unwrap());
+        let left: i64 = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM files) + (SELECT count(*) FROM peers)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 0, "files and peers without registrations are removed");
+        assert!(store.find(&["a"], 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn find_matches_word_prefixes_case_insensitively() {
+        let (_dir, path) = temp_db();
+        let conn = open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+        let store = Store::open_readers(&path, 1).unwrap();
+        for (port, name) in [
+            (1, "Holiday Photos 2024.zip"),
+            (2, "holiday.txt"),
+            (3, "café menu"),
+        ] {
+            let key = crate::protocol::name_key(name);
+            writes::register(&conn, "10.0.0.1", port, &key, name, 1, HASH, 10).unwrap();
+        }
+        let names = |words: &[&str]| -> Vec<String> {
+            let mut n: Vec<String> = store
+                .find(words, 0)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.name)
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&["HOLI"]), ["Holiday Photos 2024.zip", "holiday.txt"]);
+        assert_eq!(names(&["holi", "pho"]), ["Holiday Photos 2024.zip"]);
+        assert_eq!(names(&["oliday"]), Vec::<String>::new());
+        assert_eq!(names(&["caf"]), ["café menu"]);
+        assert_eq!(names(&["cafe"]), Vec::<String>::new());
+        assert_eq!(names(&["\"\""]), Vec::<String>::new());
+    }
+
     #[test]
     fn fts_query_quotes_every_word() {
         assert_eq!(
