@@ -44,12 +44,12 @@ struct Args {
     /// survives a crash of the server but may lose the last commits on power loss.
     #[arg(long, value_enum, default_value_t = Sync::Full)]
     sync: Sync,
-    /// A connection with no request for this long is closed
-    /// (default: `connection::DEFAULT_IDLE_TIMEOUT`).
+    // Default: connection::DEFAULT_IDLE_TIMEOUT.
+    /// A connection with no request for this long is closed.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
-    /// A request line must be complete this long after its first byte
-    /// (default: `connection::DEFAULT_LINE_TIMEOUT`).
+    // Default: connection::DEFAULT_LINE_TIMEOUT.
+    /// A request line must be complete this long after its first byte.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     line_timeout: Duration,
     /// Read-only SQLite connections in the pool.
@@ -111,4 +111,22 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     server.run()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use dht_server::connection::{DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT};
+
+    #[test]
+    fn defaults_match_the_library_constants() {
+        Args::command().debug_assert();
+        let args = Args::try_parse_from(["dht-server"]).expect("no options is valid");
+        assert_eq!(args.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(args.line_timeout, DEFAULT_LINE_TIMEOUT);
+        assert_eq!(args.ttl, dht_server::server::DEFAULT_TTL);
+        assert_eq!(args.db, "registry.db");
+        assert_eq!(args.listen, "0.0.0.0:9000");
+    }
 }
