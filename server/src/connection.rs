@@ -43,7 +43,7 @@ impl Default for Limits {
     }
 }
 
-/// How long [`Connection::close_after_error`] keeps reading a misbehaving
+/// How long [`Connection::close_gracefully`] keeps reading a misbehaving
 /// client's input so that its error reply is not lost to a reset.
 pub const LINGER_TIME: Duration = Duration::from_secs(1);
 /// Most bytes discarded that way before the connection is dropped anyway.
@@ -198,12 +198,13 @@ impl Connection {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
-    /// Closes after an error the client may still be sending into (an
+    /// Closes when the client may still be sending (after QUIT, or an
     /// over-long line): sends the queued reply and our FIN, then reads and
     /// discards what the client sends for a moment. Closing with unread
     /// input would make the kernel answer with a reset, and the client could
-    /// lose the error reply it was owed.
-    pub fn close_after_error(mut self) {
+    /// lose the last reply it was owed. A polite client closes at once on
+    /// our FIN, so this costs it nothing.
+    pub fn close_gracefully(mut self) {
         let _ = self.flush();
         let _ = self.stream.shutdown(Shutdown::Write);
         let deadline = Instant::now() + LINGER_TIME;

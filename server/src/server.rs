@@ -312,7 +312,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, registry: &Registry, li
             Ok(line) => match protocol::parse_request(line) {
                 Ok(Request::Quit) => {
                     conn.write_reply(&Reply::Bye);
-                    conn.close();
+                    conn.close_gracefully();
                     return;
                 }
                 Ok(request) => registry.apply(request, &host),
@@ -350,7 +350,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, registry: &Registry, li
 fn refuse(mut conn: Connection, code: ErrorCode, message: &str) {
     tracing::info!(client = %conn.peer(), %code, message, "closing connection after error");
     conn.write_reply(&Reply::Err(code, message.to_owned()));
-    conn.close_after_error();
+    conn.close_gracefully();
 }
 
 /// Tells a client over the connection limit so, without a worker: a short
