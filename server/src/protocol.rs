@@ -474,7 +474,7 @@ impl Request<'_> {
         };
     }
 
-    /// Whether the reply to this request has item lines after its status line.
+    /// The command word as written on the wire, for messages.
     pub fn command_word(&self) -> &'static str {
         match self {
             Request::Register { .. } => "REGISTER",
