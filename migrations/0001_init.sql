@@ -26,11 +26,14 @@ CREATE TABLE registrations (
     sha256         TEXT NOT NULL,
     registered_at  INTEGER NOT NULL,  -- unix milliseconds
     last_seen      INTEGER NOT NULL,  -- unix milliseconds: registration or heartbeat
+    -- Order of the last registration or heartbeat, strictly increasing across
+    -- writes: two writes in one millisecond (one group commit) still order.
+    seen_seq       INTEGER NOT NULL,
     PRIMARY KEY (file_id, peer_id)
 ) WITHOUT ROWID;
 
--- SEARCH: the live sources of one file, newest first, straight off the index.
-CREATE INDEX registrations_by_file_seen ON registrations (file_id, last_seen DESC);
+-- SEARCH: the sources of one file, most recently seen first, off the index.
+CREATE INDEX registrations_by_file_seen ON registrations (file_id, seen_seq DESC);
 -- HEARTBEAT, UNREGISTER of a departing peer, `p2p-admin prune --peer`.
 CREATE INDEX registrations_by_peer ON registrations (peer_id);
 -- The expiry sweep and `prune --stale`.

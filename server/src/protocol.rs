@@ -343,13 +343,19 @@ fn parse_port(field: &str) -> Result<u16, ProtocolError> {
     }
 }
 
+/// Largest size a registration can carry: SQLite stores signed 64-bit
+/// integers, and no real file comes near 8 EiB.
+pub const MAX_SIZE: u64 = i64::MAX as u64;
+
 fn parse_size(field: &str) -> Result<u64, ProtocolError> {
-    parse_decimal(field).ok_or_else(|| {
-        ProtocolError::bad_request(format!(
-            "bad size {:?}: must be a byte count",
-            printable(field)
-        ))
-    })
+    parse_decimal(field)
+        .filter(|&size| size <= MAX_SIZE)
+        .ok_or_else(|| {
+            ProtocolError::bad_request(format!(
+                "bad size {:?}: must be a byte count of at most {MAX_SIZE}",
+                printable(field)
+            ))
+        })
 }
 
 /// Plain decimal digits only: no sign, no spaces, nothing `str::parse` would forgive.
@@ -694,6 +700,10 @@ mod tests {
             ErrorCode::BadRequest
         );
         assert_eq!(code_of("REGISTER 1 1 abc n"), ErrorCode::BadRequest);
+        assert_eq!(
+            code_of(&format!("REGISTER 1 {} {HASH} n", MAX_SIZE + 1)),
+            ErrorCode::BadRequest
+        );
         let upper = HASH.to_uppercase();
         assert_eq!(
             code_of(&format!("REGISTER 1 1 {upper} n")),
@@ -778,7 +788,7 @@ mod tests {
         let requests = [
             Request::Register {
                 port: 7,
-                size: 1 << 40,
+                size: MAX_SIZE,
                 sha256: HASH,
                 name: "x y",
             },

@@ -122,8 +122,6 @@ impl Server {
         if config.ttl.is_zero() {
             return Err(ServerError::Config("--ttl must be longer than zero".into()));
         }
-        let conn = store::open_connection(&config.db, OpenMode::CreateOrMigrate, config.sync)?;
-        let store = Store::open_readers(&config.db, config.readers)?;
         let listener = TcpListener::bind(&config.listen).map_err(|source| ServerError::Bind {
             addr: config.listen.clone(),
             source,
@@ -132,6 +130,9 @@ impl Server {
             addr: config.listen.clone(),
             source,
         })?;
+        // Bound first, so a taken port does not leave a new database behind.
+        let conn = store::open_connection(&config.db, OpenMode::CreateOrMigrate, config.sync)?;
+        let store = Store::open_readers(&config.db, config.readers)?;
         let (writer, writer_thread) = writer::spawn(
             conn,
             WriterConfig {

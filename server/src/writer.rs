@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use rusqlite::Connection;
 
-use crate::store::{self, writes, StoreError};
+use crate::store::writes::{self, Stamp};
+use crate::store::{self, StoreError};
 
 /// Most writes committed in one transaction: bounds how long one commit
 /// holds the write lock (and so how long `p2p-admin prune` may wait).
@@ -119,6 +120,12 @@ pub fn spawn(
 }
 
 fn run(mut conn: Connection, queue: Receiver<Job>, config: WriterConfig) {
+    // Continue the sequence after the newest write on disk. Should that read
+    // fail, microseconds since the epoch are above any sequence we handed out.
+    let mut seq = writes::last_seq(&conn).unwrap_or_else(|e| {
+        tracing::warn!(path = %config.path, error = %e, "cannot read the last write sequence");
+        store::now_ms().saturating_mul(1000)
+    });
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut next_sweep = Instant::now() + config.sweep_every;
     loop {
@@ -138,7 +145,7 @@ fn run(mut conn: Connection, queue: Receiver<Job>, config: WriterConfig) {
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, &config, &mut batch);
+        commit_batch(&mut conn, &config, &mut batch, &mut seq);
     }
     // Every handle is gone: the last batch is committed. Close explicitly to
     // see the error (a failed checkpoint) instead of losing it in Drop.
@@ -150,7 +157,7 @@ fn run(mut conn: Connection, queue: Receiver<Job>, config: WriterConfig) {
 }
 
 /// Applies `batch` in one transaction, commits, then answers every job.
-fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Job>) {
+fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Job>, seq: &mut i64) {
     let sql_err = |source| StoreError::Sql {
         path: config.path.clone(),
         source,
@@ -161,7 +168,9 @@ fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Jo
         let tx = conn.transaction().map_err(sql_err)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for job in batch.iter() {
-            let outcome = apply(&tx, &job.write, now, live_since).map_err(sql_err);
+            *seq += 1;
+            let stamp = Stamp { ms: now, seq: *seq };
+            let outcome = apply(&tx, &job.write, stamp, live_since).map_err(sql_err);
             let failed = outcome.is_err();
             outcomes.push(outcome);
             // Some errors (disk full, I/O) make SQLite roll the whole
@@ -192,7 +201,12 @@ fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Jo
     }
 }
 
-fn apply(conn: &Connection, write: &Write, now: i64, live_since: i64) -> rusqlite::Result<Outcome> {
+fn apply(
+    conn: &Connection,
+    write: &Write,
+    stamp: Stamp,
+    live_since: i64,
+) -> rusqlite::Result<Outcome> {
     match write {
         Write::Register {
             host,
@@ -202,7 +216,7 @@ fn apply(conn: &Connection, write: &Write, now: i64, live_since: i64) -> rusqlit
             sha256,
         } => {
             let key = crate::protocol::name_key(name);
-            writes::register(conn, host, *port, &key, name, *size, sha256, now)?;
+            writes::register(conn, host, *port, &key, name, *size, sha256, stamp)?;
             Ok(Outcome::Registered)
         }
         Write::Unregister { host, port, name } => {
@@ -210,7 +224,7 @@ fn apply(conn: &Connection, write: &Write, now: i64, live_since: i64) -> rusqlit
             writes::unregister(conn, host, *port, &key).map(Outcome::Unregistered)
         }
         Write::Heartbeat { host, port } => {
-            writes::heartbeat(conn, host, *port, now, live_since).map(Outcome::Refreshed)
+            writes::heartbeat(conn, host, *port, stamp, live_since).map(Outcome::Refreshed)
         }
     }
 }

@@ -49,7 +49,7 @@ proptest! {
     }
 
     #[test]
-    fn register_round_trips(port in 1u16.., size in any::<u64>(), sha in hash(), name in valid_name()) {
+    fn register_round_trips(port in 1u16.., size in 0..=protocol::MAX_SIZE, sha in hash(), name in valid_name()) {
         let request = Request::Register { port, size, sha256: &sha, name: &name };
         let mut line = String::new();
         request.write_line(&mut line);

@@ -155,7 +155,10 @@ impl Running {
                 Ok(line) if matches(&line) => return line,
                 Ok(_) => continue,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("{}: timed out after {timeout:?} waiting for a line", self.name)
+                    panic!(
+                        "{}: timed out after {timeout:?} waiting for a line",
+                        self.name
+                    )
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     panic!("{}: exited before printing the expected line", self.name)
@@ -279,7 +282,10 @@ impl Registry {
         let process = self.process.take().expect("registry is running");
         process.signal("TERM");
         let (status, stderr) = process.wait_exit(WAIT_TIMEOUT);
-        assert!(status.success(), "dht-server exited with {status}: {stderr}");
+        assert!(
+            status.success(),
+            "dht-server exited with {status}: {stderr}"
+        );
         stderr
     }
 
@@ -345,7 +351,10 @@ pub fn run_in(program: &Path, args: &[&str], cwd: Option<&Path>, timeout: Durati
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{} {args:?} did not finish within {timeout:?}", program.display());
+            panic!(
+                "{} {args:?} did not finish within {timeout:?}",
+                program.display()
+            );
         }
         thread::sleep(Duration::from_millis(5));
     };

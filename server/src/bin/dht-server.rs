@@ -5,7 +5,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::anyhow;
 use clap::{Parser, ValueEnum};
 use dht_server::connection::{Limits, DEFAULT_WRITE_TIMEOUT};
 use dht_server::server::{Config, Server};
@@ -76,7 +76,9 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("dht-server: {e:#}");
+            // Our error messages already carry their cause: print the top
+            // one only, so the cause is not repeated.
+            eprintln!("dht-server: {e}");
             ExitCode::FAILURE
         }
     }
@@ -102,11 +104,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let server = Server::open(config)?;
     let shutdown = server.shutdown_handle();
-    ctrlc::set_handler(move || shutdown.shutdown()).context("installing the signal handler")?;
+    ctrlc::set_handler(move || shutdown.shutdown())
+        .map_err(|e| anyhow!("cannot install the signal handler: {e}"))?;
 
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {}", server.local_addr()).context("writing to stdout")?;
-    stdout.flush().context("writing to stdout")?;
+    writeln!(stdout, "listening on {}", server.local_addr())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
     drop(stdout);
 
     server.run()?;

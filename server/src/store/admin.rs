@@ -353,7 +353,17 @@ mod tests {
     }
 
     fn register(conn: &Connection, host: &str, port: u16, name: &str, hash: &str, now: i64) {
-        writes::register(conn, host, port, &name_key(name), name, 10, hash, now).unwrap();
+        writes::register(
+            conn,
+            host,
+            port,
+            &name_key(name),
+            name,
+            10,
+            hash,
+            writes::Stamp::at(now),
+        )
+        .unwrap();
     }
 
     fn list(conn: &Connection, filter: &Filter) -> Vec<(String, String)> {

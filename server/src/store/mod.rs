@@ -269,7 +269,7 @@ impl Store {
                  JOIN registrations r ON r.file_id = f.id
                  JOIN peers p ON p.id = r.peer_id
                  WHERE f.name_key = ?1 AND r.last_seen >= ?2
-                 ORDER BY r.last_seen DESC, p.id",
+                 ORDER BY r.seen_seq DESC",
             )
             .map_err(|e| self.sql_err(e))?;
         let rows = stmt
@@ -342,6 +342,8 @@ fn fts_prefix_query(words: &[&str]) -> Option<String> {
 mod tests {
     use super::*;
 
+    use writes::Stamp;
+
     const HASH: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 
     fn temp_db() -> (tempfile::TempDir, String) {
@@ -387,8 +389,28 @@ mod tests {
         let conn = open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
         let store = Store::open_readers(&path, 2).unwrap();
         let key = crate::protocol::name_key("a b");
-        writes::register(&conn, "127.0.0.1", 1, &key, "a b", 5, HASH, 1_000).unwrap();
-        writes::register(&conn, "127.0.0.1", 2, &key, "a b", 5, HASH, 2_000).unwrap();
+        writes::register(
+            &conn,
+            "127.0.0.1",
+            1,
+            &key,
+            "a b",
+            5,
+            HASH,
+            Stamp::at(1_000),
+        )
+        .unwrap();
+        writes::register(
+            &conn,
+            "127.0.0.1",
+            2,
+            &key,
+            "a b",
+            5,
+            HASH,
+            Stamp::at(2_000),
+        )
+        .unwrap();
         let ports = |since| -> Vec<u16> {
             store
                 .search(&key, since)
@@ -402,15 +424,15 @@ mod tests {
 
         // A heartbeat refreshes live rows only.
         assert_eq!(
-            writes::heartbeat(&conn, "127.0.0.1", 1, 3_000, 1_500).unwrap(),
+            writes::heartbeat(&conn, "127.0.0.1", 1, Stamp::at(3_000), 1_500).unwrap(),
             0
         );
         assert_eq!(
-            writes::heartbeat(&conn, "127.0.0.1", 2, 3_000, 1_500).unwrap(),
+            writes::heartbeat(&conn, "127.0.0.1", 2, Stamp::at(3_000), 1_500).unwrap(),
             1
         );
         assert_eq!(
-            writes::heartbeat(&conn, "127.0.0.2", 2, 3_000, 0).unwrap(),
+            writes::heartbeat(&conn, "127.0.0.2", 2, Stamp::at(3_000), 0).unwrap(),
             0
         );
 
@@ -439,7 +461,7 @@ mod tests {
             (3, "café menu"),
         ] {
             let key = crate::protocol::name_key(name);
-            writes::register(&conn, "10.0.0.1", port, &key, name, 1, HASH, 10).unwrap();
+            writes::register(&conn, "10.0.0.1", port, &key, name, 1, HASH, Stamp::at(10)).unwrap();
         }
         let names = |words: &[&str]| -> Vec<String> {
             let mut n: Vec<String> = store

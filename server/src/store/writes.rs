@@ -5,6 +5,34 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+/// When a write happened: wall-clock time for expiry, and a sequence number
+/// that orders writes even within one millisecond (SEARCH lists the most
+/// recently seen first). The writer thread hands out the sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Unix milliseconds.
+    pub ms: i64,
+    /// Strictly increasing across writes.
+    pub seq: i64,
+}
+
+impl Stamp {
+    /// A stamp whose order is its time: for bulk loads and tests whose
+    /// rows have distinct, increasing times.
+    pub fn at(ms: i64) -> Stamp {
+        Stamp { ms, seq: ms }
+    }
+}
+
+/// The highest sequence number in use, so a restarted writer continues after it.
+pub fn last_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce(max(seen_seq), 0) FROM registrations",
+        [],
+        |row| row.get(0),
+    )
+}
+
 /// `REGISTER`: adds or refreshes the registration of `name` by `host:port`.
 /// Registering the same name again from the same address replaces its size
 /// and hash (the peer's file changed) and counts as a heartbeat.
@@ -17,7 +45,7 @@ pub fn register(
     name: &str,
     size: u64,
     sha256: &str,
-    now: i64,
+    stamp: Stamp,
 ) -> rusqlite::Result<()> {
     let file_id: i64 = conn
         .prepare_cached(
@@ -31,16 +59,18 @@ pub fn register(
         rusqlite::Error::ToSqlConversionFailure("size does not fit SQLite's INTEGER".into())
     })?;
     conn.prepare_cached(
-        "INSERT INTO registrations (file_id, peer_id, size, sha256, registered_at, last_seen)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+        "INSERT INTO registrations
+             (file_id, peer_id, size, sha256, registered_at, last_seen, seen_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
          ON CONFLICT (file_id, peer_id) DO UPDATE SET
              registered_at = CASE WHEN sha256 = excluded.sha256 AND size = excluded.size
                                   THEN registered_at ELSE excluded.registered_at END,
              size = excluded.size,
              sha256 = excluded.sha256,
-             last_seen = excluded.last_seen",
+             last_seen = excluded.last_seen,
+             seen_seq = excluded.seen_seq",
     )?
-    .execute(params![file_id, peer_id, size, sha256, now])?;
+    .execute(params![file_id, peer_id, size, sha256, stamp.ms, stamp.seq])?;
     Ok(())
 }
 
@@ -103,7 +133,7 @@ pub fn heartbeat(
     conn: &Connection,
     host: &str,
     port: u16,
-    now: i64,
+    stamp: Stamp,
     live_since: i64,
 ) -> rusqlite::Result<u64> {
     let Some(peer_id) = peer_id(conn, host, port)? else {
@@ -111,10 +141,10 @@ pub fn heartbeat(
     };
     let refreshed = conn
         .prepare_cached(
-            "UPDATE registrations SET last_seen = ?2
-             WHERE peer_id = ?1 AND last_seen >= ?3",
+            "UPDATE registrations SET last_seen = ?2, seen_seq = ?3
+             WHERE peer_id = ?1 AND last_seen >= ?4",
         )?
-        .execute(params![peer_id, now, live_since])?;
+        .execute(params![peer_id, stamp.ms, stamp.seq, live_since])?;
     Ok(refreshed as u64)
 }
 

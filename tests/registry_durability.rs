@@ -1,0 +1,536 @@
+//! End-to-end tests of what the registry promises about its data: a clean
+//! stop and a `kill -9` both keep every acknowledged change, registrations
+//! expire without heartbeats, SIGTERM exits 0 even mid-conversation, and a
+//! database it cannot use stops it at start-up with one clear line and the
+//! file untouched.
+//!
+//! Each test starts its own `dht-server` on `127.0.0.1:0` with its database
+//! in a temp dir. Waits poll a condition until a deadline; nothing sleeps to
+//! synchronise.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use dht_server::client::Client;
+use p2p_tests::{bin, pseudo_random_bytes, sha256_hex, wait_until, Registry, Running};
+
+/// How long a raw socket or a client waits for a reply before the test fails.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a server may take to exit after SIGTERM, or to fail at start-up.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn hash_of(content: &str) -> String {
+    sha256_hex(content.as_bytes())
+}
+
+fn client(registry: &Registry) -> Client {
+    Client::connect_timeout(&registry.addr_string(), READ_TIMEOUT).expect("connect to the registry")
+}
+
+/// A raw connection: bytes out, reply lines in, with a read timeout.
+struct Wire {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Wire {
+    fn connect(addr: SocketAddr) -> Wire {
+        let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Wire { stream, reader }
+    }
+
+    fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream
+            .write_all(bytes.as_ref())
+            .expect("write to the registry");
+    }
+
+    /// One reply line without its LF; `None` if the server closed (or reset).
+    fn try_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(line.trim_end_matches('\n').to_owned()),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("no reply line within {READ_TIMEOUT:?}: {e}"),
+        }
+    }
+
+    fn line(&mut self) -> String {
+        self.try_line()
+            .expect("the registry closed the connection instead of replying")
+    }
+
+    fn ask(&mut self, request: &str) -> String {
+        self.send(format!("{request}\n"));
+        self.line()
+    }
+
+    /// Reads until the server closes; fails if it does not within the timeout.
+    fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+        assert!(
+            rest.is_empty(),
+            "unexpected bytes before close: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
+/// Asserts that SEARCH `name` lists exactly `127.0.0.1:port size sha`.
+fn assert_registered(client: &mut Client, port: u16, size: u64, sha: &str, name: &str) {
+    let sources = client
+        .search(name)
+        .unwrap_or_else(|e| panic!("SEARCH {name:?}: {e}"));
+    let found: Vec<(String, u16, u64, String)> = sources
+        .into_iter()
+        .map(|s| (s.host, s.port, s.size, s.sha256))
+        .collect();
+    assert_eq!(
+        found,
+        [("127.0.0.1".to_owned(), port, size, sha.to_owned())],
+        "SEARCH {name:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Restart and crash
+// ---------------------------------------------------------------------------
+
+#[test]
+fn data_registered_before_a_clean_stop_is_there_after_a_restart() {
+    let mut registry = Registry::start();
+    let files: Vec<(u16, u64, String, &str)> = vec![
+        (8001, 11, hash_of("one"), "first file.txt"),
+        (8001, 22, hash_of("two"), "Привет мир.txt"),
+        (8002, 33, hash_of("three"), "🎵 song.mp3"),
+        (8002, 44, hash_of("gone"), "removed before stop"),
+    ];
+    let mut c = client(&registry);
+    for (port, size, sha, name) in &files {
+        c.register(*port, *size, sha, name).expect("REGISTER");
+    }
+    assert!(c
+        .unregister(8002, "removed before stop")
+        .expect("UNREGISTER"));
+    drop(c);
+
+    registry.stop(); // SIGTERM; asserts exit 0
+    registry.restart(&[]);
+
+    let mut c = client(&registry);
+    for (port, size, sha, name) in &files[..3] {
+        assert_registered(&mut c, *port, *size, sha, name);
+    }
+    assert!(
+        c.search("removed before stop").expect("SEARCH").is_empty(),
+        "an acknowledged UNREGISTER is durable too"
+    );
+    // The word index came back with the data.
+    let hits = c.find(&["привет"]).expect("FIND");
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].name, "Привет мир.txt");
+    assert_eq!(c.heartbeat(8001).expect("HEARTBEAT"), 2);
+
+    // And a second clean cycle changes nothing.
+    drop(c);
+    registry.stop();
+    registry.restart(&[]);
+    let mut c = client(&registry);
+    for (port, size, sha, name) in &files[..3] {
+        assert_registered(&mut c, *port, *size, sha, name);
+    }
+}
+
+#[test]
+fn every_acknowledged_registration_survives_kill_9() {
+    const CONNECTIONS: u16 = 8;
+    /// OKs to see before the kill, so it lands in the middle of the work.
+    const OKS_BEFORE_KILL: usize = 300;
+
+    let mut registry = Registry::start();
+    let addr = registry.addr_string();
+    let sha = hash_of("crash content");
+    let acked: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+    let ok_count = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|t| {
+            let (addr, sha) = (addr.clone(), sha.clone());
+            let (acked, ok_count, finished) = (acked.clone(), ok_count.clone(), finished.clone());
+            thread::spawn(move || {
+                let port = 8100 + t;
+                let mut c = Client::connect_timeout(&addr, READ_TIMEOUT).expect("connect");
+                // Register until the server dies under us; the bound only
+                // keeps a broken test from running forever.
+                for i in 0..1_000_000u64 {
+                    let name = format!("crash {t} {i}");
+                    match c.register(port, i, &sha, &name) {
+                        Ok(()) => {
+                            acked.lock().unwrap().push((port, name));
+                            ok_count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+
+    wait_until(
+        &format!("{OKS_BEFORE_KILL} acknowledged registrations"),
+        Duration::from_secs(30),
+        || ok_count.load(Ordering::SeqCst) >= OKS_BEFORE_KILL,
+    );
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "every connection was still registering when the server was killed"
+    );
+    registry.crash(); // SIGKILL
+    for worker in workers {
+        worker.join().expect("registering thread");
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked.len() >= OKS_BEFORE_KILL);
+
+    registry.restart(&[]);
+    let mut c = client(&registry);
+    let mut lost = Vec::new();
+    for (port, name) in &acked {
+        let sources = c
+            .search(name)
+            .unwrap_or_else(|e| panic!("SEARCH {name:?}: {e}"));
+        let i: u64 = name.rsplit(' ').next().unwrap().parse().unwrap();
+        let expected = (String::from("127.0.0.1"), *port, i, sha.clone());
+        let found: Vec<_> = sources
+            .into_iter()
+            .map(|s| (s.host, s.port, s.size, s.sha256))
+            .collect();
+        if found != [expected] {
+            lost.push((name.clone(), found));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged registrations are missing or wrong after kill -9, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    // The restarted server takes new work on the same file.
+    c.register(8100, 1, &sha, "after the crash")
+        .expect("REGISTER");
+    assert_registered(&mut c, 8100, 1, &sha, "after the crash");
+}
+
+// ---------------------------------------------------------------------------
+// Expiry
+// ---------------------------------------------------------------------------
+
+#[test]
+fn registrations_expire_without_heartbeat_and_live_with_one() {
+    let registry = Registry::start_with(&["--ttl", "2s"]);
+    let mut c = client(&registry);
+    let sha = hash_of("ttl");
+    c.register(8201, 1, &sha, "forgotten file")
+        .expect("REGISTER");
+    c.register(8202, 2, &sha, "kept alive file")
+        .expect("REGISTER");
+    c.register(8202, 2, &sha, "forgotten file")
+        .expect("REGISTER");
+    assert_eq!(c.search("forgotten file").expect("SEARCH").len(), 2);
+
+    // Port 8202 keeps sending heartbeats while we wait for 8201 to expire.
+    wait_until(
+        "the registration without heartbeat to leave SEARCH",
+        Duration::from_secs(15),
+        || {
+            assert_eq!(
+                c.heartbeat(8202).expect("HEARTBEAT"),
+                2,
+                "both of 8202's stay live"
+            );
+            let sources = c.search("forgotten file").expect("SEARCH");
+            sources.iter().all(|s| s.port != 8201)
+        },
+    );
+    assert_eq!(c.heartbeat(8202).expect("HEARTBEAT"), 2);
+    assert_registered(&mut c, 8202, 2, &sha, "kept alive file");
+    assert_registered(&mut c, 8202, 2, &sha, "forgotten file");
+    let hits = c.find(&["forgotten"]).expect("FIND");
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].sources, 1, "FIND counts only live sources");
+
+    // Once 8202 falls silent too, everything goes.
+    wait_until(
+        "every registration to expire",
+        Duration::from_secs(15),
+        || {
+            c.search("kept alive file").expect("SEARCH").is_empty()
+                && c.search("forgotten file").expect("SEARCH").is_empty()
+        },
+    );
+    assert!(c.find(&["file"]).expect("FIND").is_empty());
+
+    // Registering again brings a name back.
+    c.register(8201, 1, &sha, "forgotten file")
+        .expect("REGISTER");
+    assert_registered(&mut c, 8201, 1, &sha, "forgotten file");
+}
+
+// ---------------------------------------------------------------------------
+// SIGTERM
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigterm_mid_conversation_exits_0_and_keeps_what_was_acknowledged() {
+    let mut registry = Registry::start();
+    let sha = hash_of("term");
+
+    // One client has talked and is idle, one is in the middle of a line.
+    let mut idle = Wire::connect(registry.addr);
+    assert_eq!(idle.ask("PING"), "PONG");
+    assert_eq!(
+        idle.ask(&format!("REGISTER 8301 4 {sha} before term")),
+        "OK"
+    );
+    let mut partial = Wire::connect(registry.addr);
+    assert_eq!(partial.ask("PING"), "PONG");
+    partial.send("SEARCH half a li");
+
+    // A third keeps registering while the signal arrives.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let ok_count = Arc::new(AtomicUsize::new(0));
+    let addr = registry.addr_string();
+    let busy = {
+        let (acked, ok_count, sha) = (acked.clone(), ok_count.clone(), sha.clone());
+        thread::spawn(move || {
+            let mut c = Client::connect_timeout(&addr, READ_TIMEOUT).expect("connect");
+            for i in 0..1_000_000u64 {
+                let name = format!("during term {i}");
+                if c.register(8302, 4, &sha, &name).is_err() {
+                    break;
+                }
+                acked.lock().unwrap().push(name);
+                ok_count.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    wait_until(
+        "some registrations before SIGTERM",
+        Duration::from_secs(30),
+        || ok_count.load(Ordering::SeqCst) >= 20,
+    );
+
+    let process = registry.process.take().expect("running");
+    process.signal("TERM");
+    let (status, stderr) = process.wait_exit(EXIT_TIMEOUT);
+    assert!(
+        status.success(),
+        "SIGTERM with open connections must exit 0, got {status}; stderr:\n{stderr}"
+    );
+    busy.join().expect("registering thread");
+    idle.expect_closed();
+    partial.expect_closed();
+
+    registry.restart(&[]);
+    let mut c = client(&registry);
+    assert_registered(&mut c, 8301, 4, &sha, "before term");
+    let acked = acked.lock().unwrap().clone();
+    for name in &acked {
+        assert_registered(&mut c, 8302, 4, &sha, name);
+    }
+}
+
+#[test]
+fn sigint_exits_0_too() {
+    let mut registry = Registry::start();
+    let mut c = client(&registry);
+    c.register(8311, 1, &hash_of("int"), "before int")
+        .expect("REGISTER");
+    let process = registry.process.take().expect("running");
+    process.signal("INT");
+    let (status, stderr) = process.wait_exit(EXIT_TIMEOUT);
+    assert!(
+        status.success(),
+        "SIGINT must exit 0, got {status}; stderr:\n{stderr}"
+    );
+    drop(c);
+    registry.restart(&[]);
+    let mut c = client(&registry);
+    assert_registered(&mut c, 8311, 1, &hash_of("int"), "before int");
+}
+
+// ---------------------------------------------------------------------------
+// Start-up errors: non-zero exit, one clear line, the file untouched
+// ---------------------------------------------------------------------------
+
+/// Starts `dht-server --db <db>` and expects it to fail at start-up; returns
+/// its stderr. `RUST_LOG` is cleared so only the error itself is printed.
+fn start_expecting_failure(db: &Path) -> String {
+    let program = bin("dht-server");
+    let mut command = Command::new(&program);
+    command
+        .args(["--db", db.to_str().expect("UTF-8 temp path")])
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let process = Running::spawn(command, &program);
+    let (status, stderr) = process.wait_exit(EXIT_TIMEOUT);
+    assert!(
+        !status.success() && status.code().is_some(),
+        "dht-server --db {} must exit non-zero, got {status}; stderr:\n{stderr}",
+        db.display()
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "dht-server --db {} must explain itself in one line; stderr:\n{stderr}",
+        db.display()
+    );
+    stderr
+}
+
+/// The failure names the file it could not use.
+fn assert_names(stderr: &str, db: &Path) {
+    let name = db.file_name().unwrap().to_string_lossy();
+    assert!(
+        stderr.contains(name.as_ref()),
+        "the error should name {}; stderr:\n{stderr}",
+        db.display()
+    );
+}
+
+/// The directory's entries, to show that a failed start left nothing behind.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_stops_start_up_and_is_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "notes.db",
+            b"these are my notes, not a database\n".repeat(200),
+        ),
+        ("random.db", pseudo_random_bytes(64 * 1024, 7)),
+        (
+            "short.db",
+            b"SQLite format 3\0 but nothing after the magic".to_vec(),
+        ),
+    ];
+    for (file, content) in cases {
+        let db = dir.path().join(file);
+        std::fs::write(&db, &content).unwrap();
+        let stderr = start_expecting_failure(&db);
+        assert_names(&stderr, &db);
+        assert!(
+            std::fs::read(&db).unwrap() == content,
+            "{file} was modified by a failed start"
+        );
+    }
+}
+
+#[test]
+fn a_database_from_a_newer_version_stops_start_up_and_is_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("future.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE future_things (id INTEGER PRIMARY KEY, what TEXT);
+             INSERT INTO future_things (what) VALUES ('from version 99');
+             PRAGMA user_version = 99;",
+        )
+        .unwrap();
+    }
+    let before = std::fs::read(&db).unwrap();
+    let listing = entries(dir.path());
+
+    let stderr = start_expecting_failure(&db);
+    assert_names(&stderr, &db);
+    assert!(
+        std::fs::read(&db).unwrap() == before,
+        "a database of a newer version was modified (journal mode, schema or version)"
+    );
+    assert_eq!(entries(dir.path()), listing, "nothing left beside it");
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 99);
+}
+
+#[test]
+fn a_directory_as_database_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a directory");
+    std::fs::create_dir(&db).unwrap();
+    std::fs::write(db.join("inside.txt"), b"keep me").unwrap();
+    let stderr = start_expecting_failure(&db);
+    assert_names(&stderr, &db);
+    assert_eq!(entries(&db), ["inside.txt"]);
+    assert_eq!(std::fs::read(db.join("inside.txt")).unwrap(), b"keep me");
+}
+
+#[test]
+fn a_database_under_a_missing_directory_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("no such dir").join("registry.db");
+    let stderr = start_expecting_failure(&db);
+    assert_names(&stderr, &db);
+    assert!(
+        !dir.path().join("no such dir").exists(),
+        "a failed start must not create directories"
+    );
+}
+
+#[test]
+fn a_missing_database_is_created_with_its_schema() {
+    // The other side of the start-up checks: a fresh path is fine.
+    let mut registry = Registry::start();
+    assert!(registry.db.exists(), "the database file was created");
+    let mut c = client(&registry);
+    c.register(8401, 3, &hash_of("new"), "fresh db")
+        .expect("REGISTER");
+    drop(c);
+    registry.stop();
+    let conn = rusqlite::Connection::open(&registry.db).unwrap();
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert!(
+        version >= 1,
+        "the schema version is recorded, got {version}"
+    );
+}
