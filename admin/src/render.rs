@@ -1,0 +1,418 @@
+//! Turns registrations into output: a table for people (sized to the
+//! terminal), or CSV, a JSON array or JSON Lines for programs; plus the
+//! small formatters for sizes, times and ages.
+//!
+//! Rows are written as they come: CSV and JSON hold one row at a time, a
+//! table at most [`TABLE_PAGE_ROWS`]. This module never opens the database
+//! and never decides which rows to show.
+
+use std::io::{self, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
+use dht_server::store::admin::Registration;
+use serde::Serialize;
+
+use crate::Clock;
+
+/// Rows a table holds before it is printed. A table must see every cell to
+/// size its columns, so a long listing is printed in pages of this many
+/// rows, each with its header, and memory stays bounded.
+pub const TABLE_PAGE_ROWS: usize = 1000;
+
+/// Hex digits of a SHA-256 a table shows; CSV and JSON carry all 64.
+pub const SHORT_HASH_LEN: usize = 12;
+
+/// How registrations are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table for people, as wide as the terminal.
+    Table,
+    /// Comma-separated values with a header row.
+    Csv,
+    /// One JSON array of objects.
+    Json,
+    /// JSON Lines: one object per line.
+    Jsonl,
+}
+
+/// The column names of CSV, and the keys of JSON objects.
+pub const FIELDS: [&str; 7] = [
+    "name",
+    "size",
+    "sha256",
+    "peer",
+    "registered_at",
+    "last_seen",
+    "live",
+];
+
+/// One registration as programs see it: full hash, RFC 3339 UTC times,
+/// `live` judged against the `--ttl`.
+#[derive(Debug, Serialize)]
+struct Record<'a> {
+    name: &'a str,
+    size: u64,
+    sha256: &'a str,
+    peer: String,
+    registered_at: String,
+    last_seen: String,
+    live: bool,
+}
+
+impl<'a> Record<'a> {
+    fn new(r: &'a Registration, clock: &Clock) -> Self {
+        Record {
+            name: &r.name,
+            size: r.size,
+            sha256: &r.sha256,
+            peer: r.peer(),
+            registered_at: rfc3339(r.registered_at_ms),
+            last_seen: rfc3339(r.last_seen_ms),
+            live: clock.is_live(r.last_seen_ms),
+        }
+    }
+}
+
+enum Sink<W: Write> {
+    Table {
+        out: W,
+        page: Vec<Registration>,
+    },
+    /// Boxed: the csv writer carries its own buffer state, ten times the others.
+    Csv(Box<csv::Writer<W>>),
+    Json {
+        out: W,
+        started: bool,
+    },
+    Jsonl(W),
+}
+
+/// Writes registrations one at a time in a [`Format`]; call
+/// [`RowWriter::finish`] to close the output (the JSON array's `]`, the
+/// last table page) and get the writer back.
+pub struct RowWriter<W: Write> {
+    sink: Sink<W>,
+    clock: Clock,
+    rows: u64,
+}
+
+impl<W: Write> RowWriter<W> {
+    /// Starts the output; CSV writes its header row at once, so even an
+    /// empty export has one.
+    pub fn new(format: Format, out: W, clock: Clock) -> io::Result<Self> {
+        let sink = match format {
+            Format::Table => Sink::Table {
+                out,
+                page: Vec::new(),
+            },
+            Format::Csv => {
+                let mut csv = csv::WriterBuilder::new()
+                    .has_headers(false)
+                    .from_writer(out);
+                csv.write_record(FIELDS).map_err(csv_error)?;
+                Sink::Csv(Box::new(csv))
+            }
+            Format::Json => Sink::Json {
+                out,
+                started: false,
+            },
+            Format::Jsonl => Sink::Jsonl(out),
+        };
+        Ok(RowWriter {
+            sink,
+            clock,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, r: &Registration) -> io::Result<()> {
+        self.rows += 1;
+        match &mut self.sink {
+            Sink::Table { out, page } => {
+                page.push(r.clone());
+                if page.len() >= TABLE_PAGE_ROWS {
+                    write_table_page(out, page, &self.clock)?;
+                }
+            }
+            Sink::Csv(csv) => csv
+                .serialize(Record::new(r, &self.clock))
+                .map_err(csv_error)?,
+            Sink::Json { out, started } => {
+                out.write_all(if *started { b",\n" } else { b"[\n" })?;
+                *started = true;
+                serde_json::to_writer(&mut *out, &Record::new(r, &self.clock))?;
+            }
+            Sink::Jsonl(out) => {
+                serde_json::to_writer(&mut *out, &Record::new(r, &self.clock))?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Ends the output, flushes it, and returns the writer.
+    pub fn finish(self) -> io::Result<W> {
+        let mut out = match self.sink {
+            Sink::Table { mut out, mut page } => {
+                write_table_page(&mut out, &mut page, &self.clock)?;
+                out
+            }
+            Sink::Csv(csv) => (*csv).into_inner().map_err(|e| e.into_error())?,
+            Sink::Json { mut out, started } => {
+                out.write_all(if started { b"\n]\n" } else { b"[]\n" })?;
+                out
+            }
+            Sink::Jsonl(out) => out,
+        };
+        out.flush()?;
+        Ok(out)
+    }
+}
+
+/// Keeps an I/O error as it was (so a closed pipe is still recognised as
+/// one); anything else the csv crate reports becomes an `Other` I/O error.
+fn csv_error(e: csv::Error) -> io::Error {
+    if !e.is_io_error() {
+        return io::Error::other(e);
+    }
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        kind => io::Error::other(format!("{kind:?}")),
+    }
+}
+
+/// Prints `page` as one table and empties it; prints nothing for no rows.
+fn write_table_page<W: Write>(
+    out: &mut W,
+    page: &mut Vec<Registration>,
+    clock: &Clock,
+) -> io::Result<()> {
+    if page.is_empty() {
+        return Ok(());
+    }
+    let mut table = new_table(&[
+        "NAME",
+        "SIZE",
+        "SHA-256",
+        "PEER",
+        "REGISTERED",
+        "LAST SEEN",
+        "STATUS",
+    ]);
+    for r in page.drain(..) {
+        table.add_row(vec![
+            r.name,
+            human_size(r.size),
+            short_hash(&r.sha256),
+            format!("{}:{}", r.host, r.port),
+            ago(clock.now_ms, r.registered_at_ms),
+            ago(clock.now_ms, r.last_seen_ms),
+            if clock.is_live(r.last_seen_ms) {
+                "live"
+            } else {
+                "expired"
+            }
+            .to_owned(),
+        ]);
+    }
+    align_right(&mut table, 1);
+    writeln!(out, "{table}")
+}
+
+/// A table in the house style: condensed UTF-8 borders, columns fitted to
+/// the terminal's width when the output is a terminal. An empty `header`
+/// leaves out the header row.
+pub fn new_table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_style(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    if !header.is_empty() {
+        table.set_header(header.to_vec());
+    }
+    table
+}
+
+/// Right-aligns a column of numbers.
+pub fn align_right(table: &mut Table, column: usize) {
+    if let Some(column) = table.column_mut(column) {
+        column.set_cell_alignment(CellAlignment::Right);
+    }
+}
+
+fn short_hash(sha256: &str) -> String {
+    match sha256.get(..SHORT_HASH_LEN) {
+        Some(prefix) if sha256.len() > SHORT_HASH_LEN => format!("{prefix}…"),
+        _ => sha256.to_owned(),
+    }
+}
+
+/// Bytes in binary units: `512 B`, `1.5 KiB`, `3.0 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// How long before `now_ms` the time `then_ms` was, in its largest whole
+/// unit: `just now`, `42s ago`, `3m ago`, `5h ago`, `12d ago`. A time in
+/// the future (a clock set back) reads `in 3s`.
+pub fn ago(now_ms: i64, then_ms: i64) -> String {
+    let delta = now_ms.saturating_sub(then_ms);
+    let (seconds, future) = if delta >= 0 {
+        (delta / 1000, false)
+    } else {
+        (delta.saturating_neg() / 1000, true)
+    };
+    if seconds == 0 {
+        return "just now".to_owned();
+    }
+    let amount = match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    };
+    if future {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
+}
+
+/// Last millisecond RFC 3339 can write (the end of year 9999); humantime
+/// refuses later times, and a hand-edited database could hold one.
+const MAX_RFC3339_MS: u64 = 253_402_300_800_000 - 1;
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds,
+/// `2024-05-01T12:00:00.250Z`; times outside 1970..=9999 are clamped.
+pub fn rfc3339(ms: i64) -> String {
+    let ms = u64::try_from(ms).unwrap_or(0).min(MAX_RFC3339_MS);
+    let since_epoch = Duration::from_millis(ms);
+    let time = UNIX_EPOCH
+        .checked_add(since_epoch)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(name: &str, last_seen_ms: i64) -> Registration {
+        Registration {
+            name: name.to_owned(),
+            size: 2048,
+            sha256: "ab".repeat(32),
+            host: "[::1]".to_owned(),
+            port: 9000,
+            registered_at_ms: 1_000,
+            last_seen_ms,
+        }
+    }
+
+    fn clock() -> Clock {
+        Clock {
+            now_ms: 100_000,
+            live_since_ms: 50_000,
+        }
+    }
+
+    fn render(format: Format, rows: &[Registration]) -> String {
+        let mut w = RowWriter::new(format, Vec::new(), clock()).unwrap();
+        for r in rows {
+            w.write(r).unwrap();
+        }
+        assert_eq!(w.rows(), rows.len() as u64);
+        String::from_utf8(w.finish().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sizes_and_ages_read_naturally() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(human_size(u64::MAX), "16.0 EiB");
+        assert_eq!(ago(10_000, 9_500), "just now");
+        assert_eq!(ago(100_000, 58_000), "42s ago");
+        assert_eq!(ago(200_000, 20_000), "3m ago");
+        assert_eq!(ago(5 * 3_600_000 + 1, 0), "5h ago");
+        assert_eq!(ago(12 * 86_400_000, 0), "12d ago");
+        assert_eq!(ago(0, 3_000), "in 3s");
+        assert_eq!(
+            ago(i64::MAX, i64::MIN),
+            format!("{}d ago", i64::MAX / 1000 / 86_400)
+        );
+        assert_eq!(rfc3339(1_000_250), "1970-01-01T00:16:40.250Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn csv_has_a_header_even_when_empty_and_quotes_names() {
+        assert_eq!(render(Format::Csv, &[]), format!("{}\n", FIELDS.join(",")));
+        let out = render(Format::Csv, &[reg("a, \"b\"", 60_000), reg("c", 10_000)]);
+        let mut reader = csv::Reader::from_reader(out.as_bytes());
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(&rows[0][0], "a, \"b\"");
+        assert_eq!(&rows[0][3], "[::1]:9000");
+        assert_eq!(&rows[0][6], "true");
+        assert_eq!(&rows[1][6], "false");
+    }
+
+    #[test]
+    fn json_is_one_array_and_jsonl_one_object_per_line() {
+        assert_eq!(render(Format::Json, &[]), "[]\n");
+        let rows = [reg("a", 60_000), reg("b", 60_000)];
+        let json: serde_json::Value = serde_json::from_str(&render(Format::Json, &rows)).unwrap();
+        let array = json.as_array().unwrap();
+        assert_eq!(array.len(), 2);
+        assert_eq!(array[1]["name"], "b");
+        assert_eq!(array[1]["size"], 2048);
+        let keys: Vec<&str> = array[0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        let mut fields = FIELDS.to_vec();
+        fields.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, fields);
+        let lines = render(Format::Jsonl, &rows);
+        assert_eq!(lines.lines().count(), 2);
+        for line in lines.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+    }
+
+    #[test]
+    fn tables_are_paged_with_a_header_each() {
+        assert_eq!(render(Format::Table, &[]), "");
+        let rows: Vec<Registration> = (0..TABLE_PAGE_ROWS + 1)
+            .map(|i| reg(&format!("f{i}"), 60_000))
+            .collect();
+        let out = render(Format::Table, &rows);
+        assert_eq!(out.matches("LAST SEEN").count(), 2);
+        assert!(out.contains("2.0 KiB"));
+        assert!(out.contains("abababababab…"));
+        assert!(out.contains("f1000"));
+    }
+}
