@@ -1,0 +1,190 @@
+//! The `peer` command line: options and subcommands as clap derive types,
+//! with the help text people read. The binary parses these and calls into
+//! the library; this module must not do any work itself.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Shortest heartbeat interval accepted: anything below only loads the registry.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// [`DEFAULT_HEARTBEAT`](crate::registration::DEFAULT_HEARTBEAT) as `--help` shows it (a test keeps the two equal).
+const DEFAULT_HEARTBEAT_TEXT: &str = "60s";
+
+/// Exit status of `search`/`get` when the name has no live source.
+pub const EXIT_NOT_FOUND: u8 = 1;
+
+/// Exit status of any other failure.
+pub const EXIT_FAILURE: u8 = 2;
+
+const EXAMPLES: &str = "\
+Examples:
+  peer                                   the menu: asks for a port, then 1 register, 2 download, 3 exit, 4 list
+  peer --port 4000 --server 10.0.0.1:9000
+  peer serve --port 4000                 share every file of ./shared until Ctrl-C
+  peer serve --port 0 --heartbeat 10s    any free port; prints `listening on HOST:PORT`
+  peer search 'holiday photos.zip'       prints `HOST:PORT SIZE SHA256` per source
+  peer get 'holiday photos.zip'          into ./downloads, verified; resumes a .part
+  peer register notes.txt --port 4000    one registration, for scripts
+  curl -O http://HOST:PORT/files/notes.txt
+
+Exit status: 0 success; 1 the name has no live source (search, get); 2 any other failure.";
+
+/// A peer of the p2p file sharing system.
+#[derive(Debug, Parser)]
+#[command(
+    name = "peer",
+    version,
+    about = "A peer of the p2p file sharing system: share a folder, find and download files",
+    long_about = "A peer of the p2p file sharing system. It serves the regular files of its \
+                  shared folder over HTTP/1.1, registers them with the registry (dht-server), \
+                  and downloads files from other peers into its downloads folder, checking \
+                  size and SHA-256 before a file gets its final name.\n\n\
+                  Without a subcommand it runs the interactive menu.",
+    after_long_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options every mode understands, before or after the subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Address of the registry (dht-server)
+    #[arg(
+        long,
+        global = true,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9000"
+    )]
+    pub server: String,
+
+    /// Port of this peer's file server (0 picks a free one; the menu asks when it is missing)
+    #[arg(long, global = true, value_name = "N")]
+    pub port: Option<u16>,
+
+    /// Folder whose regular files this peer shares (created when missing)
+    #[arg(long, global = true, value_name = "DIR", default_value = "shared")]
+    pub shared: PathBuf,
+
+    /// Folder downloads are written to (created when missing)
+    #[arg(long, global = true, value_name = "DIR", default_value = "downloads")]
+    pub downloads: PathBuf,
+
+    /// Time between heartbeats that keep registrations alive (keep it well
+    /// inside the registry's --ttl), e.g. 30s, 5m
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = DEFAULT_HEARTBEAT_TEXT,
+        value_parser = parse_heartbeat
+    )]
+    pub heartbeat: Duration,
+
+    /// Address the file server listens on
+    #[arg(long, global = true, value_name = "IP", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Share the shared folder until SIGINT/SIGTERM (needs --port)
+    ///
+    /// Registers every regular file of the shared folder, serves them, sends
+    /// heartbeats, and on SIGINT/SIGTERM unregisters them and exits 0. Prints `listening on HOST:PORT` on stdout once the files are
+    /// registered and served.
+    Serve,
+    /// Print the live sources of NAME (exit 1 when there are none)
+    ///
+    /// One `HOST:PORT SIZE SHA256` line per source, most recently seen first.
+    /// Exit 0 when found, 1 when not, 2 when the registry cannot be asked.
+    Search {
+        /// The exact file name
+        name: String,
+    },
+    /// Download NAME into the downloads folder, verified
+    ///
+    /// Tries the sources most recently seen first, writes to `NAME.part`,
+    /// checks size and SHA-256 against the registry, then renames it to NAME.
+    /// Resumes a `.part` left by an interrupted run. A file already there
+    /// with the same content is not fetched again; one with other content is
+    /// never overwritten. Exit 0 on success, 1 when no peer shares NAME, 2
+    /// otherwise, with a one-line reason on stderr.
+    Get {
+        /// The exact file name
+        name: String,
+    },
+    /// Register one shared file for the file server on --port
+    ///
+    /// For scripts: the file server on that port (e.g. a `peer serve`) must
+    /// be the one that serves the shared folder.
+    Register {
+        /// A file name in the shared folder
+        name: String,
+    },
+}
+
+fn parse_heartbeat(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval < MIN_HEARTBEAT {
+        return Err(format!(
+            "must be at least {}",
+            humantime::format_duration(MIN_HEARTBEAT)
+        ));
+    }
+    Ok(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registration::DEFAULT_HEARTBEAT;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn common_options_go_before_or_after_the_subcommand() {
+        let before =
+            Cli::try_parse_from(["peer", "--port", "5", "--shared", "s", "serve"]).unwrap();
+        let after = Cli::try_parse_from(["peer", "serve", "--port", "5", "--shared", "s"]).unwrap();
+        for cli in [before, after] {
+            assert_eq!(cli.common.port, Some(5));
+            assert_eq!(cli.common.shared, PathBuf::from("s"));
+            assert!(matches!(cli.command, Some(Command::Serve)));
+        }
+        let cli = Cli::try_parse_from(["peer", "get", "a b é", "--downloads", "d"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Get { name }) if name == "a b é"));
+        assert_eq!(cli.common.downloads, PathBuf::from("d"));
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let cli = Cli::try_parse_from(["peer"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.common.server, "127.0.0.1:9000");
+        assert_eq!(cli.common.port, None);
+        assert_eq!(cli.common.shared, PathBuf::from("shared"));
+        assert_eq!(cli.common.downloads, PathBuf::from("downloads"));
+        assert_eq!(cli.common.heartbeat, DEFAULT_HEARTBEAT);
+    }
+
+    #[test]
+    fn heartbeat_takes_human_durations_with_a_floor() {
+        let cli = Cli::try_parse_from(["peer", "serve", "--heartbeat", "250ms"]).unwrap();
+        assert_eq!(cli.common.heartbeat, Duration::from_millis(250));
+        assert!(Cli::try_parse_from(["peer", "--heartbeat", "1ms"]).is_err());
+        assert!(Cli::try_parse_from(["peer", "--heartbeat", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["peer", "--port", "70000"]).is_err());
+    }
+}

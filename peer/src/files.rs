@@ -1,0 +1,484 @@
+//! The shared folder: turning a file name into a file that may be served,
+//! listing what is shared, and streaming SHA-256 with a cache.
+//!
+//! This is the one gate between a name that came from the network (or the
+//! menu) and the file system. [`SharedDir::resolve`] accepts only a name that
+//! passes [`check_name`] and only a **regular file whose canonical path lies
+//! inside the canonical shared folder**: a symlink to a regular file inside
+//! the folder is served, a symlink that leads outside it, a directory, a fifo
+//! or a device is refused. [`SharedDir::list`] lists exactly the names
+//! `resolve` accepts, so everything listed can be served.
+//!
+//! This module must not read whole files into memory (hashing streams through
+//! a [`HASH_BUFFER_BYTES`] buffer) and must not know about HTTP or the
+//! registry.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use dht_server::protocol::{check_name, to_hex, NameError};
+use sha2::{Digest, Sha256};
+
+/// Size of the read buffer used while hashing: large enough that the
+/// SHA-256 instructions, not system calls, set the pace; small enough to
+/// keep memory per hash constant whatever the file size.
+pub const HASH_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Why the shared folder or a file in it cannot be used. Every message
+/// names the path or the name involved.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    /// The shared folder itself cannot be opened.
+    #[error("cannot open shared folder {}: {source}", path.display())]
+    OpenDir { path: PathBuf, source: io::Error },
+    /// The shared folder path exists but is not a directory.
+    #[error("shared folder {} is not a directory", path.display())]
+    NotADir { path: PathBuf },
+    /// The name breaks the contract's name rules.
+    #[error("bad file name {name:?}: {reason}")]
+    BadName { name: String, reason: NameError },
+    /// Nothing of that name in the shared folder (or a dangling symlink).
+    #[error("no file named {name:?} in shared folder {}", dir.display())]
+    NotFound { name: String, dir: PathBuf },
+    /// The name exists but is a directory, fifo, socket or device.
+    #[error("{name:?} ({}) is not a regular file", path.display())]
+    NotRegular { name: String, path: PathBuf },
+    /// The name is a symlink whose target is outside the shared folder.
+    #[error("{name:?} leads outside the shared folder {} (to {})", dir.display(), target.display())]
+    Outside {
+        name: String,
+        dir: PathBuf,
+        target: PathBuf,
+    },
+    /// The file changed size while it was being hashed.
+    #[error("{} changed while it was being hashed ({expected} bytes expected, {actual} read)", path.display())]
+    Changed {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    /// Any other I/O failure on a file.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// A regular file of the shared folder, as seen when it was resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFile {
+    /// The name it is shared under (its directory entry in the folder).
+    pub name: String,
+    /// Its canonical path: no symlinks, inside the shared folder.
+    pub path: PathBuf,
+    /// Its size in bytes when resolved.
+    pub size: u64,
+    /// Its modification time when resolved; with `size` it tells whether a
+    /// cached digest is still valid.
+    pub modified: SystemTime,
+}
+
+/// One shared folder, canonicalized once when opened.
+#[derive(Debug, Clone)]
+pub struct SharedDir {
+    /// Canonical path of the folder; every served file's canonical path
+    /// starts with it.
+    root: PathBuf,
+}
+
+impl SharedDir {
+    /// Opens the folder at `path`, which must exist and be a directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<SharedDir, FilesError> {
+        let path = path.as_ref();
+        let root = fs::canonicalize(path).map_err(|source| FilesError::OpenDir {
+            path: path.to_owned(),
+            source,
+        })?;
+        let meta = fs::metadata(&root).map_err(|source| FilesError::OpenDir {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(FilesError::NotADir {
+                path: path.to_owned(),
+            });
+        }
+        Ok(SharedDir { root })
+    }
+
+    /// The canonical path of the folder.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// Finds the regular file shared under `name`; see the module doc for
+    /// what is accepted.
+    pub fn resolve(&self, name: &str) -> Result<SharedFile, FilesError> {
+        check_name(name).map_err(|reason| FilesError::BadName {
+            name: name.to_owned(),
+            reason,
+        })?;
+        let joined = self.root.join(name);
+        let canonical = match fs::canonicalize(&joined) {
+            Ok(path) => path,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(FilesError::NotFound {
+                    name: name.to_owned(),
+                    dir: self.root.clone(),
+                })
+            }
+            Err(source) => {
+                return Err(FilesError::Io {
+                    path: joined,
+                    source,
+                })
+            }
+        };
+        if !canonical.starts_with(&self.root) || canonical == self.root {
+            return Err(FilesError::Outside {
+                name: name.to_owned(),
+                dir: self.root.clone(),
+                target: canonical,
+            });
+        }
+        let meta = fs::metadata(&canonical).map_err(|source| FilesError::Io {
+            path: canonical.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(FilesError::NotRegular {
+                name: name.to_owned(),
+                path: canonical,
+            });
+        }
+        let modified = meta.modified().map_err(|source| FilesError::Io {
+            path: canonical.clone(),
+            source,
+        })?;
+        Ok(SharedFile {
+            name: name.to_owned(),
+            path: canonical,
+            size: meta.len(),
+            modified,
+        })
+    }
+
+    /// Every file directly in the folder that [`resolve`](Self::resolve)
+    /// accepts, sorted by name. Entries whose names are not UTF-8 or break
+    /// the name rules, and entries that are not regular files inside the
+    /// folder, are skipped (logged at debug level), never an error.
+    pub fn list(&self) -> Result<Vec<SharedFile>, FilesError> {
+        let entries = fs::read_dir(&self.root).map_err(|source| FilesError::OpenDir {
+            path: self.root.clone(),
+            source,
+        })?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| FilesError::Io {
+                path: self.root.clone(),
+                source,
+            })?;
+            let Ok(name) = entry.file_name().into_string() else {
+                tracing::debug!(entry = ?entry.file_name(), "skipping a name that is not UTF-8");
+                continue;
+            };
+            match self.resolve(&name) {
+                Ok(file) => files.push(file),
+                Err(e) => tracing::debug!("not shared: {e}"),
+            }
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
+    }
+}
+
+/// Streams the file at `path` through SHA-256 in constant memory and returns
+/// its size and lowercase hex digest. `on_progress` is called after every
+/// read with the number of bytes hashed so far.
+pub fn hash_file(
+    path: &Path,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<(u64, String), FilesError> {
+    let io_err = |source| FilesError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io_err)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
+    let mut done: u64 = 0;
+    loop {
+        let n = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err(e)),
+        };
+        hasher.update(&buffer[..n]);
+        done += n as u64;
+        on_progress(done);
+    }
+    Ok((done, to_hex(&hasher.finalize())))
+}
+
+/// What the cache remembers for one path: the version that was hashed and
+/// its digest.
+#[derive(Debug, Clone)]
+struct CacheEntry {
+    size: u64,
+    modified: SystemTime,
+    sha256: String,
+}
+
+/// SHA-256 digests of shared files, keyed by path and valid only while the
+/// file keeps the size and modification time it had when hashed, so a
+/// changed file is hashed again.
+///
+/// Cloning shares the cache. It is shared state behind a lock because the
+/// HTTP workers (for `ETag`) and registration both need it; the lock is never
+/// held while a file is being hashed, so two threads may occasionally hash
+/// the same file at once, which costs time but never gives a wrong answer.
+/// One entry per path: a changed file replaces its old entry.
+#[derive(Debug, Clone, Default)]
+pub struct HashCache {
+    entries: Arc<Mutex<HashMap<PathBuf, CacheEntry>>>,
+}
+
+impl HashCache {
+    pub fn new() -> HashCache {
+        HashCache::default()
+    }
+
+    /// The digest of `file`, from the cache when its size and modification
+    /// time are unchanged, otherwise by hashing it (and caching the result).
+    pub fn digest(&self, file: &SharedFile) -> Result<String, FilesError> {
+        if let Some(sha256) = self.cached(file) {
+            return Ok(sha256);
+        }
+        let (size, sha256) = hash_file(&file.path, &mut |_| {})?;
+        if size != file.size {
+            return Err(FilesError::Changed {
+                path: file.path.clone(),
+                expected: file.size,
+                actual: size,
+            });
+        }
+        self.insert(file, sha256.clone());
+        Ok(sha256)
+    }
+
+    /// The cached digest of `file`, if this version of it has been hashed.
+    pub fn cached(&self, file: &SharedFile) -> Option<String> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(&file.path)
+            .filter(|e| e.size == file.size && e.modified == file.modified)
+            .map(|e| e.sha256.clone())
+    }
+
+    /// Records `sha256` as the digest of this version of `file` (for callers
+    /// that hashed it themselves, e.g. with a progress bar).
+    pub fn insert(&self, file: &SharedFile, sha256: String) {
+        // A poisoned lock only means another thread panicked between two
+        // statements that each leave the map consistent.
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.insert(
+            file.path.clone(),
+            CacheEntry {
+                size: file.size,
+                modified: file.modified,
+                sha256,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn folder() -> (tempfile::TempDir, SharedDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir(tmp.path().join("shared")).unwrap();
+        let dir = SharedDir::open(tmp.path().join("shared")).unwrap();
+        (tmp, dir)
+    }
+
+    #[test]
+    fn open_names_the_missing_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("nope");
+        let err = SharedDir::open(&missing).unwrap_err();
+        assert!(matches!(err, FilesError::OpenDir { .. }));
+        assert!(err.to_string().contains("nope"), "{err}");
+        fs::write(tmp.path().join("file"), b"x").unwrap();
+        assert!(matches!(
+            SharedDir::open(tmp.path().join("file")),
+            Err(FilesError::NotADir { .. })
+        ));
+    }
+
+    #[test]
+    fn resolves_a_regular_file() {
+        let (_tmp, dir) = folder();
+        fs::write(dir.path().join("a b.txt"), b"hello").unwrap();
+        let file = dir.resolve("a b.txt").unwrap();
+        assert_eq!(file.name, "a b.txt");
+        assert_eq!(file.size, 5);
+        assert_eq!(file.path, dir.path().join("a b.txt"));
+    }
+
+    #[test]
+    fn refuses_bad_names_before_touching_the_disk() {
+        let (_tmp, dir) = folder();
+        for name in [
+            "..",
+            ".",
+            "",
+            "../x",
+            "a/b",
+            "/etc/passwd",
+            "a\\b",
+            "nul\0",
+            " x",
+        ] {
+            let err = dir.resolve(name).unwrap_err();
+            assert!(matches!(err, FilesError::BadName { .. }), "{name:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_not_found() {
+        let (_tmp, dir) = folder();
+        let err = dir.resolve("ghost").unwrap_err();
+        assert!(matches!(err, FilesError::NotFound { .. }), "{err}");
+        assert!(err.to_string().contains("ghost"));
+    }
+
+    #[test]
+    fn symlink_leading_outside_is_refused() {
+        let (tmp, dir) = folder();
+        fs::write(tmp.path().join("secret"), b"s").unwrap();
+        symlink(tmp.path().join("secret"), dir.path().join("link")).unwrap();
+        symlink("../secret", dir.path().join("rel")).unwrap();
+        symlink("/etc", dir.path().join("etc")).unwrap();
+        for name in ["link", "rel", "etc"] {
+            let err = dir.resolve(name).unwrap_err();
+            assert!(matches!(err, FilesError::Outside { .. }), "{name}: {err}");
+        }
+        // A link to the folder itself is not a file inside it either.
+        symlink(".", dir.path().join("self")).unwrap();
+        assert!(dir.resolve("self").is_err());
+    }
+
+    #[test]
+    fn symlink_to_a_file_inside_is_served() {
+        let (_tmp, dir) = folder();
+        fs::write(dir.path().join("real"), b"abc").unwrap();
+        symlink("real", dir.path().join("alias")).unwrap();
+        let file = dir.resolve("alias").unwrap();
+        assert_eq!(file.name, "alias");
+        assert_eq!(file.path, dir.path().join("real"));
+        assert_eq!(file.size, 3);
+    }
+
+    #[test]
+    fn directories_and_fifos_are_not_regular() {
+        let (_tmp, dir) = folder();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        let err = dir.resolve("sub").unwrap_err();
+        assert!(matches!(err, FilesError::NotRegular { .. }), "{err}");
+        let status = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("pipe"))
+            .status();
+        if matches!(status, Ok(s) if s.success()) {
+            let err = dir.resolve("pipe").unwrap_err();
+            assert!(matches!(err, FilesError::NotRegular { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn dangling_symlink_is_not_found() {
+        let (_tmp, dir) = folder();
+        symlink("nowhere", dir.path().join("dangling")).unwrap();
+        assert!(matches!(
+            dir.resolve("dangling"),
+            Err(FilesError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn list_is_sorted_and_skips_what_cannot_be_served() {
+        let (tmp, dir) = folder();
+        fs::write(dir.path().join("b"), b"2").unwrap();
+        fs::write(dir.path().join("a"), b"1").unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub").join("deep"), b"x").unwrap();
+        fs::write(tmp.path().join("outside"), b"o").unwrap();
+        symlink(tmp.path().join("outside"), dir.path().join("escape")).unwrap();
+        symlink("a", dir.path().join("c")).unwrap();
+        fs::write(dir.path().join(" lead"), b"x").unwrap();
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let raw = std::ffi::OsStr::from_bytes(b"bad\xffutf8");
+            fs::write(dir.path().join(raw), b"x").unwrap();
+        }
+        let names: Vec<String> = dir.list().unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn hashes_in_chunks_with_progress() {
+        let (_tmp, dir) = folder();
+        let path = dir.path().join("big");
+        let data: Vec<u8> = (0..HASH_BUFFER_BYTES * 2 + 17)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        fs::write(&path, &data).unwrap();
+        let mut seen = Vec::new();
+        let (size, hex) = hash_file(&path, &mut |n| seen.push(n)).unwrap();
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(hex, to_hex(&Sha256::digest(&data)));
+        assert_eq!(seen.last(), Some(&size));
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+        fs::write(dir.path().join("empty"), b"").unwrap();
+        let (size, hex) = hash_file(&dir.path().join("empty"), &mut |_| {}).unwrap();
+        assert_eq!((size, hex.as_str()), (0, EMPTY_SHA256));
+    }
+
+    #[test]
+    fn cache_rehashes_a_changed_file() {
+        let (_tmp, dir) = folder();
+        let path = dir.path().join("f");
+        fs::write(&path, b"one").unwrap();
+        let cache = HashCache::new();
+        let first = dir.resolve("f").unwrap();
+        assert_eq!(cache.cached(&first), None);
+        let d1 = cache.digest(&first).unwrap();
+        assert_eq!(d1, to_hex(&Sha256::digest(b"one")));
+        assert_eq!(cache.clone().cached(&first), Some(d1.clone()));
+
+        fs::write(&path, b"three").unwrap();
+        let second = dir.resolve("f").unwrap();
+        assert_eq!(cache.cached(&second), None);
+        assert_eq!(
+            cache.digest(&second).unwrap(),
+            to_hex(&Sha256::digest(b"three"))
+        );
+
+        // A stale SharedFile whose size no longer matches the disk.
+        assert!(matches!(
+            HashCache::new().digest(&first),
+            Err(FilesError::Changed { .. })
+        ));
+
+        cache.insert(&first, "x".repeat(64));
+        assert_eq!(cache.cached(&first), Some("x".repeat(64)));
+    }
+}

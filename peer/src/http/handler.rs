@@ -1,0 +1,439 @@
+//! Answering one parsed request: routing, the shared-folder lookup, the
+//! range decision, and streaming the body.
+//!
+//! Routes:
+//! - `GET|HEAD /` → an HTML index of the shared files.
+//! - `GET|HEAD /files/<percent-encoded name>` → the file (200/206/416), or
+//!   `400` for a name that breaks the rules (including an encoded `/` and
+//!   `..`), `404` when there is no such regular file inside the folder. A
+//!   symlink that leads outside the folder also gets `404`, exactly like a
+//!   missing file, so a client cannot probe what the links point to.
+//! - any other path → `404`; any other method → `405` with `Allow`.
+//!
+//! Bodies go from the `File` to the raw `TcpStream` (never through a
+//! `BufWriter`) with `io::copy` and one [`BODY_BUFFER_BYTES`] read buffer,
+//! so memory per connection does not grow with the file size.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use dht_server::protocol::{check_name, NameError};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use super::range::{self, RangeDecision};
+use super::request::{Method, Request};
+use super::response::{error_head, finish, http_date, plain, Head, Status};
+use crate::files::{FilesError, HashCache, SharedDir, SharedFile};
+
+/// The prefix of file URLs; the rest of the path is the encoded name.
+pub const FILES_PREFIX: &str = "/files/";
+
+/// Buffer between the file and the socket while a body is sent: the only
+/// per-transfer memory, whatever the file size. The toolchain's `io::copy`
+/// does not use `sendfile` towards sockets, and its default 8 KiB loop is
+/// about 2.5x slower on loopback than with this buffer; larger buffers
+/// measured no faster. (Should `io::copy` use `sendfile` again, it drains
+/// this buffer and then hands the descriptor to the kernel.)
+pub const BODY_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Bytes escaped when a name is put into a URL: everything but the RFC 3986
+/// unreserved characters, so any name makes a single, valid path segment.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// What the server shares, as the handlers see it.
+pub struct Site {
+    pub shared: SharedDir,
+    pub hashes: HashCache,
+}
+
+/// Whether the connection may carry another request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Why a name from a URL was refused (always `400`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadName {
+    #[error("name is not valid UTF-8 once percent-decoded")]
+    NotUtf8,
+    #[error(transparent)]
+    Rule(#[from] NameError),
+}
+
+/// The percent-encoded name of a URL path segment, decoded and checked
+/// against the name rules.
+pub fn decode_name(encoded: &str) -> Result<String, BadName> {
+    let name = percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| BadName::NotUtf8)?;
+    check_name(&name)?;
+    Ok(name.into_owned())
+}
+
+/// The URL path of a shared name.
+pub fn file_url(name: &str) -> String {
+    format!("{FILES_PREFIX}{}", utf8_percent_encode(name, PATH_SEGMENT))
+}
+
+enum Route<'a> {
+    Index,
+    File(&'a str),
+    Unknown,
+}
+
+/// The path of a request target, without a query; absolute-form targets
+/// (`http://host/path`) are reduced to their path.
+fn route(target: &str) -> Route<'_> {
+    let mut path = target;
+    if !path.starts_with('/') {
+        let Some(scheme_end) = path.find("://") else {
+            return Route::Unknown;
+        };
+        let after = &path[scheme_end + 3..];
+        path = after.find('/').map_or("/", |i| &after[i..]);
+    }
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if path == "/" {
+        Route::Index
+    } else if let Some(encoded) = path.strip_prefix(FILES_PREFIX) {
+        Route::File(encoded)
+    } else {
+        Route::Unknown
+    }
+}
+
+/// Answers `request` on `stream`. An `Err` means the connection is broken
+/// (or the body could not be sent in full) and must be closed.
+pub fn respond(
+    stream: &mut TcpStream,
+    request: &Request,
+    site: &Site,
+    client: SocketAddr,
+) -> io::Result<Next> {
+    let close = !request.keep_alive || request.has_body;
+    let next = if close { Next::Close } else { Next::KeepAlive };
+    let head_only = match &request.method {
+        Method::Get => false,
+        Method::Head => true,
+        Method::Other(method) => {
+            tracing::debug!(%client, method, target = request.target, "405");
+            stream.write_all(&plain(Status::MethodNotAllowed, close, false))?;
+            return Ok(next);
+        }
+    };
+    let status = match route(&request.target) {
+        Route::Index => index(stream, site, close, head_only)?,
+        Route::File(encoded) => file(stream, request, site, encoded, close, head_only, client)?,
+        Route::Unknown => {
+            stream.write_all(&plain(Status::NotFound, close, head_only))?;
+            Status::NotFound
+        }
+    };
+    tracing::debug!(%client, method = ?request.method, target = request.target, status = status.code());
+    Ok(next)
+}
+
+fn index(stream: &mut TcpStream, site: &Site, close: bool, head_only: bool) -> io::Result<Status> {
+    let files = match site.shared.list() {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::error!("listing the shared folder: {e}");
+            stream.write_all(&plain(Status::InternalError, close, head_only))?;
+            return Ok(Status::InternalError);
+        }
+    };
+    let page = index_page(&files);
+    let head = Head::new(Status::Ok, page.len() as u64, close)
+        .header("Content-Type", "text/html; charset=utf-8");
+    stream.write_all(&finish(&head, &page, head_only))?;
+    Ok(Status::Ok)
+}
+
+/// The HTML index: one link per shared file, with its size.
+pub fn index_page(files: &[SharedFile]) -> String {
+    let mut page = String::from(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Shared files</title></head>\n\
+         <body><h1>Shared files</h1>\n<ul>\n",
+    );
+    for f in files {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            page,
+            "<li><a href=\"{}\">{}</a> ({} bytes)</li>",
+            html_escape(&file_url(&f.name)),
+            html_escape(&f.name),
+            f.size
+        );
+    }
+    page.push_str("</ul>\n</body></html>\n");
+    page
+}
+
+/// Escapes text for HTML element content and quoted attribute values.
+pub fn html_escape(text: &str) -> Cow<'_, str> {
+    if !text.contains(['&', '<', '>', '"', '\'']) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Serves one shared file: status, headers and (unless `HEAD`) the bytes.
+fn file(
+    stream: &mut TcpStream,
+    request: &Request,
+    site: &Site,
+    encoded: &str,
+    close: bool,
+    head_only: bool,
+    client: SocketAddr,
+) -> io::Result<Status> {
+    let fail = |stream: &mut TcpStream, status: Status| -> io::Result<Status> {
+        stream.write_all(&plain(status, close, head_only))?;
+        Ok(status)
+    };
+    let name = match decode_name(encoded) {
+        Ok(name) => name,
+        Err(e) => {
+            tracing::info!(%client, target = request.target, "refused name: {e}");
+            return fail(stream, Status::BadRequest);
+        }
+    };
+    let (mut body, shared) = match open(&site.shared, &name) {
+        Ok(opened) => opened,
+        Err(e @ FilesError::BadName { .. }) => {
+            tracing::info!(%client, "{e}");
+            return fail(stream, Status::BadRequest);
+        }
+        Err(
+            e @ (FilesError::NotFound { .. }
+            | FilesError::NotRegular { .. }
+            | FilesError::Outside { .. }),
+        ) => {
+            tracing::info!(%client, "404: {e}");
+            return fail(stream, Status::NotFound);
+        }
+        Err(e) => {
+            tracing::error!(%client, "serving {name:?}: {e}");
+            return fail(stream, Status::InternalError);
+        }
+    };
+    let sha256 = match site.hashes.digest(&shared) {
+        Ok(sha256) => sha256,
+        Err(e @ FilesError::Changed { .. }) => {
+            tracing::warn!(%client, "{e}");
+            let (head, body) = error_head(Status::ServiceUnavailable, close);
+            // The file is being written: worth retrying once it settles.
+            let out = finish(&head.header("Retry-After", "1"), &body, head_only);
+            stream.write_all(&out)?;
+            return Ok(Status::ServiceUnavailable);
+        }
+        Err(e) => {
+            tracing::error!(%client, "hashing {name:?}: {e}");
+            return fail(stream, Status::InternalError);
+        }
+    };
+    let etag = format!("\"{sha256}\"");
+    let size = shared.size;
+    let decision = range::decide(
+        request.range.as_deref(),
+        request.if_range.as_deref(),
+        size,
+        &etag,
+    );
+    let (status, first, len) = match decision {
+        RangeDecision::Full => (Status::Ok, 0, size),
+        RangeDecision::Partial(bytes) => (
+            Status::PartialContent,
+            *bytes.start(),
+            bytes.end() - bytes.start() + 1,
+        ),
+        RangeDecision::Unsatisfiable => (Status::RangeNotSatisfiable, 0, 0),
+    };
+    let mut head = Head::new(status, len, close)
+        .header("Content-Type", "application/octet-stream")
+        .header("Accept-Ranges", "bytes")
+        .header("ETag", etag)
+        .header("Last-Modified", http_date(shared.modified))
+        .header(
+            "Content-Disposition",
+            format!(
+                "attachment; filename*=UTF-8''{}",
+                utf8_percent_encode(&name, PATH_SEGMENT)
+            ),
+        );
+    head = match status {
+        Status::PartialContent => head.header(
+            "Content-Range",
+            format!("bytes {first}-{}/{size}", first + len - 1),
+        ),
+        Status::RangeNotSatisfiable => head.header("Content-Range", format!("bytes */{size}")),
+        _ => head,
+    };
+    head.write_to(stream)?;
+    if head_only || len == 0 {
+        return Ok(status);
+    }
+    body.seek(SeekFrom::Start(first))?;
+    let mut body = BufReader::with_capacity(BODY_BUFFER_BYTES, body.take(len));
+    let sent = io::copy(&mut body, stream)?;
+    if sent < len {
+        // The file shrank under us: the promised length cannot be kept, so
+        // the connection must end for the client to notice.
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{name:?} shrank while being sent ({sent} of {len} bytes)"),
+        ));
+    }
+    Ok(status)
+}
+
+/// Resolves `name` and opens it, then re-checks through the open handle
+/// that it is still a regular file and takes size and time from that
+/// handle, so the headers describe the bytes actually sent.
+fn open(shared: &SharedDir, name: &str) -> Result<(File, SharedFile), FilesError> {
+    let resolved = shared.resolve(name)?;
+    let io_err = |source: io::Error| -> FilesError {
+        if source.kind() == io::ErrorKind::NotFound {
+            FilesError::NotFound {
+                name: name.to_owned(),
+                dir: shared.path().to_owned(),
+            }
+        } else {
+            FilesError::Io {
+                path: resolved.path.clone(),
+                source,
+            }
+        }
+    };
+    let file = File::open(&resolved.path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(FilesError::NotRegular {
+            name: name.to_owned(),
+            path: resolved.path,
+        });
+    }
+    let modified = meta.modified().map_err(io_err)?;
+    Ok((
+        file,
+        SharedFile {
+            size: meta.len(),
+            modified,
+            ..resolved.clone()
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_names() {
+        assert_eq!(decode_name("a%20b.txt").unwrap(), "a b.txt");
+        assert_eq!(decode_name("%C3%A9t%C3%A9").unwrap(), "été");
+        assert_eq!(decode_name("plain").unwrap(), "plain");
+        assert_eq!(decode_name("100%").unwrap(), "100%");
+        assert_eq!(decode_name("%zz").unwrap(), "%zz");
+        assert_eq!(decode_name("..."), Ok("...".into()));
+    }
+
+    #[test]
+    fn refuses_names_that_break_the_rules() {
+        assert_eq!(decode_name("%ff"), Err(BadName::NotUtf8));
+        assert_eq!(
+            decode_name("a%2Fb"),
+            Err(BadName::Rule(NameError::Separator))
+        );
+        assert_eq!(
+            decode_name("a%2fb"),
+            Err(BadName::Rule(NameError::Separator))
+        );
+        assert_eq!(
+            decode_name("%2Fetc%2Fpasswd"),
+            Err(BadName::Rule(NameError::Separator))
+        );
+        assert_eq!(
+            decode_name("a%5Cb"),
+            Err(BadName::Rule(NameError::Separator))
+        );
+        assert_eq!(decode_name(".."), Err(BadName::Rule(NameError::Dots)));
+        assert_eq!(decode_name("%2E%2E"), Err(BadName::Rule(NameError::Dots)));
+        assert_eq!(
+            decode_name("../x"),
+            Err(BadName::Rule(NameError::Separator))
+        );
+        assert_eq!(decode_name(""), Err(BadName::Rule(NameError::Empty)));
+        assert_eq!(
+            decode_name("a%00"),
+            Err(BadName::Rule(NameError::ControlChar))
+        );
+        assert_eq!(
+            decode_name("%20a"),
+            Err(BadName::Rule(NameError::EdgeSpace))
+        );
+    }
+
+    #[test]
+    fn urls_round_trip_through_decoding() {
+        for name in ["a b", "été.txt", "100% & <x>", "?#[]", "a+b", "..."] {
+            let url = file_url(name);
+            let Route::File(encoded) = route(&url) else {
+                panic!("{url} is not a file route");
+            };
+            assert_eq!(decode_name(encoded).unwrap(), name);
+        }
+    }
+
+    #[test]
+    fn routes() {
+        assert!(matches!(route("/"), Route::Index));
+        assert!(matches!(route("/?x=1"), Route::Index));
+        assert!(matches!(route("http://h:1/"), Route::Index));
+        assert!(matches!(route("http://h:1"), Route::Index));
+        assert!(matches!(route("/files/a?x"), Route::File("a")));
+        assert!(matches!(route("http://h/files/a"), Route::File("a")));
+        assert!(matches!(route("/files"), Route::Unknown));
+        assert!(matches!(route("/etc/passwd"), Route::Unknown));
+        assert!(matches!(route("*"), Route::Unknown));
+        assert!(matches!(route("files/a"), Route::Unknown));
+    }
+
+    #[test]
+    fn index_escapes_names() {
+        let page = index_page(&[SharedFile {
+            name: "<b>&\"'.txt".into(),
+            path: "/x".into(),
+            size: 7,
+            modified: std::time::SystemTime::UNIX_EPOCH,
+        }]);
+        assert!(
+            page.contains("&lt;b&gt;&amp;&quot;&#39;.txt</a> (7 bytes)"),
+            "{page}"
+        );
+        assert!(
+            page.contains("href=\"/files/%3Cb%3E%26%22%27.txt\""),
+            "{page}"
+        );
+    }
+}

@@ -1,0 +1,555 @@
+//! The peer's HTTP/1.1 file server: what other peers, curl and browsers
+//! download from (contract, "Peer-to-peer transfer").
+//!
+//! # Layout
+//! - this module: [`FileServer`]: the acceptor thread, the bounded worker
+//!   pool, the connection limit, timeouts and shutdown.
+//! - [`request`]: reading request heads off a connection, with size limits
+//!   and a deadline.
+//! - [`handler`]: routing one request and streaming the file.
+//! - [`range`]: the `Range` / `If-Range` decision (pure).
+//! - [`response`]: status lines and header blocks.
+//!
+//! # Design
+//! The caller binds the listener (so it reports "port in use" itself). One
+//! acceptor thread admits at most [`FileServerConfig::max_connections`]
+//! connections at once; a connection over the limit gets `503` with
+//! `Connection: close` and is closed at once. Admitted connections go over
+//! a crossbeam channel to exactly that many worker threads, each serving
+//! one connection at a time for as many keep-alive requests as it carries.
+//!
+//! This module serves only what [`SharedDir::resolve`] accepts; it must
+//! never build a path itself, never buffer a file body (bodies are copied
+//! from the file to the socket), and never let one client's error or
+//! stalled socket stop the server.
+
+pub mod handler;
+pub mod range;
+pub mod request;
+pub mod response;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::files::{HashCache, SharedDir};
+use handler::{Next, Site};
+use request::{HeadReader, ReadError};
+use response::{plain, Status};
+
+/// Default for [`FileServerConfig::max_connections`]: enough for a handful
+/// of downloaders with several connections each, few enough threads to
+/// leave a small machine responsive.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// Default for [`FileServerConfig::read_timeout`].
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default for [`FileServerConfig::write_timeout`].
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the acceptor may block writing a `503` to a client over the
+/// limit; the acceptor must stay free to accept.
+pub const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After the server decides to close a connection, it stops sending and
+/// reads (and discards) what the client still sends for at most this long,
+/// so that unread request bytes do not make the kernel reset the
+/// connection and destroy the response before the client reads it.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most bytes discarded while lingering before a close.
+pub const LINGER_MAX_BYTES: u64 = 64 * 1024;
+
+/// First pause after `accept` fails (e.g. out of file descriptors); doubled
+/// on each consecutive failure up to [`ACCEPT_BACKOFF_MAX`], so a persistent
+/// error does not spin a core.
+pub const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
+
+/// Longest pause between failing `accept` calls.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits to connect to its own listener to wake the
+/// acceptor out of `accept`.
+pub const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Limits of the file server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileServerConfig {
+    /// Connections served at once (also the number of worker threads).
+    /// None of the three limits may be zero.
+    pub max_connections: usize,
+    /// Longest wait for a complete request head, counted from when the
+    /// server starts waiting for it (so it is also the keep-alive idle
+    /// timeout); a client that trickles bytes cannot hold a worker longer.
+    pub read_timeout: Duration,
+    /// Longest a single write may block on a client that
+    /// stopped reading, before the connection is dropped.
+    pub write_timeout: Duration,
+}
+
+impl Default for FileServerConfig {
+    fn default() -> Self {
+        FileServerConfig {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+        }
+    }
+}
+
+/// Why the file server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// A limit in [`FileServerConfig`] is zero.
+    #[error("file server: {0} must not be zero")]
+    BadConfig(&'static str),
+    #[error("file server: cannot use the listener: {0}")]
+    Listener(io::Error),
+    #[error("file server: cannot start a thread: {0}")]
+    Spawn(io::Error),
+}
+
+/// A running file server. Dropping it (or calling [`shutdown`](Self::shutdown))
+/// stops it.
+pub struct FileServer {
+    local_addr: SocketAddr,
+    /// Tells the acceptor and the workers to stop at their next check.
+    stopping: Arc<AtomicBool>,
+    connections: Arc<Connections>,
+    /// Never sends; dropping it disconnects the workers' stop receiver,
+    /// which wakes every idle worker.
+    stop_tx: Option<Sender<()>>,
+    acceptor: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl FileServer {
+    /// Starts serving `shared` on `listener` (already bound by the caller).
+    pub fn start(
+        listener: TcpListener,
+        shared: SharedDir,
+        hashes: HashCache,
+        config: FileServerConfig,
+    ) -> Result<FileServer, HttpError> {
+        if config.max_connections == 0 {
+            return Err(HttpError::BadConfig("max_connections"));
+        }
+        if config.read_timeout.is_zero() {
+            return Err(HttpError::BadConfig("read_timeout"));
+        }
+        if config.write_timeout.is_zero() {
+            return Err(HttpError::BadConfig("write_timeout"));
+        }
+        let local_addr = listener.local_addr().map_err(HttpError::Listener)?;
+        listener
+            .set_nonblocking(false)
+            .map_err(HttpError::Listener)?;
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(config.max_connections);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let mut server = FileServer {
+            local_addr,
+            stopping: Arc::new(AtomicBool::new(false)),
+            connections: Arc::new(Connections::default()),
+            stop_tx: Some(stop_tx),
+            acceptor: None,
+            workers: Vec::with_capacity(config.max_connections),
+        };
+        let site = Arc::new(Site { shared, hashes });
+        for i in 0..config.max_connections {
+            let worker = Worker {
+                jobs: job_rx.clone(),
+                stop: stop_rx.clone(),
+                stopping: Arc::clone(&server.stopping),
+                site: Arc::clone(&site),
+                read_timeout: config.read_timeout,
+            };
+            // On error, dropping `server` stops the workers already started.
+            let handle = thread::Builder::new()
+                .name(format!("http-worker-{i}"))
+                .spawn(move || worker.run())
+                .map_err(HttpError::Spawn)?;
+            server.workers.push(handle);
+        }
+        let acceptor = Acceptor {
+            listener,
+            jobs: job_tx,
+            stopping: Arc::clone(&server.stopping),
+            connections: Arc::clone(&server.connections),
+            config,
+        };
+        let handle = thread::Builder::new()
+            .name("http-acceptor".into())
+            .spawn(move || acceptor.run())
+            .map_err(HttpError::Spawn)?;
+        server.acceptor = Some(handle);
+        tracing::info!(addr = %local_addr, "file server listening");
+        Ok(server)
+    }
+
+    /// The address the server listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every connection (transfers in progress are
+    /// cut), and joins all threads.
+    pub fn shutdown(self) {
+        drop(self);
+    }
+
+    fn stop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            if acceptor.is_finished() || wake(self.local_addr) {
+                if acceptor.join().is_err() {
+                    tracing::error!("file server acceptor thread panicked");
+                }
+            } else {
+                // It leaves on its next accept; nothing it does then matters
+                // because the connection table is closed below.
+                tracing::warn!(addr = %self.local_addr, "could not wake the file server acceptor; leaving it behind");
+            }
+        }
+        self.connections.close_all();
+        self.stop_tx = None;
+        for worker in self.workers.drain(..) {
+            if worker.join().is_err() {
+                tracing::error!("file server worker thread panicked");
+            }
+        }
+        tracing::info!(addr = %self.local_addr, "file server stopped");
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Connects to our own listener so a blocked `accept` returns and the
+/// acceptor sees the stop flag.
+fn wake(addr: SocketAddr) -> bool {
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    TcpStream::connect_timeout(&target, WAKE_TIMEOUT).is_ok()
+}
+
+/// The open connections, so shutdown can close them and the acceptor can
+/// count them. Shared state behind a lock: the acceptor adds, workers
+/// remove, shutdown closes; each holds the lock only for a map operation.
+#[derive(Default)]
+struct Connections {
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// A clone of each admitted socket, keyed by admission number.
+    open: HashMap<u64, TcpStream>,
+    next_id: u64,
+    /// Set by shutdown: nothing more is admitted.
+    closed: bool,
+}
+
+enum Admission {
+    Admitted(Registration),
+    Full,
+    Closed,
+}
+
+impl Connections {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // Every operation leaves the map consistent, so a panic elsewhere
+        // while holding the lock does not invalidate it.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn admit(self: &Arc<Self>, stream: &TcpStream, limit: usize) -> io::Result<Admission> {
+        let mut table = self.table();
+        if table.closed {
+            return Ok(Admission::Closed);
+        }
+        if table.open.len() >= limit {
+            return Ok(Admission::Full);
+        }
+        let clone = stream.try_clone()?;
+        let id = table.next_id;
+        table.next_id += 1;
+        table.open.insert(id, clone);
+        Ok(Admission::Admitted(Registration {
+            id,
+            connections: Arc::clone(self),
+        }))
+    }
+
+    /// Shuts every open socket down, which ends blocked reads and writes in
+    /// the workers, and admits nothing more.
+    fn close_all(&self) {
+        let mut table = self.table();
+        table.closed = true;
+        for stream in table.open.values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A connection's place in the table; dropping it frees the place (before
+/// the socket itself is closed, so a client that sees the close can connect
+/// again at once without being refused).
+struct Registration {
+    id: u64,
+    connections: Arc<Connections>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.connections.table().open.remove(&self.id);
+    }
+}
+
+/// An admitted connection on its way to a worker. Field order matters:
+/// the registration is dropped before the stream.
+struct Job {
+    registration: Registration,
+    stream: TcpStream,
+    client: SocketAddr,
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    jobs: Sender<Job>,
+    stopping: Arc<AtomicBool>,
+    connections: Arc<Connections>,
+    config: FileServerConfig,
+}
+
+impl Acceptor {
+    fn run(self) {
+        let mut backoff = ACCEPT_BACKOFF_START;
+        loop {
+            let accepted = self.listener.accept();
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            match accepted {
+                Ok((stream, client)) => {
+                    backoff = ACCEPT_BACKOFF_START;
+                    self.dispatch(stream, client);
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    tracing::warn!("file server accept failed, pausing {backoff:?}: {e}");
+                    thread::sleep(backoff);
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, stream: TcpStream, client: SocketAddr) {
+        if let Err(e) = configure(&stream, &self.config) {
+            tracing::warn!(%client, "cannot configure connection: {e}");
+            return;
+        }
+        match self.connections.admit(&stream, self.config.max_connections) {
+            Ok(Admission::Admitted(registration)) => {
+                let job = Job {
+                    registration,
+                    stream,
+                    client,
+                };
+                // The channel holds max_connections jobs and at most that
+                // many connections are admitted, so it is never full.
+                if let Err(e) = self.jobs.try_send(job) {
+                    tracing::error!(%client, "no worker for connection: {e}");
+                    refuse(e.into_inner().stream, client);
+                }
+            }
+            Ok(Admission::Full) => {
+                tracing::warn!(%client, limit = self.config.max_connections, "too many connections, refused with 503");
+                refuse(stream, client);
+            }
+            Ok(Admission::Closed) => {}
+            Err(e) => tracing::warn!(%client, "cannot register connection: {e}"),
+        }
+    }
+}
+
+fn configure(stream: &TcpStream, config: &FileServerConfig) -> io::Result<()> {
+    // Heads are written separately from bodies; Nagle would hold the last
+    // small segment back waiting for an ACK.
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(config.write_timeout))?;
+    stream.set_read_timeout(Some(config.read_timeout))
+}
+
+/// Answers `503` and closes, from the acceptor: bounded by
+/// [`BUSY_WRITE_TIMEOUT`], no lingering.
+fn refuse(mut stream: TcpStream, client: SocketAddr) {
+    let _ = stream.set_write_timeout(Some(BUSY_WRITE_TIMEOUT));
+    let response = plain(Status::ServiceUnavailable, true, false);
+    if let Err(e) = stream.write_all(&response) {
+        tracing::debug!(%client, "sending 503: {e}");
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+struct Worker {
+    jobs: Receiver<Job>,
+    stop: Receiver<()>,
+    stopping: Arc<AtomicBool>,
+    site: Arc<Site>,
+    read_timeout: Duration,
+}
+
+impl Worker {
+    fn run(self) {
+        loop {
+            crossbeam_channel::select! {
+                recv(self.jobs) -> job => match job {
+                    Ok(job) => self.serve(job),
+                    Err(_) => return,
+                },
+                recv(self.stop) -> _ => return,
+            }
+        }
+    }
+
+    /// Serves requests on one connection until either side ends it.
+    fn serve(&self, job: Job) {
+        let Job {
+            registration,
+            mut stream,
+            client,
+        } = job;
+        let mut reader = HeadReader::new();
+        let linger = loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                break false;
+            }
+            let request = match reader.read_request(&stream, self.read_timeout) {
+                Ok(request) => request,
+                Err(ReadError::Closed | ReadError::Idle) => break false,
+                Err(e) => {
+                    tracing::debug!(%client, "{e}");
+                    let status = match e {
+                        ReadError::TimedOut => Status::RequestTimeout,
+                        ReadError::TooLarge => Status::HeaderFieldsTooLarge,
+                        ReadError::Malformed(_) => Status::BadRequest,
+                        _ => break false,
+                    };
+                    let _ = stream.write_all(&plain(status, true, false));
+                    break true;
+                }
+            };
+            match handler::respond(&mut stream, &request, &self.site, client) {
+                Ok(Next::KeepAlive) => {}
+                Ok(Next::Close) => break true,
+                Err(e) => {
+                    tracing::debug!(%client, target = request.target, "connection dropped: {e}");
+                    break false;
+                }
+            }
+        };
+        drop(registration);
+        // At shutdown nothing waits for the client.
+        if linger && !self.stopping.load(Ordering::SeqCst) {
+            linger_close(stream);
+        }
+    }
+}
+
+/// Closes gracefully: end our side, then discard what the client still
+/// sends, for at most [`LINGER_TIMEOUT`] in all and [`LINGER_MAX_BYTES`].
+fn linger_close(stream: TcpStream) {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIMEOUT;
+    let mut scratch = [0u8; 4096];
+    let mut discarded: u64 = 0;
+    while discarded < LINGER_MAX_BYTES {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
+            return;
+        }
+        match (&stream).read(&mut scratch) {
+            Ok(0) => return,
+            Ok(n) => discarded += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(config: FileServerConfig) -> Result<FileServer, HttpError> {
+        let tmp = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let shared = SharedDir::open(tmp.path()).unwrap();
+        FileServer::start(listener, shared, HashCache::new(), config)
+    }
+
+    #[test]
+    fn refuses_zero_limits() {
+        for (config, field) in [
+            (
+                FileServerConfig {
+                    max_connections: 0,
+                    ..FileServerConfig::default()
+                },
+                "max_connections",
+            ),
+            (
+                FileServerConfig {
+                    read_timeout: Duration::ZERO,
+                    ..FileServerConfig::default()
+                },
+                "read_timeout",
+            ),
+            (
+                FileServerConfig {
+                    write_timeout: Duration::ZERO,
+                    ..FileServerConfig::default()
+                },
+                "write_timeout",
+            ),
+        ] {
+            let err = start(config).err().expect("zero limit accepted");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn starts_and_stops_on_an_unspecified_address() {
+        let tmp = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+        let shared = SharedDir::open(tmp.path()).unwrap();
+        let server = FileServer::start(
+            listener,
+            shared,
+            HashCache::new(),
+            FileServerConfig::default(),
+        )
+        .unwrap();
+        assert!(server.local_addr().port() != 0);
+        // Dropping must wake the acceptor through the loopback address.
+        drop(server);
+    }
+}

@@ -1,0 +1,21 @@
+//! A peer of the p2p file sharing system: it shares the regular files of one
+//! folder over HTTP/1.1, registers them with the registry, and downloads
+//! files from other peers with verification and resume.
+//!
+//! # Layout
+//! - [`files`]: the shared folder: safe name → path resolution, listing, streaming SHA-256.
+//! - [`http`]: the file server other peers (and curl, browsers) download from.
+//! - [`download`]: search, fetch into `.part`, verify, rename; resume; next source on failure.
+//! - [`progress`]: progress bars on a terminal, plain lines otherwise.
+//! - [`menu`]: the interactive numbered menu of the original design.
+//! - [`serve`]: `peer serve`: register everything, heartbeat, unregister on exit.
+//! - [`registration`]: register, heartbeat (background thread), re-register, unregister.
+//! - [`cli`]: the command line (clap types and help); `main.rs` only dispatches.
+pub mod cli;
+pub mod download;
+pub mod files;
+pub mod http;
+pub mod menu;
+pub mod progress;
+pub mod registration;
+pub mod serve;

@@ -1,0 +1,251 @@
+//! How the peer tells a person what it is doing: progress bars for long
+//! transfers and hashes when stderr is a terminal, a plain line at the start
+//! and one at the end otherwise, and one-line notes ("source X failed,
+//! trying the next") in both cases.
+//!
+//! Bars go to stderr (indicatif hides them when stderr is not a terminal);
+//! notes and plain progress lines go to stdout, so that stderr of a failing
+//! `peer get` carries only its one-line reason. This module must not decide
+//! anything about the transfer itself: it only displays numbers it is given.
+//! Writing to a closed stdout is ignored, never a panic.
+
+use std::fmt::Display;
+use std::io::{self, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Files smaller than this are hashed without a bar: it would only flash.
+pub const HASH_BAR_MIN_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How often a bar is redrawn at most; more is wasted terminal output.
+const BAR_REFRESH_PER_SECOND: u8 = 10;
+
+/// Bar layout: how far, how fast, how long still, then what (cut to the
+/// terminal's width, so the bar never wraps onto a second line).
+const BAR_TEMPLATE: &str =
+    "[{bar:25.cyan/blue}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}";
+
+/// Where progress goes. Copy it freely: it holds no state of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reporter {
+    /// Draw indicatif bars on stderr.
+    bars: bool,
+    /// Print notes and plain start/end lines on stdout.
+    lines: bool,
+}
+
+impl Reporter {
+    /// Bars when stderr is a terminal, plain lines on stdout always.
+    pub fn auto() -> Reporter {
+        Reporter {
+            bars: io::stderr().is_terminal(),
+            lines: true,
+        }
+    }
+
+    /// Plain lines only, never bars (for scripts and tests).
+    pub fn plain() -> Reporter {
+        Reporter {
+            bars: false,
+            lines: true,
+        }
+    }
+
+    /// Nothing at all.
+    pub fn quiet() -> Reporter {
+        Reporter {
+            bars: false,
+            lines: false,
+        }
+    }
+
+    /// Whether this reporter draws bars.
+    pub fn draws_bars(&self) -> bool {
+        self.bars
+    }
+
+    /// One line for a person, on stdout.
+    pub fn note(&self, line: impl Display) {
+        if self.lines {
+            say(line);
+        }
+    }
+
+    /// Progress of a transfer of `total` bytes of which `already` are done
+    /// (a resumed download). `what` names it, e.g. `report.pdf from 10.0.0.2:4000`.
+    pub fn transfer(&self, what: impl Into<String>, total: u64, already: u64) -> Progress {
+        let what = what.into();
+        if self.lines && !self.bars {
+            if already > 0 {
+                say(format_args!(
+                    "resuming {what} at {} of {}",
+                    HumanBytes(already),
+                    HumanBytes(total)
+                ));
+            } else {
+                say(format_args!("downloading {what} ({})", HumanBytes(total)));
+            }
+        }
+        Progress::new(*self, "received", what, total, already, true)
+    }
+
+    /// Progress of hashing `total` bytes; a bar only for large files, and no
+    /// plain lines (the caller says what it does with the digest).
+    pub fn hashing(&self, what: impl Into<String>, total: u64) -> Progress {
+        let show_bar = total >= HASH_BAR_MIN_BYTES;
+        let reporter = Reporter {
+            bars: self.bars && show_bar,
+            lines: false,
+        };
+        Progress::new(
+            reporter,
+            "hashed",
+            format!("hashing {}", what.into()),
+            total,
+            0,
+            false,
+        )
+    }
+}
+
+/// Writes one line to stdout, ignoring a closed stdout (a script that stopped
+/// reading must not make the peer panic).
+pub fn say(line: impl Display) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// One running progress display. Dropping it without [`finish`](Self::finish)
+/// clears the bar and prints nothing.
+#[derive(Debug)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    reporter: Reporter,
+    /// Past tense for the end line ("received").
+    done_verb: &'static str,
+    what: String,
+    /// Bytes done when this display started (resume), so the rate counts only new bytes.
+    start_position: u64,
+    position: u64,
+    started: Instant,
+    /// Whether to print a plain end line.
+    end_line: bool,
+}
+
+impl Progress {
+    fn new(
+        reporter: Reporter,
+        done_verb: &'static str,
+        what: String,
+        total: u64,
+        already: u64,
+        end_line: bool,
+    ) -> Progress {
+        let bar = reporter.bars.then(|| {
+            let bar = ProgressBar::with_draw_target(
+                Some(total),
+                ProgressDrawTarget::stderr_with_hz(BAR_REFRESH_PER_SECOND),
+            );
+            // The template is a constant; should it ever be rejected, the
+            // default style still shows the numbers.
+            if let Ok(style) = ProgressStyle::with_template(BAR_TEMPLATE) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(what.clone());
+            bar.set_position(already);
+            bar
+        });
+        Progress {
+            bar,
+            reporter,
+            done_verb,
+            what,
+            start_position: already,
+            position: already,
+            started: Instant::now(),
+            end_line,
+        }
+    }
+
+    /// A display that shows nothing.
+    pub fn hidden() -> Progress {
+        Progress::new(Reporter::quiet(), "", String::new(), 0, 0, false)
+    }
+
+    /// Sets how many bytes are done in all.
+    pub fn set(&mut self, position: u64) {
+        self.position = position;
+        if let Some(bar) = &self.bar {
+            bar.set_position(position);
+        }
+    }
+
+    /// A note printed above the bar without breaking it.
+    pub fn note(&self, line: impl Display) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| self.reporter.note(line)),
+            None => self.reporter.note(line),
+        }
+    }
+
+    /// Ends the display: the bar is cleared and, in plain mode, one line
+    /// says how much was done and how fast.
+    pub fn finish(mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if self.end_line && self.reporter.lines {
+            let elapsed = self.started.elapsed();
+            let moved = self.position.saturating_sub(self.start_position);
+            say(format_args!(
+                "{} {}: {} in {:.2}s ({}/s)",
+                self.done_verb,
+                self.what,
+                HumanBytes(moved),
+                elapsed.as_secs_f64(),
+                HumanBytes(rate(moved, elapsed)),
+            ));
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Bytes per second, without dividing by zero for instant transfers.
+fn rate(bytes: u64, elapsed: Duration) -> u64 {
+    let millis = elapsed.as_millis().max(1);
+    u64::try_from(u128::from(bytes) * 1000 / millis).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_never_divides_by_zero() {
+        assert_eq!(rate(1000, Duration::ZERO), 1_000_000);
+        assert_eq!(rate(1000, Duration::from_secs(2)), 500);
+        assert_eq!(rate(u64::MAX, Duration::from_millis(1)), u64::MAX);
+    }
+
+    #[test]
+    fn quiet_and_plain_reporters_draw_no_bar() {
+        for reporter in [Reporter::quiet(), Reporter::plain()] {
+            assert!(!reporter.draws_bars());
+            let mut p = reporter.transfer("x", 10, 0);
+            p.set(10);
+            assert!(p.bar.is_none());
+            p.finish();
+        }
+        let hidden = Progress::hidden();
+        assert!(hidden.bar.is_none());
+    }
+}

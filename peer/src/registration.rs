@@ -1,0 +1,448 @@
+//! This peer's registrations with the registry: announcing shared files
+//! (size and SHA-256 computed by streaming them), keeping them alive with
+//! heartbeats from a background thread, registering them again when the
+//! registry lost them, and withdrawing them on exit.
+//!
+//! Every exchange opens a fresh connection, so a registry that restarts
+//! between two of them is simply reconnected to. This module must not decide
+//! what to share (the caller names the files) and must not print to stdout
+//! on its own except through the [`Reporter`] it is given; the heartbeat
+//! thread logs only changes of the registry's state, never one line per beat.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use dht_server::client::{Client, ClientError};
+
+use crate::files::{hash_file, FilesError, HashCache, SharedDir, SharedFile};
+use crate::progress::Reporter;
+
+/// First pause before trying an unreachable registry again.
+pub const RETRY_MIN: Duration = Duration::from_secs(1);
+
+/// Longest pause between two tries of an unreachable registry: a registry
+/// that comes back is noticed within this time.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Default time between two heartbeats: far inside the registry's default
+/// TTL (30 minutes), so a registration never lapses while the peer runs.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// How many hex digits of a SHA-256 are shown to people.
+pub const SHORT_SHA_LEN: usize = 12;
+
+/// What was announced for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl Registration {
+    /// The first [`SHORT_SHA_LEN`] hex digits of the digest.
+    pub fn short_sha(&self) -> &str {
+        short_sha(&self.sha256)
+    }
+}
+
+/// The first [`SHORT_SHA_LEN`] hex digits of a digest.
+pub fn short_sha(sha256: &str) -> &str {
+    sha256.get(..SHORT_SHA_LEN).unwrap_or(sha256)
+}
+
+/// Why a registration did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The file is not in the shared folder, or cannot be read.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    /// The registry could not be reached, or refused the request.
+    #[error(transparent)]
+    Registry(#[from] ClientError),
+}
+
+impl RegisterError {
+    /// Whether the registry could not be talked to at all (as opposed to a
+    /// problem with this one file).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, RegisterError::Registry(e) if is_unreachable(e))
+    }
+}
+
+/// Whether a client error means the registry is down or unreachable.
+pub fn is_unreachable(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Resolve { .. }
+            | ClientError::Connect { .. }
+            | ClientError::Io { .. }
+            | ClientError::Closed { .. }
+    )
+}
+
+/// What [`Registrar::register_all`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Files now registered.
+    pub registered: usize,
+    /// Files that could not be (one line each: which and why).
+    pub skipped: Vec<String>,
+}
+
+/// What one heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    /// Registrations the registry refreshed.
+    pub refreshed: u64,
+    /// Registrations sent again because the registry had lost them.
+    pub renewed: Option<usize>,
+}
+
+/// The registrations of one peer (one announced port) with one registry.
+#[derive(Debug)]
+pub struct Registrar {
+    /// `host:port` of the registry.
+    server: String,
+    /// The port this peer's file server listens on, as announced.
+    port: u16,
+    shared: SharedDir,
+    /// Shared with the file server, so a file is hashed once for both.
+    hashes: HashCache,
+    /// What this process registered, by name. Behind a lock because the menu
+    /// thread registers while the heartbeat thread may register everything
+    /// again after a registry restart; it is never held across I/O.
+    registered: Mutex<BTreeMap<String, Registration>>,
+}
+
+impl Registrar {
+    pub fn new(server: &str, port: u16, shared: SharedDir, hashes: HashCache) -> Registrar {
+        Registrar {
+            server: server.to_owned(),
+            port,
+            shared,
+            hashes,
+            registered: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The registry's address.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The announced port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared folder.
+    pub fn shared(&self) -> &SharedDir {
+        &self.shared
+    }
+
+    /// What is registered now, by name.
+    pub fn registered(&self) -> BTreeMap<String, Registration> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Registration>> {
+        // A poisoned lock only means another thread panicked between two
+        // statements that each leave the map consistent.
+        self.registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(&self.server)
+    }
+
+    /// Size and digest of a shared file, hashing it (with a bar when it is
+    /// large and stderr is a terminal) unless the cache knows it.
+    pub fn digest(&self, file: &SharedFile, reporter: &Reporter) -> Result<String, FilesError> {
+        if let Some(sha256) = self.hashes.cached(file) {
+            return Ok(sha256);
+        }
+        let mut progress = reporter.hashing(&file.name, file.size);
+        let (size, sha256) = hash_file(&file.path, &mut |n| progress.set(n))?;
+        progress.finish();
+        if size != file.size {
+            return Err(FilesError::Changed {
+                path: file.path.clone(),
+                expected: file.size,
+                actual: size,
+            });
+        }
+        self.hashes.insert(file, sha256.clone());
+        Ok(sha256)
+    }
+
+    /// Registers the shared file `name`.
+    pub fn register(&self, name: &str, reporter: &Reporter) -> Result<Registration, RegisterError> {
+        let file = self.shared.resolve(name)?;
+        let registration = Registration {
+            size: file.size,
+            sha256: self.digest(&file, reporter)?,
+        };
+        self.connect()?
+            .register(self.port, registration.size, &registration.sha256, name)?;
+        self.lock().insert(name.to_owned(), registration.clone());
+        Ok(registration)
+    }
+
+    /// Registers every file of the shared folder over one connection. A file
+    /// that cannot be read or that the registry refuses is skipped; an
+    /// unreachable registry stops the whole and is returned as an error.
+    pub fn register_all(&self, reporter: &Reporter) -> Result<Summary, RegisterError> {
+        let files = self.shared.list()?;
+        let mut summary = Summary::default();
+        let mut client = None;
+        for file in files {
+            let sha256 = match self.digest(&file, reporter) {
+                Ok(sha256) => sha256,
+                Err(e) => {
+                    summary.skipped.push(format!("not registered: {e}"));
+                    continue;
+                }
+            };
+            let client = match &mut client {
+                Some(client) => client,
+                None => client.insert(self.connect()?),
+            };
+            match client.register(self.port, file.size, &sha256, &file.name) {
+                Ok(()) => {
+                    reporter.note(format_args!(
+                        "registered {} ({} bytes, sha256 {})",
+                        file.name,
+                        file.size,
+                        short_sha(&sha256)
+                    ));
+                    self.lock().insert(
+                        file.name.clone(),
+                        Registration {
+                            size: file.size,
+                            sha256,
+                        },
+                    );
+                    summary.registered += 1;
+                }
+                Err(e) if is_unreachable(&e) => return Err(e.into()),
+                Err(e) => summary
+                    .skipped
+                    .push(format!("not registered: {:?}: {e}", file.name)),
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Sends every registration again (after the registry lost them), with
+    /// the files' current size and digest; files gone from the shared
+    /// folder are forgotten. Returns how many were registered.
+    pub fn renew(&self) -> Result<usize, ClientError> {
+        let names: Vec<String> = self.lock().keys().cloned().collect();
+        let mut client = self.connect()?;
+        let mut renewed = 0;
+        for name in names {
+            let current = self
+                .shared
+                .resolve(&name)
+                .and_then(|file| Ok((file.size, self.hashes.digest(&file)?)));
+            let (size, sha256) = match current {
+                Ok(current) => current,
+                Err(e) => {
+                    tracing::warn!("no longer registering {name:?}: {e}");
+                    self.lock().remove(&name);
+                    continue;
+                }
+            };
+            match client.register(self.port, size, &sha256, &name) {
+                Ok(()) => {
+                    self.lock().insert(name, Registration { size, sha256 });
+                    renewed += 1;
+                }
+                Err(e) if is_unreachable(&e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!("no longer registering {name:?}: {e}");
+                    self.lock().remove(&name);
+                }
+            }
+        }
+        Ok(renewed)
+    }
+
+    /// One heartbeat; when the registry refreshed fewer registrations than
+    /// this peer holds (it restarted, or they expired), registers them again.
+    pub fn heartbeat(&self) -> Result<Beat, ClientError> {
+        let refreshed = self.connect()?.heartbeat(self.port)?;
+        let held = self.lock().len() as u64;
+        let renewed = if refreshed < held {
+            Some(self.renew()?)
+        } else {
+            None
+        };
+        Ok(Beat { refreshed, renewed })
+    }
+
+    /// Withdraws every registration; returns how many the registry removed.
+    /// The record is cleared even when the registry is unreachable: the
+    /// registrations then lapse at its TTL.
+    pub fn unregister_all(&self) -> Result<usize, ClientError> {
+        let names: Vec<String> = std::mem::take(&mut *self.lock()).into_keys().collect();
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let mut client = self.connect()?;
+        let mut removed = 0;
+        for name in names {
+            if client.unregister(self.port, &name)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Registers one shared file for `port` and returns what was announced
+/// (`peer register NAME --port N`).
+pub fn register_one(
+    server: &str,
+    shared: SharedDir,
+    port: u16,
+    name: &str,
+    reporter: &Reporter,
+) -> Result<Registration, RegisterError> {
+    Registrar::new(server, port, shared, HashCache::new()).register(name, reporter)
+}
+
+/// The background thread that sends heartbeats. Stopping it (or dropping
+/// it) wakes the thread at once and joins it.
+#[derive(Debug)]
+pub struct Heartbeat {
+    /// Never sends: dropping it disconnects the thread's receiver.
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    /// Starts beating every `interval`; while the registry is unreachable it
+    /// tries again after [`RETRY_MIN`], doubling up to [`RETRY_MAX`] (never
+    /// longer than `interval`).
+    pub fn start(registrar: Arc<Registrar>, interval: Duration) -> std::io::Result<Heartbeat> {
+        let (stop, stopped) = crossbeam_channel::bounded(0);
+        let thread = thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || beat_until_stopped(&registrar, interval, &stopped))?;
+        Ok(Heartbeat {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it (at most one exchange in flight).
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn beat_until_stopped(registrar: &Registrar, interval: Duration, stopped: &Receiver<()>) {
+    let mut wait = interval;
+    let mut retry = RETRY_MIN;
+    let mut down = false;
+    loop {
+        match stopped.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        match registrar.heartbeat() {
+            Ok(beat) => {
+                if down {
+                    tracing::warn!("the registry at {} answers again", registrar.server());
+                }
+                if let Some(renewed) = beat.renewed {
+                    tracing::warn!(
+                        "the registry at {} had lost this peer's files; registered {renewed} again",
+                        registrar.server()
+                    );
+                }
+                down = false;
+                wait = interval;
+                retry = RETRY_MIN;
+            }
+            Err(e) => {
+                if !down {
+                    tracing::warn!("heartbeat failed: {e}; retrying");
+                }
+                down = true;
+                wait = retry.min(interval);
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_sha_never_panics() {
+        assert_eq!(short_sha("abc"), "abc");
+        assert_eq!(short_sha(&"a".repeat(64)), "a".repeat(SHORT_SHA_LEN));
+        assert_eq!(short_sha("é".repeat(10).as_str()), "éééééé");
+    }
+
+    #[test]
+    fn an_unreachable_registry_is_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let shared = SharedDir::open(dir.path()).unwrap();
+        // A port nobody listens on: bind, note it, close.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let registrar = Registrar::new(&addr, 4000, shared, HashCache::new());
+        let err = registrar.register("f", &Reporter::quiet()).unwrap_err();
+        assert!(err.is_unreachable(), "{err}");
+        assert!(err.to_string().contains(&addr), "{err}");
+        let err = registrar
+            .register("missing", &Reporter::quiet())
+            .unwrap_err();
+        assert!(!err.is_unreachable());
+        assert!(registrar.registered().is_empty());
+        assert_eq!(registrar.unregister_all().unwrap(), 0);
+    }
+
+    #[test]
+    fn heartbeat_thread_stops_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = SharedDir::open(dir.path()).unwrap();
+        let registrar = Arc::new(Registrar::new(
+            "127.0.0.1:1",
+            4000,
+            shared,
+            HashCache::new(),
+        ));
+        let beat = Heartbeat::start(registrar, Duration::from_secs(3600)).unwrap();
+        let started = std::time::Instant::now();
+        beat.stop();
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
