@@ -17,7 +17,10 @@ fn every_subcommand_has_help_with_an_example() {
         let out = admin(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help failed");
         let help = String::from_utf8_lossy(&out.stdout);
-        assert!(help.contains("p2p-admin "), "{sub} --help has no example:\n{help}");
+        assert!(
+            help.contains("p2p-admin "),
+            "{sub} --help has no example:\n{help}"
+        );
     }
 }
 

@@ -16,8 +16,19 @@ fn help_lists_every_subcommand_with_examples() {
     let out = peer(&["--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["serve", "search", "get", "register", "--server", "--shared", "--downloads"] {
-        assert!(help.contains(word), "--help does not mention {word}:\n{help}");
+    for word in [
+        "serve",
+        "search",
+        "get",
+        "register",
+        "--server",
+        "--shared",
+        "--downloads",
+    ] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
     }
     assert!(help.contains("Examples"), "{help}");
 }
