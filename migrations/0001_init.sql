@@ -32,8 +32,10 @@ CREATE TABLE registrations (
     PRIMARY KEY (file_id, peer_id)
 ) WITHOUT ROWID;
 
--- SEARCH: the sources of one file, most recently seen first, off the index.
-CREATE INDEX registrations_by_file_seen ON registrations (file_id, seen_seq DESC);
+-- SEARCH reads the sources of one file off the primary key (file_id first)
+-- and sorts them by seen_seq: a name has few sources, and an index on
+-- (file_id, seen_seq) would cost every REGISTER and HEARTBEAT one more
+-- random B-tree page write (see BENCHMARKS.md).
 -- HEARTBEAT, UNREGISTER of a departing peer, `p2p-admin prune --peer`.
 CREATE INDEX registrations_by_peer ON registrations (peer_id);
 -- The expiry sweep and `prune --stale`.

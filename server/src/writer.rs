@@ -14,6 +14,8 @@
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use rusqlite::Connection;
 
@@ -73,7 +75,57 @@ pub enum WriteError {
 
 struct Job {
     write: Write,
-    done: Sender<Result<Outcome, WriteError>>,
+    /// Taken when the job is answered.
+    done: Option<Arc<Reply>>,
+}
+
+impl Job {
+    fn answer(mut self, outcome: Result<Outcome, WriteError>) {
+        if let Some(done) = self.done.take() {
+            done.send(outcome);
+        }
+    }
+}
+
+/// Where the writer leaves one job's outcome for the worker waiting on it.
+///
+/// A mutex and condvar, not a channel: the worker parks at once instead of
+/// spinning and yielding first (crossbeam's receive backoff), which under
+/// 64 waiting workers took CPU the writer itself needed.
+#[derive(Default)]
+struct Reply {
+    outcome: Mutex<Option<Result<Outcome, WriteError>>>,
+    ready: Condvar,
+}
+
+impl Reply {
+    fn send(&self, outcome: Result<Outcome, WriteError>) {
+        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+        self.ready.notify_one();
+    }
+
+    fn wait(&self) -> Result<Outcome, WriteError> {
+        let mut slot = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(outcome) = slot.take() {
+                return outcome;
+            }
+            slot = self
+                .ready
+                .wait(slot)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl Drop for Job {
+    /// A job dropped unanswered (the writer stopped or panicked) must not
+    /// leave its worker waiting forever.
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.send(Err(WriteError::Stopped));
+        }
+    }
 }
 
 /// The senders' side: cheap to clone, one per worker. The writer stops
@@ -86,11 +138,14 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Queues a write and blocks until it is committed (or failed).
     pub fn submit(&self, write: Write) -> Result<Outcome, WriteError> {
-        let (done, outcome) = bounded(1);
+        let done = Arc::new(Reply::default());
         self.jobs
-            .send(Job { write, done })
+            .send(Job {
+                write,
+                done: Some(Arc::clone(&done)),
+            })
             .map_err(|_| WriteError::Stopped)?;
-        outcome.recv().map_err(|_| WriteError::Stopped)?
+        done.wait()
     }
 }
 
@@ -186,14 +241,14 @@ fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Jo
     match result {
         Ok(outcomes) => {
             for (job, outcome) in batch.drain(..).zip(outcomes) {
-                let _ = job.done.send(outcome.map_err(WriteError::from));
+                job.answer(outcome.map_err(WriteError::from));
             }
         }
         Err(e) => {
             tracing::error!(path = %config.path, error = %e, writes = batch.len(), "commit failed");
             let reason = e.to_string();
             for job in batch.drain(..) {
-                let _ = job.done.send(Err(WriteError::Commit {
+                job.answer(Err(WriteError::Commit {
                     reason: reason.clone(),
                 }));
             }

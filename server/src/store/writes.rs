@@ -47,13 +47,12 @@ pub fn register(
     sha256: &str,
     stamp: Stamp,
 ) -> rusqlite::Result<()> {
-    let file_id: i64 = conn
-        .prepare_cached(
-            "INSERT INTO files (name_key, name) VALUES (?1, ?2)
-             ON CONFLICT (name_key) DO UPDATE SET name = excluded.name
-             RETURNING id",
-        )?
-        .query_row(params![name_key, name], |row| row.get(0))?;
+    let file_id = match file_id(conn, name_key)? {
+        Some(id) => id,
+        None => conn
+            .prepare_cached("INSERT INTO files (name_key, name) VALUES (?1, ?2) RETURNING id")?
+            .query_row(params![name_key, name], |row| row.get(0))?,
+    };
     let peer_id = upsert_peer(conn, host, port)?;
     let size = i64::try_from(size).map_err(|_| {
         rusqlite::Error::ToSqlConversionFailure("size does not fit SQLite's INTEGER".into())
@@ -74,13 +73,20 @@ pub fn register(
     Ok(())
 }
 
+/// The id of peer `host:port`, created when new. Looked up first: most
+/// writes come from known peers, and a plain read does not dirty a page.
 fn upsert_peer(conn: &Connection, host: &str, port: u16) -> rusqlite::Result<i64> {
-    conn.prepare_cached(
-        "INSERT INTO peers (host, port) VALUES (?1, ?2)
-         ON CONFLICT (host, port) DO UPDATE SET port = excluded.port
-         RETURNING id",
-    )?
-    .query_row(params![host, port], |row| row.get(0))
+    if let Some(id) = peer_id(conn, host, port)? {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO peers (host, port) VALUES (?1, ?2) RETURNING id")?
+        .query_row(params![host, port], |row| row.get(0))
+}
+
+fn file_id(conn: &Connection, name_key: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM files WHERE name_key = ?1")?
+        .query_row(params![name_key], |row| row.get(0))
+        .optional()
 }
 
 fn peer_id(conn: &Connection, host: &str, port: u16) -> rusqlite::Result<Option<i64>> {
@@ -100,11 +106,7 @@ pub fn unregister(
     let Some(peer_id) = peer_id(conn, host, port)? else {
         return Ok(false);
     };
-    let file_id: Option<i64> = conn
-        .prepare_cached("SELECT id FROM files WHERE name_key = ?1")?
-        .query_row(params![name_key], |row| row.get(0))
-        .optional()?;
-    let Some(file_id) = file_id else {
+    let Some(file_id) = file_id(conn, name_key)? else {
         return Ok(false);
     };
     let removed = conn
