@@ -73,6 +73,9 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// Seed of the per-thread random generators (runs are repeatable).
     pub seed: u64,
+    /// The server's process id, when it runs on this machine: its CPU time
+    /// in the window is then reported too.
+    pub server_pid: Option<u32>,
 }
 
 /// What one measurement saw.
@@ -92,6 +95,8 @@ pub struct LoadReport {
     /// CPU time this process (the load generator) used in the window, in
     /// cores: shows how much of the machine the client itself took.
     pub client_cores: Option<f64>,
+    /// CPU time the server used in the window, in cores (with `server_pid`).
+    pub server_cores: Option<f64>,
 }
 
 impl LoadReport {
@@ -149,15 +154,19 @@ pub fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
     }
     ready.wait();
     thread::sleep(config.warmup);
-    let cpu_start = process_cpu_time();
+    let server_stat = config.server_pid.map(|pid| format!("/proc/{pid}/stat"));
+    let server_cpu = || server_stat.as_deref().and_then(process_cpu_time);
+    let client_start = process_cpu_time(SELF_STAT);
+    let server_start = server_cpu();
     let start = Instant::now();
     phase.store(MEASURE, Ordering::Release);
     thread::sleep(config.duration);
     phase.store(STOP, Ordering::Release);
     let elapsed = start.elapsed();
-    let client_cores = cpu_start
-        .zip(process_cpu_time())
-        .map(|(a, b)| (b - a) / elapsed.as_secs_f64());
+    let cores =
+        |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (b - a) / elapsed.as_secs_f64());
+    let client_cores = cores(client_start, process_cpu_time(SELF_STAT));
+    let server_cores = cores(server_start, server_cpu());
 
     let mut report = LoadReport {
         elapsed,
@@ -168,6 +177,7 @@ pub fn run(config: &LoadConfig) -> anyhow::Result<LoadReport> {
         first_error: None,
         histogram: new_histogram()?,
         client_cores,
+        server_cores,
     };
     for thread in threads {
         let stats = thread
@@ -322,12 +332,15 @@ fn connection_thread(
     Ok(stats)
 }
 
-/// User plus system CPU seconds this process has used, from `/proc/self/stat`
+/// Where this process's CPU times are.
+const SELF_STAT: &str = "/proc/self/stat";
+
+/// User plus system CPU seconds a process has used, from its `/proc/PID/stat`
 /// (Linux only; `None` elsewhere or when it cannot be read).
-fn process_cpu_time() -> Option<f64> {
+fn process_cpu_time(stat_path: &str) -> Option<f64> {
     /// Clock ticks per second of `/proc` figures (USER_HZ, 100 on Linux).
     const TICKS_PER_SECOND: f64 = 100.0;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let stat = std::fs::read_to_string(stat_path).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();

@@ -63,6 +63,9 @@ struct Args {
     /// Seed of the random choices (same seed, same requests).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Process id of the server, when local: its CPU use in the window is reported.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
     /// A label copied into the summary line.
     #[arg(long, default_value = "")]
     label: String,
@@ -127,6 +130,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             }),
             timeout: args.timeout,
             seed: args.seed,
+            server_pid: args.server_pid,
         };
         let report = load::run(&config)?;
         emit(&report_text(&config, &report))?;
@@ -149,6 +153,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             "p999_us": round(report.quantile_us(0.999), 1),
             "max_us": round(report.max_us(), 1),
             "client_cores": report.client_cores.map(|c| round(c, 2)),
+            "server_cores": report.server_cores.map(|c| round(c, 2)),
+            "server_us_per_op": report.server_cores.map(|c| {
+                round(c * 1e6 / report.ops_per_sec().max(f64::MIN_POSITIVE), 1)
+            }),
         });
         if let (Some(out), Some(fields)) = (summary.as_object_mut(), fields.as_object()) {
             out.extend(fields.clone());
@@ -184,6 +192,12 @@ fn report_text(config: &LoadConfig, report: &LoadReport) -> String {
     );
     if let Some(cores) = report.client_cores {
         text.push_str(&format!("\nload generator CPU: {cores:.2} cores"));
+    }
+    if let Some(cores) = report.server_cores {
+        let per_op = cores * 1e6 / report.ops_per_sec().max(f64::MIN_POSITIVE);
+        text.push_str(&format!(
+            "\nserver CPU: {cores:.2} cores, {per_op:.1} us per request"
+        ));
     }
     text
 }
