@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::download::{Options, DEFAULT_MAX_SOURCES, MAX_SOURCES_LIMIT};
+use crate::http::throttle::parse_rate;
+use crate::http::FileServerConfig;
+
 /// Shortest heartbeat interval accepted: anything below only loads the registry.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -28,6 +32,9 @@ Examples:
   peer serve --port 0 --heartbeat 10s    any free port; prints `listening on HOST:PORT`
   peer search 'holiday photos.zip'       prints `HOST:PORT SIZE SHA256` per source
   peer get 'holiday photos.zip'          into ./downloads, verified; resumes a .part
+  peer get big.iso --max-sources 8       from up to 8 peers at once, piece by piece
+  peer serve --port 4000 --max-upload-rate 20MiB
+                                         send at most 20 MiB/s, all downloaders together
   peer register notes.txt --port 4000    one registration, for scripts
   curl -O http://HOST:PORT/files/notes.txt
 
@@ -91,15 +98,51 @@ pub struct Common {
     /// Address the file server listens on
     #[arg(long, global = true, value_name = "IP", default_value = "0.0.0.0")]
     pub bind: IpAddr,
+
+    /// Most sources a download fetches from at once, piece by piece (1: one
+    /// source after the other)
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_SOURCES,
+        value_parser = parse_max_sources
+    )]
+    pub max_sources: usize,
+
+    /// Most bytes per second the file server sends, all connections
+    /// together, e.g. 500K, 20MiB, 1G (K, M, G: powers of 1000; KiB, MiB,
+    /// GiB: of 1024); unlimited when not given
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_upload_rate)]
+    pub max_upload_rate: Option<u64>,
+}
+
+impl Common {
+    /// How downloads proceed, from these options.
+    pub fn download_options(&self) -> Options {
+        Options {
+            max_sources: self.max_sources,
+        }
+    }
+
+    /// The file server's limits, from these options.
+    pub fn file_server_config(&self) -> FileServerConfig {
+        FileServerConfig {
+            max_upload_rate: self.max_upload_rate,
+            ..FileServerConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Share the shared folder until SIGINT/SIGTERM (needs --port)
     ///
-    /// Registers every regular file of the shared folder, serves them, sends
-    /// heartbeats, and on SIGINT/SIGTERM unregisters them and exits 0. Prints `listening on HOST:PORT` on stdout once the files are
-    /// registered and served.
+    /// Registers every regular file of the shared folder, serves them (and
+    /// their piece lists), sends heartbeats, and on SIGINT/SIGTERM
+    /// unregisters them and exits 0. Prints `listening on HOST:PORT` on
+    /// stdout once the files are registered and served. --max-upload-rate
+    /// limits what it sends.
     Serve,
     /// Print the live sources of NAME (exit 1 when there are none)
     ///
@@ -111,9 +154,14 @@ pub enum Command {
     },
     /// Download NAME into the downloads folder, verified
     ///
-    /// Tries the sources most recently seen first, writes to `NAME.part`,
+    /// Fetches pieces from up to --max-sources sources at once (those that
+    /// registered the same size and SHA-256), checks every piece against the
+    /// piece list a source serves and leaves out sources that send bad ones;
+    /// with one source, or sources without piece lists, it tries them one
+    /// after the other, most recently seen first. Writes to `NAME.part`,
     /// checks size and SHA-256 against the registry, then renames it to NAME.
-    /// Resumes a `.part` left by an interrupted run. A file already there
+    /// Resumes a `.part` left by an interrupted run (fetching only the pieces
+    /// it lacks). A file already there
     /// with the same content is not fetched again; one with other content is
     /// never overwritten. Exit 0 on success, 1 when no peer shares NAME, 2
     /// otherwise, with a one-line reason on stderr.
@@ -129,6 +177,17 @@ pub enum Command {
         /// A file name in the shared folder
         name: String,
     },
+}
+
+fn parse_max_sources(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_SOURCES_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!("must be a number from 1 to {MAX_SOURCES_LIMIT}")),
+    }
+}
+
+fn parse_upload_rate(text: &str) -> Result<u64, String> {
+    parse_rate(text).map_err(|e| e.to_string())
 }
 
 fn parse_heartbeat(text: &str) -> Result<Duration, String> {
@@ -177,6 +236,27 @@ mod tests {
         assert_eq!(cli.common.shared, PathBuf::from("shared"));
         assert_eq!(cli.common.downloads, PathBuf::from("downloads"));
         assert_eq!(cli.common.heartbeat, DEFAULT_HEARTBEAT);
+        assert_eq!(cli.common.max_sources, DEFAULT_MAX_SOURCES);
+        assert_eq!(cli.common.max_upload_rate, None);
+        assert_eq!(cli.common.file_server_config(), FileServerConfig::default());
+    }
+
+    #[test]
+    fn sources_and_upload_rate() {
+        let cli = Cli::try_parse_from(["peer", "get", "x", "--max-sources", "8"]).unwrap();
+        assert_eq!(cli.common.download_options().max_sources, 8);
+        for bad in ["0", "17", "many"] {
+            assert!(Cli::try_parse_from(["peer", "get", "x", "--max-sources", bad]).is_err());
+        }
+        let cli = Cli::try_parse_from(["peer", "serve", "--max-upload-rate", "20MiB"]).unwrap();
+        assert_eq!(cli.common.max_upload_rate, Some(20 * 1024 * 1024));
+        assert_eq!(
+            cli.common.file_server_config().max_upload_rate,
+            Some(20 * 1024 * 1024)
+        );
+        for bad in ["fast", "0", "10"] {
+            assert!(Cli::try_parse_from(["peer", "serve", "--max-upload-rate", bad]).is_err());
+        }
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! # Layout
 //! - [`files`]: the shared folder: safe name → path resolution, listing, streaming SHA-256.
 //! - [`http`]: the file server other peers (and curl, browsers) download from.
-//! - [`download`]: search, fetch into `.part`, verify, rename; resume; next source on failure.
+//! - [`download`]: search, fetch into `.part` from several sources at once (or one after the
+//!   other), verify, rename; resume; sources that fail or lie are left out.
+//! - [`pieces`]: fixed-size pieces and their hashes, the `/pieces` document (no sockets, no paths).
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`menu`]: the interactive numbered menu of the original design.
 //! - [`serve`]: `peer serve`: register everything, heartbeat, unregister on exit.
@@ -16,6 +18,7 @@ pub mod download;
 pub mod files;
 pub mod http;
 pub mod menu;
+pub mod pieces;
 pub mod progress;
 pub mod registration;
 pub mod serve;

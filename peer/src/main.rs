@@ -74,7 +74,13 @@ fn search(common: &Common, name: &str) -> anyhow::Result<ExitCode> {
 }
 
 fn get(common: &Common, name: &str, reporter: &Reporter) -> anyhow::Result<ExitCode> {
-    match download::download(&common.server, name, &common.downloads, reporter) {
+    match download::download(
+        &common.server,
+        name,
+        &common.downloads,
+        &common.download_options(),
+        reporter,
+    ) {
         Ok(outcome) => {
             reporter.note(menu::describe(&outcome));
             Ok(ExitCode::SUCCESS)

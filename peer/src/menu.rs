@@ -130,7 +130,7 @@ pub fn run(
                 None => return Ok(()),
             },
         };
-        match serve::start_file_server(common.bind, port, &shared, &hashes) {
+        match serve::start_file_server(common, port, &shared, &hashes) {
             Ok(server) => break server,
             Err(e @ (ServeError::PortInUse { .. } | ServeError::Bind { .. })) => console.say(e)?,
             Err(e) => return Err(e.into()),
@@ -263,7 +263,13 @@ fn download(
         sources.len(),
         if sources.len() == 1 { "" } else { "s" }
     ))?;
-    match download::download_from(&sources, &name, &common.downloads, reporter) {
+    match download::download_from(
+        &sources,
+        &name,
+        &common.downloads,
+        &common.download_options(),
+        reporter,
+    ) {
         Ok(outcome) => console.say(describe(&outcome))?,
         Err(e) => console.say(format_args!("download failed: {e}"))?,
     }

@@ -126,6 +126,9 @@ pub struct Progress {
     /// Past tense for the end line ("received").
     done_verb: &'static str,
     what: String,
+    /// The bar's current message (description and detail), so an
+    /// unchanged one is not sent to the bar again.
+    detail: String,
     /// Bytes done when this display started (resume), so the rate counts only new bytes.
     start_position: u64,
     position: u64,
@@ -161,6 +164,7 @@ impl Progress {
             bar,
             reporter,
             done_verb,
+            detail: what.clone(),
             what,
             start_position: already,
             position: already,
@@ -172,6 +176,18 @@ impl Progress {
     /// A display that shows nothing.
     pub fn hidden() -> Progress {
         Progress::new(Reporter::quiet(), "", String::new(), 0, 0, false)
+    }
+
+    /// Shows `detail` after the description in the bar (e.g. how many
+    /// sources are active); plain mode shows nothing until the end.
+    pub fn set_detail(&mut self, detail: impl Display) {
+        if let Some(bar) = &self.bar {
+            let message = format!("{} · {detail}", self.what);
+            if message != self.detail {
+                bar.set_message(message.clone());
+                self.detail = message;
+            }
+        }
     }
 
     /// Sets how many bytes are done in all.
@@ -242,6 +258,7 @@ mod tests {
             assert!(!reporter.draws_bars());
             let mut p = reporter.transfer("x", 10, 0);
             p.set(10);
+            p.set_detail("2 of 4 sources active");
             assert!(p.bar.is_none());
             p.finish();
         }

@@ -2,13 +2,16 @@
 //! them, keep the registrations alive with heartbeats, and on SIGINT/SIGTERM
 //! unregister them, stop the file server and return (exit 0).
 //!
+//! Before registering, each file is read once for both its SHA-256 and its
+//! piece list (`/pieces/<name>`), so downloaders find the list ready.
+//!
 //! Also the start-up steps the menu shares: opening the shared folder and
 //! binding the file server. This module must not print `listening on` before
 //! the file server accepts connections and (for `serve`) the files are
 //! registered: scripts and tests wait for that line.
 
 use std::io::{self, ErrorKind, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +20,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::cli::Common;
 use crate::files::{FilesError, HashCache, SharedDir};
-use crate::http::{FileServer, FileServerConfig, HttpError};
+use crate::http::pieces::PieceCache;
+use crate::http::{FileServer, HttpError};
 use crate::progress::Reporter;
 use crate::registration::{Heartbeat, Registrar, RETRY_MAX, RETRY_MIN};
 
@@ -59,24 +63,62 @@ pub fn open_shared(path: &Path, reporter: &Reporter) -> Result<SharedDir, ServeE
     Ok(SharedDir::open(path)?)
 }
 
-/// Binds `ip:port` and starts the file server on it.
+/// Binds `--bind`:`port` and starts the file server on it, with the limits
+/// of `common` (`--max-upload-rate`).
 pub fn start_file_server(
-    ip: IpAddr,
+    common: &Common,
     port: u16,
     shared: &SharedDir,
     hashes: &HashCache,
 ) -> Result<FileServer, ServeError> {
-    let addr = SocketAddr::new(ip, port);
+    start_file_server_with(common, port, shared, hashes, &PieceCache::new())
+}
+
+/// Like [`start_file_server`], serving piece lists from `pieces`.
+pub fn start_file_server_with(
+    common: &Common,
+    port: u16,
+    shared: &SharedDir,
+    hashes: &HashCache,
+    pieces: &PieceCache,
+) -> Result<FileServer, ServeError> {
+    let addr = SocketAddr::new(common.bind, port);
     let listener = TcpListener::bind(addr).map_err(|source| match source.kind() {
         ErrorKind::AddrInUse => ServeError::PortInUse { port },
         _ => ServeError::Bind { addr, source },
     })?;
-    Ok(FileServer::start(
+    Ok(FileServer::start_with_pieces(
         listener,
         shared.clone(),
         hashes.clone(),
-        FileServerConfig::default(),
+        pieces.clone(),
+        common.file_server_config(),
     )?)
+}
+
+/// Reads every shared file once for its piece list and SHA-256 (with a bar
+/// for big files), so registration and `/pieces` need no further pass.
+/// A file that cannot be read is left to registration to report.
+pub fn prepare_pieces(
+    shared: &SharedDir,
+    hashes: &HashCache,
+    pieces: &PieceCache,
+    reporter: &Reporter,
+) {
+    let files = match shared.list() {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::warn!("{e}");
+            return;
+        }
+    };
+    for file in files {
+        let mut progress = reporter.hashing(&file.name, file.size);
+        match pieces.get(&file, None, hashes, &mut |n| progress.set(n)) {
+            Ok(_) => progress.finish(),
+            Err(e) => tracing::debug!("no piece list yet: {e}"),
+        }
+    }
 }
 
 /// Prints the machine-readable start line and flushes it.
@@ -98,8 +140,10 @@ pub fn run(common: &Common, reporter: &Reporter) -> Result<(), ServeError> {
 
     let shared = open_shared(&common.shared, reporter)?;
     let hashes = HashCache::new();
-    let server = start_file_server(common.bind, port, &shared, &hashes)?;
+    let pieces = PieceCache::new();
+    let server = start_file_server_with(common, port, &shared, &hashes, &pieces)?;
     let addr = server.local_addr();
+    prepare_pieces(&shared, &hashes, &pieces, reporter);
     let registrar = Arc::new(Registrar::new(&common.server, addr.port(), shared, hashes));
 
     if register_until_done(&registrar, reporter, &stop) {

@@ -8,28 +8,42 @@
 //!   `..`), `404` when there is no such regular file inside the folder. A
 //!   symlink that leads outside the folder also gets `404`, exactly like a
 //!   missing file, so a client cannot probe what the links point to.
+//! - `GET|HEAD /pieces/<percent-encoded name>` → the file's piece list (a
+//!   peer extension, see [`crate::pieces`]), with the same name rules,
+//!   `400` and `404` as `/files`; `Range` is ignored there.
 //! - any other path → `404`; any other method → `405` with `Allow`.
 //!
 //! Bodies go from the `File` to the raw `TcpStream` (never through a
 //! `BufWriter`) with `io::copy` and one [`BODY_BUFFER_BYTES`] read buffer,
-//! so memory per connection does not grow with the file size.
+//! so memory per connection does not grow with the file size. Under an
+//! upload limit ([`Site::limiter`]) the same buffer is written chunk by
+//! chunk, each chunk paid for with the limiter's tokens.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 
 use dht_server::protocol::{check_name, NameError};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use super::pieces::PieceCache;
 use super::range::{self, RangeDecision};
 use super::request::{Method, Request};
 use super::response::{error_head, finish, http_date, plain, Head, Status};
+use super::throttle::RateLimiter;
 use crate::files::{FilesError, HashCache, SharedDir, SharedFile};
 
 /// The prefix of file URLs; the rest of the path is the encoded name.
 pub const FILES_PREFIX: &str = "/files/";
+
+/// The prefix of piece-list URLs; the rest of the path is the encoded name.
+pub const PIECES_PREFIX: &str = "/pieces/";
+
+/// `Content-Type` of a piece list.
+pub const PIECES_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Buffer between the file and the socket while a body is sent: the only
 /// per-transfer memory, whatever the file size. The toolchain's `io::copy`
@@ -51,6 +65,11 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub struct Site {
     pub shared: SharedDir,
     pub hashes: HashCache,
+    /// Piece lists served at `/pieces/<name>`.
+    pub pieces: PieceCache,
+    /// The upload limit shared by all connections; `None` is unlimited
+    /// (and keeps the plain copy loop).
+    pub limiter: Option<Arc<RateLimiter>>,
 }
 
 /// Whether the connection may carry another request.
@@ -84,9 +103,15 @@ pub fn file_url(name: &str) -> String {
     format!("{FILES_PREFIX}{}", utf8_percent_encode(name, PATH_SEGMENT))
 }
 
+/// The URL path of a shared name's piece list.
+pub fn pieces_url(name: &str) -> String {
+    format!("{PIECES_PREFIX}{}", utf8_percent_encode(name, PATH_SEGMENT))
+}
+
 enum Route<'a> {
     Index,
     File(&'a str),
+    Pieces(&'a str),
     Unknown,
 }
 
@@ -106,6 +131,8 @@ fn route(target: &str) -> Route<'_> {
         Route::Index
     } else if let Some(encoded) = path.strip_prefix(FILES_PREFIX) {
         Route::File(encoded)
+    } else if let Some(encoded) = path.strip_prefix(PIECES_PREFIX) {
+        Route::Pieces(encoded)
     } else {
         Route::Unknown
     }
@@ -133,6 +160,7 @@ pub fn respond(
     let status = match route(&request.target) {
         Route::Index => index(stream, site, close, head_only)?,
         Route::File(encoded) => file(stream, request, site, encoded, close, head_only, client)?,
+        Route::Pieces(encoded) => pieces(stream, request, site, encoded, close, head_only, client)?,
         Route::Unknown => {
             stream.write_all(&plain(Status::NotFound, close, head_only))?;
             Status::NotFound
@@ -197,6 +225,107 @@ pub fn html_escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// What [`open_named`] found: the open file, or the error status it
+/// already answered with.
+enum Opened {
+    File(String, File, SharedFile),
+    Answered(Status),
+}
+
+/// Decodes the name of a `/files/` or `/pieces/` URL and opens that shared
+/// file; a bad name is answered `400`, a missing one `404`.
+fn open_named(
+    stream: &mut TcpStream,
+    request: &Request,
+    site: &Site,
+    encoded: &str,
+    (close, head_only): (bool, bool),
+    client: SocketAddr,
+) -> io::Result<Opened> {
+    let fail = |stream: &mut TcpStream, status: Status| -> io::Result<Opened> {
+        stream.write_all(&plain(status, close, head_only))?;
+        Ok(Opened::Answered(status))
+    };
+    let name = match decode_name(encoded) {
+        Ok(name) => name,
+        Err(e) => {
+            tracing::info!(%client, target = request.target, "refused name: {e}");
+            return fail(stream, Status::BadRequest);
+        }
+    };
+    match open(&site.shared, &name) {
+        Ok((file, shared)) => Ok(Opened::File(name, file, shared)),
+        Err(e @ FilesError::BadName { .. }) => {
+            tracing::info!(%client, "{e}");
+            fail(stream, Status::BadRequest)
+        }
+        Err(
+            e @ (FilesError::NotFound { .. }
+            | FilesError::NotRegular { .. }
+            | FilesError::Outside { .. }),
+        ) => {
+            tracing::info!(%client, "404: {e}");
+            fail(stream, Status::NotFound)
+        }
+        Err(e) => {
+            tracing::error!(%client, "serving {name:?}: {e}");
+            fail(stream, Status::InternalError)
+        }
+    }
+}
+
+/// Answers a failure to hash a file: `503` with `Retry-After` while it is
+/// being written (worth retrying once it settles), `500` otherwise.
+fn hash_failed(
+    stream: &mut TcpStream,
+    e: &FilesError,
+    name: &str,
+    (close, head_only): (bool, bool),
+    client: SocketAddr,
+) -> io::Result<Status> {
+    if let FilesError::Changed { .. } = e {
+        tracing::warn!(%client, "{e}");
+        let (head, body) = error_head(Status::ServiceUnavailable, close);
+        let out = finish(&head.header("Retry-After", "1"), &body, head_only);
+        stream.write_all(&out)?;
+        return Ok(Status::ServiceUnavailable);
+    }
+    tracing::error!(%client, "hashing {name:?}: {e}");
+    stream.write_all(&plain(Status::InternalError, close, head_only))?;
+    Ok(Status::InternalError)
+}
+
+/// Serves the piece list of one shared file (`GET|HEAD /pieces/<name>`).
+fn pieces(
+    stream: &mut TcpStream,
+    request: &Request,
+    site: &Site,
+    encoded: &str,
+    close: bool,
+    head_only: bool,
+    client: SocketAddr,
+) -> io::Result<Status> {
+    let (name, file, shared) =
+        match open_named(stream, request, site, encoded, (close, head_only), client)? {
+            Opened::File(name, file, shared) => (name, file, shared),
+            Opened::Answered(status) => return Ok(status),
+        };
+    let list = match site
+        .pieces
+        .get(&shared, Some(&file), &site.hashes, &mut |_| {})
+    {
+        Ok(list) => list,
+        Err(e) => return hash_failed(stream, &e, &name, (close, head_only), client),
+    };
+    let document = list.to_document();
+    let head = Head::new(Status::Ok, document.len() as u64, close)
+        .header("Content-Type", PIECES_CONTENT_TYPE)
+        .header("ETag", format!("\"{}\"", list.sha256))
+        .header("Last-Modified", http_date(shared.modified));
+    stream.write_all(&finish(&head, &document, head_only))?;
+    Ok(Status::Ok)
+}
+
 /// Serves one shared file: status, headers and (unless `HEAD`) the bytes.
 fn file(
     stream: &mut TcpStream,
@@ -207,50 +336,14 @@ fn file(
     head_only: bool,
     client: SocketAddr,
 ) -> io::Result<Status> {
-    let fail = |stream: &mut TcpStream, status: Status| -> io::Result<Status> {
-        stream.write_all(&plain(status, close, head_only))?;
-        Ok(status)
-    };
-    let name = match decode_name(encoded) {
-        Ok(name) => name,
-        Err(e) => {
-            tracing::info!(%client, target = request.target, "refused name: {e}");
-            return fail(stream, Status::BadRequest);
-        }
-    };
-    let (mut body, shared) = match open(&site.shared, &name) {
-        Ok(opened) => opened,
-        Err(e @ FilesError::BadName { .. }) => {
-            tracing::info!(%client, "{e}");
-            return fail(stream, Status::BadRequest);
-        }
-        Err(
-            e @ (FilesError::NotFound { .. }
-            | FilesError::NotRegular { .. }
-            | FilesError::Outside { .. }),
-        ) => {
-            tracing::info!(%client, "404: {e}");
-            return fail(stream, Status::NotFound);
-        }
-        Err(e) => {
-            tracing::error!(%client, "serving {name:?}: {e}");
-            return fail(stream, Status::InternalError);
-        }
-    };
+    let (name, mut body, shared) =
+        match open_named(stream, request, site, encoded, (close, head_only), client)? {
+            Opened::File(name, file, shared) => (name, file, shared),
+            Opened::Answered(status) => return Ok(status),
+        };
     let sha256 = match site.hashes.digest(&shared) {
         Ok(sha256) => sha256,
-        Err(e @ FilesError::Changed { .. }) => {
-            tracing::warn!(%client, "{e}");
-            let (head, body) = error_head(Status::ServiceUnavailable, close);
-            // The file is being written: worth retrying once it settles.
-            let out = finish(&head.header("Retry-After", "1"), &body, head_only);
-            stream.write_all(&out)?;
-            return Ok(Status::ServiceUnavailable);
-        }
-        Err(e) => {
-            tracing::error!(%client, "hashing {name:?}: {e}");
-            return fail(stream, Status::InternalError);
-        }
+        Err(e) => return hash_failed(stream, &e, &name, (close, head_only), client),
     };
     let etag = format!("\"{sha256}\"");
     let size = shared.size;
@@ -294,8 +387,13 @@ fn file(
         return Ok(status);
     }
     body.seek(SeekFrom::Start(first))?;
-    let mut body = BufReader::with_capacity(BODY_BUFFER_BYTES, body.take(len));
-    let sent = io::copy(&mut body, stream)?;
+    let sent = match &site.limiter {
+        None => {
+            let mut body = BufReader::with_capacity(BODY_BUFFER_BYTES, body.take(len));
+            io::copy(&mut body, stream)?
+        }
+        Some(limiter) => copy_limited(&mut body.take(len), stream, limiter)?,
+    };
     if sent < len {
         // The file shrank under us: the promised length cannot be kept, so
         // the connection must end for the client to notice.
@@ -305,6 +403,28 @@ fn file(
         ));
     }
     Ok(status)
+}
+
+/// Copies `body` to `stream` in the limiter's chunks, paying for each
+/// chunk before it is written; returns the bytes sent.
+fn copy_limited(
+    body: &mut impl Read,
+    stream: &mut TcpStream,
+    limiter: &RateLimiter,
+) -> io::Result<u64> {
+    let mut buffer = vec![0u8; limiter.chunk_bytes()];
+    let mut sent = 0u64;
+    loop {
+        let n = match body.read(&mut buffer) {
+            Ok(0) => return Ok(sent),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        limiter.acquire(n)?;
+        stream.write_all(&buffer[..n])?;
+        sent += n as u64;
+    }
 }
 
 /// Resolves `name` and opens it, then re-checks through the open handle
@@ -417,6 +537,9 @@ mod tests {
         assert!(matches!(route("/etc/passwd"), Route::Unknown));
         assert!(matches!(route("*"), Route::Unknown));
         assert!(matches!(route("files/a"), Route::Unknown));
+        assert!(matches!(route("/pieces/a%20b"), Route::Pieces("a%20b")));
+        assert!(matches!(route("/pieces"), Route::Unknown));
+        assert_eq!(pieces_url("a b"), "/pieces/a%20b");
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //!   pool, the connection limit, timeouts and shutdown.
 //! - [`request`]: reading request heads off a connection, with size limits
 //!   and a deadline.
-//! - [`handler`]: routing one request and streaming the file.
+//! - [`handler`]: routing one request and streaming the file or its piece list.
 //! - [`range`]: the `Range` / `If-Range` decision (pure).
 //! - [`response`]: status lines and header blocks.
+//! - [`pieces`]: the cache of piece lists served at `/pieces/<name>`.
+//! - [`throttle`]: the upload limit, a token bucket shared by all connections.
 //!
 //! # Design
 //! The caller binds the listener (so it reports "port in use" itself). One
@@ -24,9 +26,11 @@
 //! stalled socket stop the server.
 
 pub mod handler;
+pub mod pieces;
 pub mod range;
 pub mod request;
 pub mod response;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -40,8 +44,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::files::{HashCache, SharedDir};
 use handler::{Next, Site};
+use pieces::PieceCache;
 use request::{HeadReader, ReadError};
 use response::{plain, Status};
+use throttle::RateLimiter;
 
 /// Default for [`FileServerConfig::max_connections`]: enough for a handful
 /// of downloaders with several connections each, few enough threads to
@@ -92,6 +98,9 @@ pub struct FileServerConfig {
     /// Longest a single write may block on a client that
     /// stopped reading, before the connection is dropped.
     pub write_timeout: Duration,
+    /// Most bytes per second sent over all connections together (file
+    /// bodies only); `None` is unlimited (`--max-upload-rate`).
+    pub max_upload_rate: Option<u64>,
 }
 
 impl Default for FileServerConfig {
@@ -100,6 +109,7 @@ impl Default for FileServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             read_timeout: DEFAULT_READ_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_upload_rate: None,
         }
     }
 }
@@ -128,6 +138,8 @@ pub struct FileServer {
     stop_tx: Option<Sender<()>>,
     acceptor: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
+    /// Closed at shutdown so no worker sleeps on the upload limit.
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl FileServer {
@@ -136,6 +148,18 @@ impl FileServer {
         listener: TcpListener,
         shared: SharedDir,
         hashes: HashCache,
+        config: FileServerConfig,
+    ) -> Result<FileServer, HttpError> {
+        FileServer::start_with_pieces(listener, shared, hashes, PieceCache::new(), config)
+    }
+
+    /// Like [`start`](Self::start), with piece lists the caller may have
+    /// computed already (`peer serve` does, while hashing for registration).
+    pub fn start_with_pieces(
+        listener: TcpListener,
+        shared: SharedDir,
+        hashes: HashCache,
+        pieces: PieceCache,
         config: FileServerConfig,
     ) -> Result<FileServer, HttpError> {
         if config.max_connections == 0 {
@@ -147,6 +171,12 @@ impl FileServer {
         if config.write_timeout.is_zero() {
             return Err(HttpError::BadConfig("write_timeout"));
         }
+        if config.max_upload_rate == Some(0) {
+            return Err(HttpError::BadConfig("max_upload_rate"));
+        }
+        let limiter = config
+            .max_upload_rate
+            .map(|rate| Arc::new(RateLimiter::new(rate)));
         let local_addr = listener.local_addr().map_err(HttpError::Listener)?;
         listener
             .set_nonblocking(false)
@@ -160,8 +190,14 @@ impl FileServer {
             stop_tx: Some(stop_tx),
             acceptor: None,
             workers: Vec::with_capacity(config.max_connections),
+            limiter: limiter.clone(),
         };
-        let site = Arc::new(Site { shared, hashes });
+        let site = Arc::new(Site {
+            shared,
+            hashes,
+            pieces,
+            limiter,
+        });
         for i in 0..config.max_connections {
             let worker = Worker {
                 jobs: job_rx.clone(),
@@ -216,6 +252,9 @@ impl FileServer {
                 // because the connection table is closed below.
                 tracing::warn!(addr = %self.local_addr, "could not wake the file server acceptor; leaving it behind");
             }
+        }
+        if let Some(limiter) = &self.limiter {
+            limiter.close();
         }
         self.connections.close_all();
         self.stop_tx = None;
@@ -530,6 +569,13 @@ mod tests {
                 },
                 "write_timeout",
             ),
+            (
+                FileServerConfig {
+                    max_upload_rate: Some(0),
+                    ..FileServerConfig::default()
+                },
+                "max_upload_rate",
+            ),
         ] {
             let err = start(config).err().expect("zero limit accepted");
             assert!(err.to_string().contains(field), "{err}");
@@ -551,5 +597,143 @@ mod tests {
         assert!(server.local_addr().port() != 0);
         // Dropping must wake the acceptor through the loopback address.
         drop(server);
+    }
+
+    /// A server over a folder holding `name` with `content`.
+    fn serving(
+        name: &str,
+        content: &[u8],
+        config: FileServerConfig,
+    ) -> (tempfile::TempDir, FileServer) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(name), content).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let shared = SharedDir::open(tmp.path()).unwrap();
+        let server = FileServer::start(listener, shared, HashCache::new(), config).unwrap();
+        (tmp, server)
+    }
+
+    /// One request on a fresh connection; the whole response as text
+    /// (lossy) and as bytes.
+    fn exchange(server: &FileServer, request: &str) -> Vec<u8> {
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    fn body(response: &[u8]) -> &[u8] {
+        let at = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete head");
+        &response[at + 4..]
+    }
+
+    #[test]
+    fn serves_piece_lists_with_the_file_rules() {
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let (_tmp, server) = serving("a b.bin", &content, FileServerConfig::default());
+        let expected = crate::pieces::PieceList::hash(
+            &mut &content[..],
+            crate::pieces::PIECE_SIZE,
+            &mut |_| {},
+        )
+        .unwrap();
+        let ok = exchange(
+            &server,
+            "GET /pieces/a%20b.bin HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
+        let text = String::from_utf8_lossy(&ok);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"));
+        assert!(text.contains(&format!("\r\nETag: \"{}\"\r\n", expected.sha256)));
+        assert_eq!(body(&ok), expected.to_document().as_bytes());
+        assert_eq!(
+            crate::pieces::PieceList::parse(body(&ok)).unwrap(),
+            expected
+        );
+
+        let head = exchange(
+            &server,
+            "HEAD /pieces/a%20b.bin HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
+        assert!(body(&head).is_empty());
+        assert!(String::from_utf8_lossy(&head).contains(&format!(
+            "Content-Length: {}\r\n",
+            expected.to_document().len()
+        )));
+        for (request, status) in [
+            ("GET /pieces/missing HTTP/1.1", "404"),
+            ("GET /pieces/a%2Fb HTTP/1.1", "400"),
+            ("GET /pieces/.. HTTP/1.1", "400"),
+            ("POST /pieces/a%20b.bin HTTP/1.1", "405"),
+        ] {
+            let reply = exchange(&server, &format!("{request}\r\nConnection: close\r\n\r\n"));
+            let line = String::from_utf8_lossy(&reply);
+            assert!(
+                line.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{request}: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_upload_limit_holds_for_all_connections_together() {
+        const RATE: u64 = 4 * 1024 * 1024;
+        let content = vec![7u8; 2 * 1024 * 1024];
+        let (_tmp, server) = serving(
+            "f",
+            &content,
+            FileServerConfig {
+                max_upload_rate: Some(RATE),
+                ..FileServerConfig::default()
+            },
+        );
+        let server = Arc::new(server);
+        let started = Instant::now();
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let server = Arc::clone(&server);
+                thread::spawn(move || {
+                    exchange(
+                        &server,
+                        "GET /files/f HTTP/1.1\r\nConnection: close\r\n\r\n",
+                    )
+                })
+            })
+            .collect();
+        for reader in readers {
+            let response = reader.join().unwrap();
+            assert_eq!(body(&response), &content[..]);
+        }
+        // 4 MiB at 4 MiB/s, less the burst: close to a second, not half.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(800), "{took:?}");
+        assert!(took < Duration::from_secs(10), "{took:?}");
+    }
+
+    #[test]
+    fn shutdown_wakes_a_transfer_waiting_on_the_limit() {
+        let content = vec![1u8; 1024 * 1024];
+        let (_tmp, server) = serving(
+            "f",
+            &content,
+            FileServerConfig {
+                max_upload_rate: Some(throttle::MIN_RATE),
+                ..FileServerConfig::default()
+            },
+        );
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream.write_all(b"GET /files/f HTTP/1.1\r\n\r\n").unwrap();
+        let mut first = [0u8; 64];
+        stream.read_exact(&mut first).unwrap();
+        let started = Instant::now();
+        server.shutdown();
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

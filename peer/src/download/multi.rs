@@ -1,0 +1,783 @@
+//! A multi-source download: several sources at once, one connection and
+//! one worker thread each, piece by piece into the `.part` file.
+//!
+//! # How it runs
+//! 1. Every worker connects to its source and, until some source has
+//!    delivered one, asks it for the piece list (`GET /pieces/<name>`). The
+//!    first list whose size and SHA-256 are the registered ones is taken.
+//!    A source without a list (`404`: curl-like servers, older peers) still
+//!    serves ranges. No list from any source means the sequential path.
+//! 2. The coordinator (the calling thread) checks what an earlier run left
+//!    in the `.part` ([`resume`]): every piece recorded as verified, or,
+//!    without a record, every whole piece in the file, is read back and
+//!    kept when it matches the list. Then the [`Scheduler`] hands out the
+//!    rest.
+//! 3. Workers fetch their piece with a `Range` request on their keep-alive
+//!    connection into a piece buffer, hashing as the bytes come; a verified
+//!    piece is written in place (`write_at`) by the first worker that has
+//!    it and recorded. A corrupt piece excludes its source (named in the
+//!    output); its piece goes back to the others.
+//! 4. Meanwhile the coordinator hashes the written pieces in file order for
+//!    the whole-file SHA-256, fsyncs now and then, and draws the progress
+//!    (bytes and active sources). When the last piece is in, the whole-file
+//!    digest decides: the registered one means done; another means the
+//!    piece list was a lie, so its bytes are dropped, its source is
+//!    excluded and the caller falls back to the sequential path.
+//!
+//! Stopping (done, failed, or a local error) shuts every worker's socket
+//! down so no thread stays blocked on a stalled source.
+//!
+//! This module must not: write a byte that is not part of a verified piece
+//! into the `.part`; write after the download has finished; hold more than
+//! one piece buffer per worker.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use dht_server::protocol::{to_hex, Source};
+use indicatif::HumanBytes;
+use sha2::{Digest, Sha256};
+
+use super::resume::{self, Writer};
+use super::scheduler::{Assignment, Failure, Scheduler, SourceId, Verdict};
+use super::{source, DownloadError, SourceError, COPY_BUFFER_BYTES};
+use crate::pieces::PieceList;
+use crate::progress::{Progress, Reporter};
+
+/// How often the coordinator wakes to redraw the progress when nothing
+/// else happens.
+pub const PROGRESS_TICK: Duration = Duration::from_millis(100);
+
+/// How long the sources together may take to deliver a piece list; a
+/// source that trickles its list cannot hold the download longer (the
+/// sequential path then takes over).
+pub const LIST_TIMEOUT: Duration = super::READ_TIMEOUT;
+
+/// The coordinator fsyncs the `.part` after hashing this many more bytes,
+/// so the final fsync has little left to write and recorded pieces reach
+/// the disk soon after they are recorded.
+pub const SYNC_EVERY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How a multi-source download ended, short of an error of this machine.
+#[derive(Debug)]
+pub enum Ended {
+    /// The `.part` is complete, verified and fsynced.
+    Done(Finished),
+    /// Go on with the sequential path.
+    Fallback(Fallback),
+}
+
+/// A verified multi-source download.
+#[derive(Debug)]
+pub struct Finished {
+    /// `host:port` of each source that delivered pieces.
+    pub from: Vec<String>,
+    /// Bytes of pieces that were already in the `.part`.
+    pub reused_bytes: u64,
+}
+
+/// Why the sequential path must take over, and which sources not to ask
+/// again.
+#[derive(Debug)]
+pub struct Fallback {
+    /// One line for the person watching.
+    pub reason: String,
+    /// `host:port` of each source that failed, with its error.
+    pub failed: Vec<(String, SourceError)>,
+}
+
+/// Downloads `name` from `sources` (all registered with the same size and
+/// SHA-256, most recently seen first) into `part`, with at most
+/// `max_sources` sources at once.
+pub fn download(
+    sources: &[Source],
+    name: &str,
+    part_path: &Path,
+    max_sources: usize,
+    reporter: &Reporter,
+) -> Result<Ended, DownloadError> {
+    let part = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part_path)
+        .map_err(DownloadError::io("open", part_path))?;
+    let swarm = Swarm::new(sources, name, &part, part_path);
+    let workers = max_sources.clamp(1, sources.len().max(1));
+    let ended = thread::scope(|scope| {
+        for i in 0..workers {
+            // Taken here, not in the thread, so the coordinator never sees
+            // a moment where nobody is asking for the list yet.
+            let first = swarm.first_source();
+            let swarm = &swarm;
+            let spawned = thread::Builder::new()
+                .name(format!("source-{i}"))
+                .spawn_scoped(scope, move || source::work(swarm, first));
+            if let Err(e) = spawned {
+                swarm.stop();
+                return Err(DownloadError::Thread(e));
+            }
+        }
+        let ended = coordinate(&swarm, workers, reporter);
+        swarm.stop();
+        ended
+    })?;
+    match ended {
+        Coordinated::Done(done) => Ok(Ended::Done(done)),
+        Coordinated::Fallback { reason, keep } => {
+            // The sequential path resumes a prefix: keep the verified
+            // pieces that start the file, if the list deserves trust.
+            if let Some(keep) = keep {
+                part.set_len(keep)
+                    .map_err(DownloadError::io("truncate", part_path))?;
+                let record = resume::record_path(part_path);
+                resume::remove(&record).map_err(DownloadError::io("delete", &record))?;
+            }
+            let failed = swarm
+                .take_failures()
+                .into_iter()
+                .map(|(id, e)| (sources[id].addr(), e))
+                .collect();
+            Ok(Ended::Fallback(Fallback { reason, failed }))
+        }
+    }
+}
+
+/// What the coordinator decided.
+enum Coordinated {
+    Done(Finished),
+    /// Fall back, keeping the first `keep` bytes of the `.part` (`None`:
+    /// leave it and its record as they are).
+    Fallback {
+        reason: String,
+        keep: Option<u64>,
+    },
+}
+
+/// What the workers and the coordinator share.
+pub struct Swarm<'a> {
+    pub sources: &'a [Source],
+    pub name: &'a str,
+    /// The `.part`, written with `write_at` by the workers and read back by
+    /// the coordinator; the two never touch the same piece at once.
+    pub part: &'a File,
+    pub part_path: &'a Path,
+    /// Everything that changes, behind one lock (never held across I/O).
+    state: Mutex<State>,
+    /// Signalled on every change of `state` a waiter may care about.
+    changed: Condvar,
+    /// Set once the download stops; workers leave at their next look.
+    stopping: AtomicBool,
+    /// A clone of each source's open socket, to shut down when stopping.
+    sockets: Mutex<HashMap<SourceId, TcpStream>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The next source not yet given to a worker.
+    next_source: usize,
+    /// The piece list, once a source delivered a good one.
+    list: Option<Arc<PieceList>>,
+    /// Which source it came from.
+    list_from: Option<SourceId>,
+    /// Workers still asking their source for the list.
+    listing: usize,
+    /// Sources that failed before the scheduler existed.
+    excluded_early: Vec<SourceId>,
+    scheduler: Option<Scheduler>,
+    /// The record of verified pieces, when one could be written.
+    record: Option<Writer>,
+    /// Lines for the person watching, printed by the coordinator.
+    notes: Vec<String>,
+    /// The error that excluded each failed source.
+    failures: Vec<(SourceId, SourceError)>,
+    /// An error of this machine (disk): the whole download stops.
+    local: Option<DownloadError>,
+    /// Counts changes, so the coordinator knows whether one happened
+    /// while it was not holding the lock.
+    generation: u64,
+}
+
+/// What a worker should do next.
+pub enum Next {
+    Piece(usize, Arc<PieceList>),
+    /// The source is out: take another one.
+    Excluded,
+    /// The download is over.
+    Stop,
+}
+
+impl<'a> Swarm<'a> {
+    fn new(sources: &'a [Source], name: &'a str, part: &'a File, part_path: &'a Path) -> Self {
+        Swarm {
+            sources,
+            name,
+            part,
+            part_path,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            sockets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state consistent; a panicking worker
+        // must not take the others down with it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a change and wakes every waiter.
+    fn bump(&self, state: &mut State) {
+        state.generation += 1;
+        self.changed.notify_all();
+    }
+
+    fn wait<'g>(&self, guard: MutexGuard<'g, State>, timeout: Duration) -> MutexGuard<'g, State> {
+        match self.changed.wait_timeout(guard, timeout) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+
+    /// Whether the download has stopped.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Stops the download: wakes every waiter, ends every blocked read.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for socket in self
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        let mut state = self.lock();
+        self.bump(&mut state);
+    }
+
+    /// Remembers source `id`'s new socket so stopping the download can end
+    /// its reads.
+    pub fn register_socket(&self, id: SourceId, socket: &TcpStream) {
+        let Ok(clone) = socket.try_clone() else {
+            return;
+        };
+        let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.stopping() {
+            let _ = clone.shutdown(Shutdown::Both);
+        }
+        sockets.insert(id, clone);
+    }
+
+    /// Closes source `id`'s connection at once (the source stops sending
+    /// what is no longer wanted) and forgets it.
+    pub fn close_socket(&self, id: SourceId) {
+        let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(socket) = sockets.remove(&id) {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// A source for a new worker, and whether to ask it for the piece list.
+    pub fn first_source(&self) -> Option<(SourceId, bool)> {
+        let mut state = self.lock();
+        self.take_source(&mut state)
+    }
+
+    fn take_source(&self, state: &mut State) -> Option<(SourceId, bool)> {
+        if self.stopping() || state.next_source >= self.sources.len() {
+            return None;
+        }
+        let id = state.next_source;
+        state.next_source += 1;
+        let ask_list = state.list.is_none();
+        if ask_list {
+            state.listing += 1;
+        }
+        Some((id, ask_list))
+    }
+
+    /// A worker's source delivered `list` (already checked against the
+    /// registration); the first one is taken.
+    pub fn offer_list(&self, id: SourceId, list: PieceList) {
+        let mut state = self.lock();
+        state.listing = state.listing.saturating_sub(1);
+        if state.list.is_none() {
+            state.list = Some(Arc::new(list));
+            state.list_from = Some(id);
+        }
+        self.bump(&mut state);
+    }
+
+    /// A worker's source has no piece list but may serve ranges.
+    pub fn no_list(&self) {
+        let mut state = self.lock();
+        state.listing = state.listing.saturating_sub(1);
+        self.bump(&mut state);
+    }
+
+    /// Source `id` is out of the download (`error` says why, unless it was
+    /// reported already): returns the next source for this worker, if any,
+    /// in the same step so the coordinator never sees a moment with nobody
+    /// asking for the list while sources remain.
+    pub fn replace(
+        &self,
+        id: SourceId,
+        error: Option<SourceError>,
+        was_listing: bool,
+    ) -> Option<(SourceId, bool)> {
+        let mut state = self.lock();
+        if was_listing {
+            state.listing = state.listing.saturating_sub(1);
+        }
+        if let Some(error) = error {
+            if !self.stopping() {
+                state.notes.push(format!("{error}; leaving it out"));
+            }
+            state.failures.push((id, error));
+        }
+        match &mut state.scheduler {
+            Some(scheduler) => {
+                scheduler.failed(id, None, Failure::Fatal);
+            }
+            None => state.excluded_early.push(id),
+        }
+        let next = self.take_source(&mut state);
+        self.bump(&mut state);
+        next
+    }
+
+    /// The next piece for source `id`, waiting while there is none to give.
+    pub fn next(&self, id: SourceId) -> Next {
+        let mut state = self.lock();
+        loop {
+            if self.stopping() || state.local.is_some() {
+                return Next::Stop;
+            }
+            let list = state.list.clone();
+            if let (Some(scheduler), Some(list)) = (&mut state.scheduler, list) {
+                match scheduler.next(id) {
+                    Assignment::Piece(index) => return Next::Piece(index, list),
+                    Assignment::Excluded => return Next::Excluded,
+                    Assignment::Finished => return Next::Stop,
+                    Assignment::Wait => {}
+                }
+            }
+            state = self.wait(state, PROGRESS_TICK);
+        }
+    }
+
+    /// Source `id` has `received` bytes of piece `index`; `false` when it
+    /// should drop it (another copy won, or the download stopped).
+    pub fn progress(&self, id: SourceId, index: usize, received: u64) -> bool {
+        if self.stopping() {
+            return false;
+        }
+        let mut state = self.lock();
+        state
+            .scheduler
+            .as_mut()
+            .is_some_and(|s| s.progress(id, index, received))
+    }
+
+    /// Source `id` verified piece `index`; `true` when it must write it.
+    pub fn verified(&self, id: SourceId, index: usize) -> bool {
+        let mut state = self.lock();
+        if self.stopping() {
+            return false;
+        }
+        let first = state
+            .scheduler
+            .as_mut()
+            .is_some_and(|s| s.verified(id, index));
+        self.bump(&mut state);
+        first
+    }
+
+    /// Piece `index`, verified by `id`, is written: record it.
+    pub fn written(&self, id: SourceId, index: usize) {
+        let mut state = self.lock();
+        if let Some(scheduler) = &mut state.scheduler {
+            scheduler.written(id, index);
+        }
+        if let Some(record) = &mut state.record {
+            if let Err(e) = record.append(index) {
+                // Resume then checks every piece in the file instead.
+                state.notes.push(format!(
+                    "cannot record verified pieces in {}: {e}",
+                    resume::record_path(self.part_path).display()
+                ));
+                state.record = None;
+            }
+        }
+        self.bump(&mut state);
+    }
+
+    /// Source `id` lets piece `index` go without fault.
+    pub fn release(&self, id: SourceId, index: usize) {
+        let mut state = self.lock();
+        if let Some(scheduler) = &mut state.scheduler {
+            scheduler.release(id, index);
+        }
+        self.bump(&mut state);
+    }
+
+    /// Source `id` failed on piece `index`: whether it may go on.
+    pub fn failed(
+        &self,
+        id: SourceId,
+        index: usize,
+        failure: Failure,
+        error: SourceError,
+    ) -> Verdict {
+        let mut state = self.lock();
+        let verdict = match &mut state.scheduler {
+            Some(scheduler) => scheduler.failed(id, Some(index), failure),
+            None => Verdict::Excluded,
+        };
+        if !self.stopping() {
+            match verdict {
+                Verdict::Retry => state.notes.push(format!("{error}; connecting again")),
+                Verdict::Excluded => state.notes.push(format!(
+                    "{error}; {} is left out, its pieces go to the other sources",
+                    self.sources[id].addr()
+                )),
+            }
+        }
+        if verdict == Verdict::Excluded {
+            state.failures.push((id, error));
+        }
+        self.bump(&mut state);
+        verdict
+    }
+
+    /// An error of this machine: everything stops.
+    pub fn local_error(&self, error: DownloadError) {
+        let mut state = self.lock();
+        if state.local.is_none() {
+            state.local = Some(error);
+        }
+        self.bump(&mut state);
+    }
+
+    fn take_failures(&self) -> Vec<(SourceId, SourceError)> {
+        std::mem::take(&mut self.lock().failures)
+    }
+}
+
+/// The coordinator: waits for the list, resumes, then follows the download
+/// to its end (see the module doc).
+fn coordinate(
+    swarm: &Swarm<'_>,
+    workers: usize,
+    reporter: &Reporter,
+) -> Result<Coordinated, DownloadError> {
+    let name = swarm.name;
+    let list_deadline = Instant::now() + LIST_TIMEOUT;
+    let (list, list_from) = loop {
+        let mut state = swarm.lock();
+        if let Some(local) = state.local.take() {
+            return Err(local);
+        }
+        if let (Some(list), Some(from)) = (&state.list, state.list_from) {
+            break (Arc::clone(list), from);
+        }
+        let late = Instant::now() >= list_deadline;
+        if state.listing == 0 || late {
+            let notes = std::mem::take(&mut state.notes);
+            drop(state);
+            for note in notes {
+                reporter.note(note);
+            }
+            let reason = if late {
+                format!(
+                    "no source of {name:?} delivered a piece list within {}s",
+                    LIST_TIMEOUT.as_secs()
+                )
+            } else {
+                format!("no source of {name:?} serves a piece list")
+            };
+            return Ok(Coordinated::Fallback { reason, keep: None });
+        }
+        drop(swarm.wait(state, PROGRESS_TICK));
+    };
+
+    let (done, reused_bytes) = check_existing_pieces(swarm, &list, reporter)?;
+    swarm
+        .part
+        .set_len(list.size)
+        .map_err(DownloadError::io("size", swarm.part_path))?;
+    let record_path = resume::record_path(swarm.part_path);
+    let record = match Writer::create(&record_path, &list, &done) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            reporter.note(format_args!(
+                "cannot record verified pieces in {} ({e}); an interrupted download will check the whole .part",
+                record_path.display()
+            ));
+            None
+        }
+    };
+    {
+        let mut state = swarm.lock();
+        let lens = (0..list.len()).map(|i| list.piece_len(i));
+        let mut scheduler = Scheduler::new(lens, &done, swarm.sources.len());
+        for &id in &state.excluded_early {
+            scheduler.failed(id, None, Failure::Fatal);
+        }
+        state.scheduler = Some(scheduler);
+        state.record = record;
+        swarm.bump(&mut state);
+    }
+
+    let total = swarm.sources.len();
+    let what = if workers < total {
+        format!("{name} from {workers} of its {total} sources")
+    } else {
+        format!("{name} from {total} sources")
+    };
+    let mut progress = reporter.transfer(what, list.size, reused_bytes);
+    let mut whole = Sha256::new();
+    let mut hashed = 0usize;
+    let mut unsynced = 0u64;
+    let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+    loop {
+        let (finished, alive, position, active, notes, ready, seen) = {
+            let mut state = swarm.lock();
+            if let Some(local) = state.local.take() {
+                return Err(local);
+            }
+            let notes = std::mem::take(&mut state.notes);
+            let Some(scheduler) = &state.scheduler else {
+                return Ok(Coordinated::Fallback {
+                    reason: "the download lost its state".to_owned(),
+                    keep: Some(0),
+                });
+            };
+            let mut ready = hashed;
+            while scheduler.is_done(ready) {
+                ready += 1;
+            }
+            (
+                scheduler.finished(),
+                scheduler.alive(),
+                scheduler.position(),
+                scheduler.active(),
+                notes,
+                ready,
+                state.generation,
+            )
+        };
+        for note in notes {
+            progress.note(note);
+        }
+        progress.set(position);
+        progress.set_detail(format_args!("{active} of {workers} sources active"));
+        if ready > hashed {
+            for index in hashed..ready {
+                let range = list.range(index);
+                hash_range(swarm, &mut whole, range.start, range.end, &mut buffer)?;
+                unsynced += range.end - range.start;
+            }
+            hashed = ready;
+            if unsynced >= SYNC_EVERY_BYTES {
+                swarm
+                    .part
+                    .sync_data()
+                    .map_err(DownloadError::io("sync", swarm.part_path))?;
+                unsynced = 0;
+            }
+            continue;
+        }
+        if finished && hashed == list.len() {
+            break;
+        }
+        if alive == 0 {
+            let keep = list.range(hashed).start;
+            return Ok(Coordinated::Fallback {
+                reason: format!(
+                    "every source of {name:?} failed (the first {} are verified)",
+                    HumanBytes(keep)
+                ),
+                keep: Some(keep),
+            });
+        }
+        let state = swarm.lock();
+        if state.generation == seen {
+            drop(swarm.wait(state, PROGRESS_TICK));
+        }
+    }
+    swarm.stop();
+    progress.finish();
+
+    let actual = to_hex(&whole.finalize());
+    let expected = &swarm.sources[list_from].sha256;
+    if actual != *expected {
+        let error = SourceError::ListMismatch {
+            addr: swarm.sources[list_from].addr(),
+            name: name.to_owned(),
+            expected: expected.clone(),
+        };
+        reporter.note(format_args!("{error}; dropping its pieces"));
+        // Only the list's source is to blame: pieces that failed against a
+        // lying list say nothing about their senders.
+        let mut state = swarm.lock();
+        state.failures.clear();
+        state.failures.push((list_from, error));
+        return Ok(Coordinated::Fallback {
+            reason: format!("the piece list of {name:?} cannot be trusted"),
+            keep: Some(0),
+        });
+    }
+    swarm
+        .part
+        .sync_all()
+        .map_err(DownloadError::io("sync", swarm.part_path))?;
+    let record_path = resume::record_path(swarm.part_path);
+    resume::remove(&record_path).map_err(DownloadError::io("delete", &record_path))?;
+
+    let state = swarm.lock();
+    let delivered = state
+        .scheduler
+        .as_ref()
+        .map(Scheduler::delivered)
+        .unwrap_or_default();
+    let fetched: usize = delivered.iter().sum();
+    let by_source: Vec<String> = delivered
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(id, n)| format!("{} {n}", swarm.sources[id].addr()))
+        .collect();
+    let reused = list.len() - fetched;
+    reporter.note(format_args!(
+        "fetched {fetched} of {} pieces{} (pieces per source: {})",
+        list.len(),
+        if reused > 0 {
+            format!(
+                ", {reused} were already verified in {}",
+                swarm.part_path.display()
+            )
+        } else {
+            String::new()
+        },
+        if by_source.is_empty() {
+            "none".to_owned()
+        } else {
+            by_source.join(", ")
+        }
+    ));
+    let from = delivered
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(id, _)| swarm.sources[id].addr())
+        .collect();
+    Ok(Coordinated::Done(Finished { from, reused_bytes }))
+}
+
+/// The `.part`'s length now (kept as it is when no list was found).
+fn current_len(swarm: &Swarm<'_>) -> Result<u64, DownloadError> {
+    swarm
+        .part
+        .metadata()
+        .map(|m| m.len())
+        .map_err(DownloadError::io("inspect", swarm.part_path))
+}
+
+/// Feeds bytes `start..end` of the `.part` into `hasher`.
+fn hash_range(
+    swarm: &Swarm<'_>,
+    hasher: &mut Sha256,
+    start: u64,
+    end: u64,
+    buffer: &mut [u8],
+) -> Result<(), DownloadError> {
+    let mut offset = start;
+    while offset < end {
+        let want = usize::try_from(end - offset)
+            .unwrap_or(usize::MAX)
+            .min(buffer.len());
+        swarm
+            .part
+            .read_exact_at(&mut buffer[..want], offset)
+            .map_err(DownloadError::io("read", swarm.part_path))?;
+        hasher.update(&buffer[..want]);
+        offset += want as u64;
+    }
+    Ok(())
+}
+
+/// Which pieces an earlier run left verified in the `.part`: the ones its
+/// record lists, or every whole piece in the file when there is no
+/// matching record; each is read back and checked. Returns the mask and
+/// the bytes kept.
+fn check_existing_pieces(
+    swarm: &Swarm<'_>,
+    list: &PieceList,
+    reporter: &Reporter,
+) -> Result<(Vec<bool>, u64), DownloadError> {
+    let mut done = vec![false; list.len()];
+    let len = current_len(swarm)?;
+    if len == 0 {
+        return Ok((done, 0));
+    }
+    let record_path = resume::record_path(swarm.part_path);
+    let record = resume::read(&record_path).map_err(DownloadError::io("read", &record_path))?;
+    let candidates: Vec<usize> = match record.filter(|r| r.matches(list)) {
+        Some(record) => record
+            .pieces
+            .iter()
+            .filter_map(|&i| usize::try_from(i).ok())
+            .filter(|&i| i < list.len() && list.range(i).end <= len)
+            .collect(),
+        None => (0..list.len())
+            .filter(|&i| list.range(i).end <= len)
+            .collect(),
+    };
+    if candidates.is_empty() {
+        return Ok((done, 0));
+    }
+    let check_bytes: u64 = candidates.iter().map(|&i| list.piece_len(i)).sum();
+    let mut progress: Progress =
+        reporter.hashing(swarm.part_path.display().to_string(), check_bytes);
+    let mut piece = Vec::new();
+    let mut checked = 0u64;
+    let mut kept = 0u64;
+    for index in candidates {
+        let range = list.range(index);
+        piece.resize((range.end - range.start) as usize, 0);
+        swarm
+            .part
+            .read_exact_at(&mut piece, range.start)
+            .map_err(DownloadError::io("read", swarm.part_path))?;
+        if list.verify(index, &piece) {
+            done[index] = true;
+            kept += piece.len() as u64;
+        }
+        checked += piece.len() as u64;
+        progress.set(checked);
+    }
+    progress.finish();
+    let verified = done.iter().filter(|&&d| d).count();
+    if verified > 0 {
+        reporter.note(format_args!(
+            "{}: {verified} of {} pieces already verified",
+            swarm.part_path.display(),
+            list.len()
+        ));
+    }
+    Ok((done, kept))
+}

@@ -1,0 +1,433 @@
+//! The sequential path: one source at a time, the whole file in one
+//! `GET`, appended to the `.part` while hashing, resumed with
+//! `Range: bytes=<len>-` guarded by `If-Range: "<sha256>"`.
+//!
+//! Used when there is a single source, when `--max-sources 1`, when the
+//! file is too small to share out, and as the fallback of a multi-source
+//! download whose sources do not serve piece lists. This module must not
+//! trust a peer's `Content-Length` or `Content-Range` beyond the registered
+//! size, and must leave a `.part` only with bytes that may be resumed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use dht_server::protocol::{to_hex, Source};
+use sha2::{Digest, Sha256};
+
+use super::http::{file_path, get_request, parse_content_range, Connection, ResponseHead};
+use super::{check_etag, hash_into, DownloadError, SourceError, COPY_BUFFER_BYTES};
+use crate::progress::Reporter;
+
+/// How one attempt failed: because of the source (try the next) or because
+/// of this machine (stop).
+#[derive(Debug)]
+pub(super) enum Attempt {
+    Source(SourceError),
+    Local(DownloadError),
+}
+
+impl From<SourceError> for Attempt {
+    fn from(e: SourceError) -> Attempt {
+        Attempt::Source(e)
+    }
+}
+
+impl From<DownloadError> for Attempt {
+    fn from(e: DownloadError) -> Attempt {
+        Attempt::Local(e)
+    }
+}
+
+/// A verified, fsynced `.part`, ready to be renamed.
+#[derive(Debug)]
+pub(super) struct Fetched {
+    pub(super) resumed_at: u64,
+}
+
+/// Fetches `name` from one source into `part`, resuming what is there.
+///
+/// When a resumed transfer does not verify, the old bytes may be the
+/// culprit (they may come from another version of the file), so the source
+/// gets one more try from scratch before it is blamed.
+pub(super) fn fetch(
+    source: &Source,
+    name: &str,
+    part: &Path,
+    reporter: &Reporter,
+) -> Result<Fetched, Attempt> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part)
+        .map_err(DownloadError::io("open", part))?;
+    let mut allow_resume = true;
+    loop {
+        let (hasher, have) = if allow_resume {
+            existing_prefix(&mut file, part, source, reporter)?
+        } else {
+            truncate(&mut file, part)?;
+            (Sha256::new(), 0)
+        };
+        let result = transfer(&mut file, part, hasher, have, source, name, reporter);
+        match result {
+            Ok(resumed_at) => {
+                file.sync_all().map_err(DownloadError::io("sync", part))?;
+                return Ok(Fetched { resumed_at });
+            }
+            Err(Transfer::Mismatch(e, resumed)) => {
+                if resumed && allow_resume {
+                    reporter.note(format_args!(
+                        "the resumed {} does not verify; starting it over from {}",
+                        part.display(),
+                        source.addr()
+                    ));
+                    allow_resume = false;
+                    continue;
+                }
+                // Bad bytes from this source: they must not be resumed by the next.
+                drop(file);
+                fs::remove_file(part).map_err(DownloadError::io("delete", part))?;
+                reporter.note(format_args!(
+                    "deleted {}: the bytes from {} are not the registered ones",
+                    part.display(),
+                    source.addr()
+                ));
+                return Err(Attempt::Source(e));
+            }
+            Err(Transfer::RestartWithoutRange) if allow_resume => {
+                allow_resume = false;
+                continue;
+            }
+            Err(Transfer::RestartWithoutRange) => {
+                return Err(Attempt::Source(SourceError::BadResponse {
+                    addr: source.addr(),
+                    reason: "416 to a request without Range".to_owned(),
+                }))
+            }
+            // A broken transfer keeps its bytes: the next source resumes them.
+            Err(Transfer::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+/// How a transfer from one source ended short of a verified file.
+#[derive(Debug)]
+enum Transfer {
+    /// The bytes are complete but wrong (size or digest); `true` when part of
+    /// them came from an earlier `.part`.
+    Mismatch(SourceError, bool),
+    /// The source answered `416` to our `Range`: its copy is not longer than ours.
+    RestartWithoutRange,
+    /// Anything else; the `.part` keeps what arrived.
+    Failed(Attempt),
+}
+
+impl From<SourceError> for Transfer {
+    fn from(e: SourceError) -> Transfer {
+        Transfer::Failed(Attempt::Source(e))
+    }
+}
+
+impl From<DownloadError> for Transfer {
+    fn from(e: DownloadError) -> Transfer {
+        Transfer::Failed(Attempt::Local(e))
+    }
+}
+
+/// Hashes what the `.part` already holds so the download can go on from
+/// there; discards it when it cannot belong to this source's file.
+fn existing_prefix(
+    file: &mut File,
+    part: &Path,
+    source: &Source,
+    reporter: &Reporter,
+) -> Result<(Sha256, u64), DownloadError> {
+    let len = file
+        .metadata()
+        .map_err(DownloadError::io("inspect", part))?
+        .len();
+    if len == 0 {
+        return Ok((Sha256::new(), 0));
+    }
+    if len > source.size {
+        reporter.note(format_args!(
+            "{} is longer than the {} bytes registered at {}; starting over",
+            part.display(),
+            source.size,
+            source.addr()
+        ));
+        truncate(file, part)?;
+        return Ok((Sha256::new(), 0));
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(DownloadError::io("seek", part))?;
+    let mut hasher = Sha256::new();
+    let mut progress = reporter.hashing(part.display().to_string(), len);
+    let hashed = hash_into(&mut (&mut *file).take(len), &mut hasher, &mut |n| {
+        progress.set(n)
+    })
+    .map_err(DownloadError::io("read", part))?;
+    progress.finish();
+    if hashed != len {
+        // The file shrank under us; start clean rather than guess.
+        truncate(file, part)?;
+        return Ok((Sha256::new(), 0));
+    }
+    Ok((hasher, len))
+}
+
+fn truncate(file: &mut File, part: &Path) -> Result<(), DownloadError> {
+    file.set_len(0)
+        .map_err(DownloadError::io("truncate", part))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(DownloadError::io("seek", part))?;
+    Ok(())
+}
+
+/// One HTTP exchange: asks for the bytes after `have`, appends them to the
+/// `.part`, and checks the whole against the source's size and digest.
+/// Returns how many bytes of the verified file came from the old `.part`.
+fn transfer(
+    file: &mut File,
+    part: &Path,
+    mut hasher: Sha256,
+    mut have: u64,
+    source: &Source,
+    name: &str,
+    reporter: &Reporter,
+) -> Result<u64, Transfer> {
+    let addr = source.addr();
+    let size = source.size;
+    if have < size {
+        let range = (have > 0).then_some(have);
+        let mut response = request(source, name, range)?;
+        if matches!(response.status, 200 | 206) {
+            check_etag(&response, source, name)?;
+        }
+        match response.status {
+            206 if range.is_some() => check_content_range(&response, source, name, have)?,
+            206 => {
+                return Err(SourceError::BadResponse {
+                    addr,
+                    reason: "206 to a request without Range".to_owned(),
+                }
+                .into())
+            }
+            200 => {
+                check_length(&response, source, name)?;
+                if have > 0 {
+                    // The source ignored the range, or its If-Range check
+                    // failed: the whole file follows, so start over.
+                    truncate(file, part)?;
+                    hasher = Sha256::new();
+                    have = 0;
+                }
+            }
+            416 if range.is_some() => return Err(Transfer::RestartWithoutRange),
+            status => {
+                return Err(SourceError::Status {
+                    addr,
+                    status,
+                    reason: response.reason.clone(),
+                    name: name.to_owned(),
+                }
+                .into())
+            }
+        }
+        file.seek(SeekFrom::Start(have))
+            .map_err(DownloadError::io("seek", part))?;
+        let what = format!("{name} from {addr}");
+        let mut progress = reporter.transfer(what, size, have);
+        let start = have;
+        let copied = copy_body(
+            &mut response,
+            file,
+            part,
+            &mut hasher,
+            size - have,
+            &mut |n| progress.set(start + n),
+        );
+        let copied = match copied {
+            Ok(n) => n,
+            Err(e) => {
+                // Keep what arrived for a resume; the failure is reported by the caller.
+                let _ = file.sync_data();
+                return Err(e);
+            }
+        };
+        have += copied;
+        if have < size {
+            let _ = file.sync_data();
+            return Err(SourceError::TooShort {
+                addr,
+                name: name.to_owned(),
+                received: have,
+                expected: size,
+            }
+            .into());
+        }
+        if response.content_length.is_none() && response.conn.has_more()? {
+            return Err(Transfer::Mismatch(
+                SourceError::TooLong {
+                    addr,
+                    name: name.to_owned(),
+                    expected: size,
+                },
+                start > 0,
+            ));
+        }
+        progress.finish();
+        let actual = to_hex(&hasher.finalize());
+        if actual != source.sha256 {
+            return Err(Transfer::Mismatch(
+                SourceError::WrongHash {
+                    addr,
+                    name: name.to_owned(),
+                    actual,
+                    expected: source.sha256.clone(),
+                },
+                start > 0,
+            ));
+        }
+        return Ok(start);
+    }
+    // The .part is already complete: it only needs checking.
+    let actual = to_hex(&hasher.finalize());
+    if actual == source.sha256 {
+        return Ok(have);
+    }
+    Err(Transfer::Mismatch(
+        SourceError::WrongHash {
+            addr,
+            name: name.to_owned(),
+            actual,
+            expected: source.sha256.clone(),
+        },
+        have > 0,
+    ))
+}
+
+/// Streams at most `limit` body bytes into `file` and `hasher`.
+fn copy_body(
+    response: &mut Response,
+    file: &mut File,
+    part: &Path,
+    hasher: &mut Sha256,
+    limit: u64,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<u64, Transfer> {
+    let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+    let mut copied = 0u64;
+    while copied < limit {
+        let want = usize::try_from(limit - copied)
+            .unwrap_or(usize::MAX)
+            .min(buffer.len());
+        let n = match response.conn.read_body(&mut buffer[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(SourceError::Network {
+                    addr: response.conn.addr().to_owned(),
+                    source,
+                }
+                .into())
+            }
+        };
+        file.write_all(&buffer[..n])
+            .map_err(DownloadError::io("write", part))?;
+        hasher.update(&buffer[..n]);
+        copied += n as u64;
+        on_progress(copied);
+    }
+    Ok(copied)
+}
+
+/// A `200` must announce exactly the registered size (or nothing, and then
+/// the body is cut at that size).
+fn check_length(response: &Response, source: &Source, name: &str) -> Result<(), SourceError> {
+    match response.content_length {
+        Some(len) if len != source.size => Err(SourceError::WrongLength {
+            addr: source.addr(),
+            name: name.to_owned(),
+            announced: len,
+            expected: source.size,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A `206` must cover exactly the bytes after `have` of a file of the
+/// registered size.
+fn check_content_range(
+    response: &Response,
+    source: &Source,
+    name: &str,
+    have: u64,
+) -> Result<(), SourceError> {
+    let bad = |reason: String| SourceError::BadResponse {
+        addr: source.addr(),
+        reason,
+    };
+    let Some(value) = response.content_range.as_deref() else {
+        return Err(bad("206 without Content-Range".to_owned()));
+    };
+    let (first, last, total) =
+        parse_content_range(value).ok_or_else(|| bad(format!("bad Content-Range {value:?}")))?;
+    if total != source.size {
+        return Err(SourceError::WrongLength {
+            addr: source.addr(),
+            name: name.to_owned(),
+            announced: total,
+            expected: source.size,
+        });
+    }
+    if first != have || last + 1 != total {
+        return Err(bad(format!(
+            "Content-Range {value:?} is not the requested bytes {have}-"
+        )));
+    }
+    if let Some(len) = response.content_length {
+        if len != total - first {
+            return Err(bad(format!(
+                "Content-Length {len} does not match Content-Range {value:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A response whose head has been read; its body is read from `conn`.
+#[derive(Debug)]
+struct Response {
+    conn: Connection,
+    head: ResponseHead,
+}
+
+impl std::ops::Deref for Response {
+    type Target = ResponseHead;
+
+    fn deref(&self) -> &ResponseHead {
+        &self.head
+    }
+}
+
+/// Connects to the source and sends `GET /files/<name>`, with a guarded
+/// range when resuming at `range`; reads the response head.
+fn request(source: &Source, name: &str, range: Option<u64>) -> Result<Response, SourceError> {
+    let addr = source.addr();
+    let mut conn = Connection::open(&addr)?;
+    let extra = match range {
+        Some(first) => format!(
+            "Range: bytes={first}-\r\nIf-Range: \"{}\"\r\n",
+            source.sha256
+        ),
+        None => String::new(),
+    };
+    conn.send(&get_request(&addr, &file_path(name), true, &extra))?;
+    let head = conn.read_head()?;
+    Ok(Response { conn, head })
+}
