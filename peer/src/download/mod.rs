@@ -37,6 +37,7 @@ pub mod source;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use dht_server::client::{Client, ClientError};
 use dht_server::protocol::{check_name, to_hex, NameError, Source};
@@ -54,6 +55,15 @@ pub const COPY_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Suffix of the file a download is written to until it is verified.
 pub const PART_SUFFIX: &str = ".part";
+
+/// A body must bring at least [`MIN_BYTES_PER_WINDOW`] bytes in every
+/// window of this length, or its source is dropped as too slow. A source
+/// that trickles a byte at a time never trips [`READ_TIMEOUT`], yet must not
+/// hold a download for hours while a good source waits.
+pub const SLOW_WINDOW: Duration = READ_TIMEOUT;
+
+/// See [`SLOW_WINDOW`]: about 2 KiB/s, far below any working LAN link.
+pub const MIN_BYTES_PER_WINDOW: u64 = 64 * 1024;
 
 /// Default for `--max-sources`: four connections fill a LAN link from
 /// peers whose uplinks are each a fraction of it, without crowding them.
@@ -145,6 +155,8 @@ pub enum SourceError {
     Network { addr: String, source: io::Error },
     #[error("{addr} sent nothing for {}s", READ_TIMEOUT.as_secs())]
     Stalled { addr: String },
+    #[error("{addr} sent only {bytes} bytes in {}s: too slow, dropped", SLOW_WINDOW.as_secs())]
+    TooSlow { addr: String, bytes: u64 },
     #[error("{addr} sent a malformed HTTP response: {reason}")]
     BadResponse { addr: String, reason: String },
     #[error("{addr} answered {status} {reason} for {name:?}")]
