@@ -7,15 +7,12 @@
 //! test fail, never hang. Durability (restart, crash, expiry, start-up
 //! errors) is in `registry_durability.rs`.
 
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{ErrorKind, Write};
+use std::net::{Shutdown, SocketAddr};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use p2p_tests::{sha256_hex, wait_until, Registry, WAIT_TIMEOUT};
-
-/// How long a raw socket waits for a reply line before the test fails.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+use p2p_tests::{sha256_hex, wait_until, Registry, Wire, WAIT_TIMEOUT, WIRE_TIMEOUT};
 
 /// How fast a fresh client must be answered while other connections sit idle.
 const PROMPT: Duration = Duration::from_secs(2);
@@ -26,120 +23,6 @@ const MAX_LINE: usize = 4096;
 /// Content hash used where the content does not matter.
 fn hash_of(content: &str) -> String {
     sha256_hex(content.as_bytes())
-}
-
-/// A raw connection to the registry: bytes out, reply lines in.
-struct Wire {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Wire {
-    fn connect(addr: SocketAddr) -> Wire {
-        Wire::connect_with_timeout(addr, READ_TIMEOUT)
-    }
-
-    fn connect_with_timeout(addr: SocketAddr, timeout: Duration) -> Wire {
-        let stream = TcpStream::connect_timeout(&addr, timeout)
-            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        stream.set_read_timeout(Some(timeout)).unwrap();
-        stream.set_write_timeout(Some(timeout)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        Wire { stream, reader }
-    }
-
-    /// Writes bytes exactly as given.
-    fn send(&mut self, bytes: impl AsRef<[u8]>) {
-        self.stream
-            .write_all(bytes.as_ref())
-            .unwrap_or_else(|e| panic!("write to the registry: {e}"));
-    }
-
-    /// Reads one reply line, without its LF (a CR before it is kept, so a
-    /// reply in CRLF shows up in comparisons). Panics on timeout or close.
-    fn line(&mut self) -> String {
-        match self.try_line() {
-            Ok(Some(line)) => line,
-            Ok(None) => panic!("the registry closed the connection instead of replying"),
-            Err(e) => panic!("no reply line from the registry within {READ_TIMEOUT:?}: {e}"),
-        }
-    }
-
-    /// One reply line; `None` when the server closed the connection.
-    fn try_line(&mut self) -> io::Result<Option<String>> {
-        let mut buf = Vec::new();
-        let n = (&mut self.reader)
-            .take(64 * 1024)
-            .read_until(b'\n', &mut buf)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        assert!(
-            buf.ends_with(b"\n"),
-            "reply line cut short or over-long: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.pop();
-        Ok(Some(String::from_utf8(buf).expect("reply lines are UTF-8")))
-    }
-
-    /// Sends one request line (LF added) and returns the status line.
-    fn ask(&mut self, request: &str) -> String {
-        self.send(format!("{request}\n"));
-        self.line()
-    }
-
-    /// Reads a whole reply: the status line and, for `FOUND n` and
-    /// `RESULTS n`, the n item lines.
-    fn reply(&mut self) -> Vec<String> {
-        let status = self.line();
-        let items = ["FOUND ", "RESULTS "]
-            .iter()
-            .find_map(|prefix| status.strip_prefix(prefix))
-            .map(|n| {
-                n.parse::<usize>()
-                    .unwrap_or_else(|_| panic!("bad item count in {status:?}"))
-            })
-            .unwrap_or(0);
-        let mut lines = vec![status];
-        for _ in 0..items {
-            lines.push(self.line());
-        }
-        lines
-    }
-
-    /// Sends one request line and reads its whole reply.
-    fn call(&mut self, request: &str) -> Vec<String> {
-        self.send(format!("{request}\n"));
-        self.reply()
-    }
-
-    fn ping(&mut self) {
-        assert_eq!(self.ask("PING"), "PONG", "the connection is still usable");
-    }
-
-    /// Asserts the server closes the connection without sending anything
-    /// more. A reset counts as closed: a server that closes with unread
-    /// input in its buffer makes the kernel send RST instead of FIN.
-    fn expect_closed(&mut self) {
-        let mut rest = Vec::new();
-        match self.reader.read_to_end(&mut rest) {
-            Ok(_) => assert!(
-                rest.is_empty(),
-                "expected the server to close, got more bytes: {:?}",
-                String::from_utf8_lossy(&rest)
-            ),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => assert!(
-                rest.is_empty(),
-                "expected the server to close, got more bytes: {:?}",
-                String::from_utf8_lossy(&rest)
-            ),
-            Err(e) => {
-                panic!("the server did not close the connection within {READ_TIMEOUT:?}: {e}")
-            }
-        }
-    }
 }
 
 /// Asserts `line` is `ERR <code> <message>` with a non-empty message.
@@ -1360,7 +1243,7 @@ fn try_get_in(addr: SocketAddr) -> Option<Wire> {
         Ok(None) => None,
         Ok(Some(other)) => panic!("unexpected reply to PING: {other:?}"),
         Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
-        Err(e) => panic!("no reply to PING within {READ_TIMEOUT:?}: {e}"),
+        Err(e) => panic!("no reply to PING within {WIRE_TIMEOUT:?}: {e}"),
     }
 }
 

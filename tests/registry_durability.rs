@@ -8,8 +8,6 @@
 //! in a temp dir. Waits poll a condition until a deadline; nothing sleeps to
 //! synchronise.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +16,7 @@ use std::thread;
 use std::time::Duration;
 
 use dht_server::client::Client;
-use p2p_tests::{bin, pseudo_random_bytes, sha256_hex, wait_until, Registry, Running};
+use p2p_tests::{bin, pseudo_random_bytes, sha256_hex, wait_until, Registry, Running, Wire};
 
 /// How long a raw socket or a client waits for a reply before the test fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,66 +30,6 @@ fn hash_of(content: &str) -> String {
 
 fn client(registry: &Registry) -> Client {
     Client::connect_timeout(&registry.addr_string(), READ_TIMEOUT).expect("connect to the registry")
-}
-
-/// A raw connection: bytes out, reply lines in, with a read timeout.
-struct Wire {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Wire {
-    fn connect(addr: SocketAddr) -> Wire {
-        let stream = TcpStream::connect_timeout(&addr, READ_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        Wire { stream, reader }
-    }
-
-    fn send(&mut self, bytes: impl AsRef<[u8]>) {
-        self.stream
-            .write_all(bytes.as_ref())
-            .expect("write to the registry");
-    }
-
-    /// One reply line without its LF; `None` if the server closed (or reset).
-    fn try_line(&mut self) -> Option<String> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => None,
-            Ok(_) => Some(line.trim_end_matches('\n').to_owned()),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
-            Err(e) => panic!("no reply line within {READ_TIMEOUT:?}: {e}"),
-        }
-    }
-
-    fn line(&mut self) -> String {
-        self.try_line()
-            .expect("the registry closed the connection instead of replying")
-    }
-
-    fn ask(&mut self, request: &str) -> String {
-        self.send(format!("{request}\n"));
-        self.line()
-    }
-
-    /// Reads until the server closes; fails if it does not within the timeout.
-    fn expect_closed(&mut self) {
-        let mut rest = Vec::new();
-        match self.reader.read_to_end(&mut rest) {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("the server did not close the connection: {e}"),
-        }
-        assert!(
-            rest.is_empty(),
-            "unexpected bytes before close: {:?}",
-            String::from_utf8_lossy(&rest)
-        );
-    }
 }
 
 /// Asserts that SEARCH `name` lists exactly `127.0.0.1:port size sha`.

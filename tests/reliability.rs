@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use dht_server::client::{Client, ClientError};
 use dht_server::protocol::ErrorCode;
-use p2p_tests::{bin, wait_until, Registry, Running, WAIT_TIMEOUT};
+use p2p_tests::{bin, wait_until, Registry, Running, Wire, WAIT_TIMEOUT};
 
 const HASH: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,6 +72,30 @@ fn a_client_cannot_act_for_another_address() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].addr(), "127.0.0.3:7000");
     println!("spoofing: 7 cross-address requests checked");
+}
+
+#[test]
+fn ipv6_clients_are_written_in_brackets() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let (addr, _server) = Running::start(
+        &bin("dht-server"),
+        &["--db", db.to_str().unwrap(), "--listen", "[::1]:0"],
+        "listening on ",
+        &[],
+    );
+    assert!(addr.is_ipv6(), "bound {addr}");
+    let mut client = Client::connect(&addr.to_string()).unwrap();
+    client.register(7000, 5, HASH, "six.txt").unwrap();
+    let sources = client.search("six.txt").unwrap();
+    assert_eq!(sources.len(), 1);
+    assert_eq!(sources[0].host, "[::1]");
+    assert_eq!(sources[0].addr(), "[::1]:7000");
+    let mut raw = Wire::connect(addr);
+    assert_eq!(
+        raw.call("SEARCH six.txt"),
+        ["FOUND 1".to_owned(), format!("[::1]:7000 5 {HASH}")]
+    );
 }
 
 fn expect_busy(addr: SocketAddr) {

@@ -120,9 +120,14 @@ impl Client {
     /// Sends one request and reads its whole reply. `ERR` is returned as
     /// `Ok(Reply::Err(..))`; the typed helpers below turn it into an error.
     pub fn request(&mut self, request: &Request<'_>) -> Result<Reply, ClientError> {
-        self.out.clear();
-        request.write_line(&mut self.out);
-        self.send_raw(&self.out.clone())?;
+        // The line buffer is reused across requests: taken out for the
+        // write (which borrows self), then put back.
+        let mut line = std::mem::take(&mut self.out);
+        line.clear();
+        request.write_line(&mut line);
+        let sent = self.send_raw(&line);
+        self.out = line;
+        sent?;
         self.read_reply()
     }
 

@@ -499,30 +499,34 @@ impl Request<'_> {
 impl Reply {
     /// Appends the whole reply, status line and item lines, each ending in LF.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        use std::io::Write as _;
         // Writing to a Vec cannot fail.
-        let _ = match self {
+        let _ = self.write_lines(out);
+    }
+
+    fn write_lines(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::io::Write as _;
+        match self {
             Reply::Ok => out.write_all(b"OK\n"),
             Reply::Refreshed(n) => writeln!(out, "OK {n}"),
             Reply::NotFound => out.write_all(b"NOT_FOUND\n"),
             Reply::Found(sources) => {
-                let _ = writeln!(out, "FOUND {}", sources.len());
+                writeln!(out, "FOUND {}", sources.len())?;
                 for s in sources {
-                    let _ = writeln!(out, "{}:{} {} {}", s.host, s.port, s.size, s.sha256);
+                    writeln!(out, "{}:{} {} {}", s.host, s.port, s.size, s.sha256)?;
                 }
                 Ok(())
             }
             Reply::Results(hits) => {
-                let _ = writeln!(out, "RESULTS {}", hits.len());
+                writeln!(out, "RESULTS {}", hits.len())?;
                 for h in hits {
-                    let _ = writeln!(out, "{} {} {} {}", h.sources, h.size, h.sha256, h.name);
+                    writeln!(out, "{} {} {} {}", h.sources, h.size, h.sha256, h.name)?;
                 }
                 Ok(())
             }
             Reply::Pong => out.write_all(b"PONG\n"),
             Reply::Bye => out.write_all(b"BYE\n"),
             Reply::Err(code, message) => writeln!(out, "ERR {code} {}", one_line(message)),
-        };
+        }
     }
 }
 

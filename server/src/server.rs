@@ -19,7 +19,6 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -198,9 +197,6 @@ impl Server {
 
         let mut backoff = Duration::from_millis(5);
         for incoming in listener.incoming() {
-            if tracker.is_closing() {
-                break;
-            }
             let stream = match incoming {
                 Ok(stream) => {
                     backoff = Duration::from_millis(5);
@@ -217,15 +213,21 @@ impl Server {
             let Ok(peer) = stream.peer_addr() else {
                 continue; // already gone
             };
-            if tracker.open() >= config.max_connections {
-                tracing::warn!(client = %peer, limit = config.max_connections, "connection limit reached");
-                reject_busy(stream, config.max_connections);
-                continue;
-            }
-            let Some(id) = tracker.add(&stream) else {
-                break; // shutdown began while accepting
+            let (id, open) = match tracker.admit(&stream, config.max_connections) {
+                Admission::Admitted { id, open } => (id, open),
+                Admission::Busy => {
+                    tracing::warn!(client = %peer, limit = config.max_connections, "connection limit reached");
+                    reject_busy(stream, config.max_connections);
+                    continue;
+                }
+                Admission::Untrackable(e) => {
+                    // Without a second handle shutdown could not reach it.
+                    tracing::warn!(client = %peer, error = %e, "cannot track connection; closing it");
+                    continue;
+                }
+                Admission::Closing => break, // shutdown began (we were woken for it)
             };
-            pool.grow_to(tracker.open())?;
+            pool.grow_to(open)?;
             if queue.send((stream, peer, id)).is_err() {
                 break;
             }
@@ -368,11 +370,23 @@ fn reject_busy(mut stream: TcpStream, limit: usize) {
     }
 }
 
-/// The open connections, so shutdown can reach every one of them.
+/// The open connections, so shutdown can reach every one of them, and
+/// their count, for the connection limit.
 #[derive(Default)]
 struct Tracker {
     state: Mutex<TrackerState>,
-    open: AtomicUsize,
+}
+
+/// What [`Tracker::admit`] decided about a new connection.
+enum Admission {
+    /// Recorded; `open` connections now, this one included.
+    Admitted { id: u64, open: usize },
+    /// The connection limit is reached.
+    Busy,
+    /// No second handle could be made (out of descriptors).
+    Untrackable(std::io::Error),
+    /// Shutdown has begun.
+    Closing,
 }
 
 #[derive(Default)]
@@ -390,32 +404,33 @@ impl Tracker {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
-    fn is_closing(&self) -> bool {
-        self.lock().closing
-    }
-
-    /// Records a new connection; `None` once shutdown has begun.
-    fn add(&self, stream: &TcpStream) -> Option<u64> {
+    /// Records a new connection unless the server is closing or `limit`
+    /// connections are open. Checked and recorded under one lock, so a
+    /// connection accepted as shutdown begins is either reached by it or
+    /// refused.
+    fn admit(&self, stream: &TcpStream, limit: usize) -> Admission {
         let mut state = self.lock();
         if state.closing {
-            return None;
+            return Admission::Closing;
         }
+        if state.streams.len() >= limit {
+            return Admission::Busy;
+        }
+        let handle = match stream.try_clone() {
+            Ok(handle) => handle,
+            Err(e) => return Admission::Untrackable(e),
+        };
         let id = state.next_id;
         state.next_id += 1;
-        if let Ok(handle) = stream.try_clone() {
-            state.streams.insert(id, handle);
+        state.streams.insert(id, handle);
+        Admission::Admitted {
+            id,
+            open: state.streams.len(),
         }
-        self.open.fetch_add(1, Ordering::AcqRel);
-        Some(id)
     }
 
     fn remove(&self, id: u64) {
         self.lock().streams.remove(&id);
-        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Marks the server closing and ends the input of every open connection.

@@ -5,8 +5,8 @@
 //! Nothing here sleeps as synchronisation: every wait polls a condition
 //! until a deadline and fails with a message that says what it waited for.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
@@ -439,4 +439,123 @@ fn start_peer(
     ];
     args.extend_from_slice(extra);
     Running::start(&bin("peer"), &args, "listening on ", &[])
+}
+
+/// How long a [`Wire`] waits for a reply line before the test fails.
+pub const WIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A raw connection to the registry: bytes out, reply lines in, with a read
+/// timeout on every read, so a server that does not answer fails the test
+/// instead of hanging it. The wire format itself is what is tested.
+pub struct Wire {
+    pub stream: TcpStream,
+    pub reader: BufReader<TcpStream>,
+}
+
+impl Wire {
+    pub fn connect(addr: SocketAddr) -> Wire {
+        Wire::connect_with_timeout(addr, WIRE_TIMEOUT)
+    }
+
+    pub fn connect_with_timeout(addr: SocketAddr, timeout: Duration) -> Wire {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        stream.set_write_timeout(Some(timeout)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Wire { stream, reader }
+    }
+
+    /// Writes bytes exactly as given.
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream
+            .write_all(bytes.as_ref())
+            .unwrap_or_else(|e| panic!("write to the registry: {e}"));
+    }
+
+    /// Reads one reply line, without its LF (a CR before it is kept, so a
+    /// reply in CRLF shows up in comparisons). Panics on timeout or close.
+    pub fn line(&mut self) -> String {
+        match self.try_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("the registry closed the connection instead of replying"),
+            Err(e) => panic!("no reply line from the registry within {WIRE_TIMEOUT:?}: {e}"),
+        }
+    }
+
+    /// One reply line; `None` when the server closed the connection.
+    pub fn try_line(&mut self) -> io::Result<Option<String>> {
+        let mut buf = Vec::new();
+        let n = (&mut self.reader)
+            .take(64 * 1024)
+            .read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        assert!(
+            buf.ends_with(b"\n"),
+            "reply line cut short or over-long: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.pop();
+        Ok(Some(String::from_utf8(buf).expect("reply lines are UTF-8")))
+    }
+
+    /// Sends one request line (LF added) and returns the status line.
+    pub fn ask(&mut self, request: &str) -> String {
+        self.send(format!("{request}\n"));
+        self.line()
+    }
+
+    /// Reads a whole reply: the status line and, for `FOUND n` and
+    /// `RESULTS n`, the n item lines.
+    pub fn reply(&mut self) -> Vec<String> {
+        let status = self.line();
+        let items = ["FOUND ", "RESULTS "]
+            .iter()
+            .find_map(|prefix| status.strip_prefix(prefix))
+            .map(|n| {
+                n.parse::<usize>()
+                    .unwrap_or_else(|_| panic!("bad item count in {status:?}"))
+            })
+            .unwrap_or(0);
+        let mut lines = vec![status];
+        for _ in 0..items {
+            lines.push(self.line());
+        }
+        lines
+    }
+
+    /// Sends one request line and reads its whole reply.
+    pub fn call(&mut self, request: &str) -> Vec<String> {
+        self.send(format!("{request}\n"));
+        self.reply()
+    }
+
+    pub fn ping(&mut self) {
+        assert_eq!(self.ask("PING"), "PONG", "the connection is still usable");
+    }
+
+    /// Asserts the server closes the connection without sending anything
+    /// more. A reset counts as closed: a server that closes with unread
+    /// input in its buffer makes the kernel send RST instead of FIN.
+    pub fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => assert!(
+                rest.is_empty(),
+                "expected the server to close, got more bytes: {:?}",
+                String::from_utf8_lossy(&rest)
+            ),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => assert!(
+                rest.is_empty(),
+                "expected the server to close, got more bytes: {:?}",
+                String::from_utf8_lossy(&rest)
+            ),
+            Err(e) => {
+                panic!("the server did not close the connection within {WIRE_TIMEOUT:?}: {e}")
+            }
+        }
+    }
 }
