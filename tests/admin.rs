@@ -566,7 +566,7 @@ fn an_export_of_100k_rows_runs_in_bounded_memory() {
                 "file {i:05}{}.bin",
                 " with a rather long descriptive name".repeat(6)
             );
-            let key = dht_server::protocol::name_key(&name);
+            let key = p2p_proto::protocol::name_key(&name);
             let sha = sha256_hex(name.as_bytes());
             for p in 0..PEERS {
                 let host = format!("10.0.{}.{}", p, i % 250);

@@ -366,7 +366,7 @@ fn serve_waits_for_a_registry_that_is_down_at_start() {
         &[],
     );
     let (addr, _peer) = peer.wait_for_address("listening on ");
-    let mut client = dht_server::client::Client::connect(&server).expect("connect");
+    let mut client = p2p_proto::client::Client::connect(&server).expect("connect");
     let sources = client.search("patient.txt").expect("search");
     assert_eq!(sources.len(), 1);
     assert_eq!(sources[0].port, addr.port());

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use dht_server::protocol::to_hex;
 use p2p_peer::files::{HashCache, SharedDir};
 use p2p_peer::http::{FileServer, FileServerConfig};
+use p2p_proto::protocol::to_hex;
 use sha2::{Digest, Sha256};
 
 /// How long a test client waits for any one read before failing the test

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use dht_server::client::Client;
+use p2p_proto::client::Client;
 use p2p_tests::{bin, pseudo_random_bytes, sha256_hex, wait_until, Registry, Running, Wire};
 
 /// How long a raw socket or a client waits for a reply before the test fails.

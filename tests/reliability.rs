@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use dht_server::client::{Client, ClientError};
-use dht_server::protocol::ErrorCode;
+use p2p_proto::client::{Client, ClientError};
+use p2p_proto::protocol::ErrorCode;
 use p2p_tests::{bin, wait_until, Registry, Running, Wire, WAIT_TIMEOUT};
 
 const HASH: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";

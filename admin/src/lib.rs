@@ -104,8 +104,8 @@ pub const STDOUT: &str = "standard output";
 pub(crate) mod testdb {
     //! A temporary registry filled through the server's own write functions.
 
-    use dht_server::protocol::name_key;
     use dht_server::store::{self, writes, OpenMode, SyncMode};
+    use p2p_proto::protocol::name_key;
 
     use crate::Settings;
 

@@ -7,8 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dht_server::protocol::host_of;
 use dht_server::store::admin::PeerAddr;
+use p2p_proto::protocol::host_of;
 
 /// Why a `HOST:PORT` was refused; the message shows the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

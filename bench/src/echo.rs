@@ -22,7 +22,7 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use dht_server::protocol::MAX_LINE_BYTES;
+use p2p_proto::protocol::MAX_LINE_BYTES;
 use polling::{Event, Events, Poller};
 
 /// Bytes read from a socket at a time (the registry reads up to two lines' worth).

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - [`workload`]: the operation mix, the deterministic names and registrations, a fast RNG.
-//! - [`target`]: one connection to the registry (through `dht_server::client`), an echo server or Redis.
+//! - [`target`]: one connection to the registry (through `p2p_proto::client`), an echo server or Redis.
 //! - [`resp`]: just enough RESP to read Redis's replies.
 //! - [`preload`]: pipelined registrations before a measurement.
 //! - [`load`]: the coordinator and the connection threads; latency histograms.

@@ -16,8 +16,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dht_server::protocol::Request;
 use hdrhistogram::Histogram;
+use p2p_proto::protocol::Request;
 
 use crate::target::{Conn, OpError, Outcome, Target};
 use crate::workload::{self, Mix, Op, Rng};

@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use dht_server::client::{Client, Reply};
-use dht_server::protocol::Request;
+use p2p_proto::client::{Client, Reply};
+use p2p_proto::protocol::Request;
 
 use crate::target::{LineConn, Target};
 use crate::workload;

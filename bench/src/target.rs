@@ -1,7 +1,7 @@
 //! One connection to the system under test, and how it carries one request.
 //!
 //! Every target receives the same [`Request`] values from the load threads:
-//! - [`Target::Dht`]: the registry, spoken to through `dht_server::client`,
+//! - [`Target::Dht`]: the registry, spoken to through `p2p_proto::client`,
 //!   whose reply parsing is exactly what a peer runs;
 //! - [`Target::Echo`]: a line-echo server gets the request line the registry
 //!   would get, and one line back (the floor of one-line request/reply);
@@ -12,8 +12,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use dht_server::client::{Client, ClientError, Reply};
-use dht_server::protocol::{Request, MAX_LINE_BYTES};
+use p2p_proto::client::{Client, ClientError, Reply};
+use p2p_proto::protocol::{Request, MAX_LINE_BYTES};
 
 use crate::resp;
 use crate::workload::Op;

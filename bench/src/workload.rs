@@ -248,8 +248,8 @@ mod tests {
     #[test]
     fn registrations_are_valid_protocol_fields() {
         let r = preload_registration(123_456);
-        assert!(dht_server::protocol::is_sha256_hex(&r.sha256));
-        assert!(dht_server::protocol::check_name(&name(r.file)).is_ok());
+        assert!(p2p_proto::protocol::is_sha256_hex(&r.sha256));
+        assert!(p2p_proto::protocol::check_name(&name(r.file)).is_ok());
         assert_ne!(
             measured_registration(5, 100).port,
             measured_registration(105, 100).port

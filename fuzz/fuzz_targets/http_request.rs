@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(used <= head.len());
     if let Some(encoded) = request.target.strip_prefix(FILES_PREFIX) {
         if let Ok(name) = decode_name(encoded) {
-            assert!(dht_server::protocol::check_name(&name).is_ok());
+            assert!(p2p_proto::protocol::check_name(&name).is_ok());
         }
     }
     check_decision(request.range.as_deref(), request.if_range.as_deref(), size);

@@ -2,7 +2,7 @@
 //! a client parses: any bytes give a value or an error, never a panic.
 #![no_main]
 
-use dht_server::protocol::{check_name, parse_find_hit, parse_request, parse_source, parse_status};
+use p2p_proto::protocol::{check_name, parse_find_hit, parse_request, parse_source, parse_status};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use dht_server::protocol::{check_name, to_hex, NameError};
+use p2p_proto::protocol::{check_name, to_hex, NameError};
 use sha2::{Digest, Sha256};
 
 /// Size of the read buffer used while hashing: large enough that the

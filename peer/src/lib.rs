@@ -12,8 +12,8 @@
 //! - [`menu`]: the interactive numbered menu of the original design.
 //! - [`serve`]: `peer serve`: register everything, heartbeat, unregister on exit.
 //! - [`registration`]: register, heartbeat (background thread), re-register, unregister.
-//! - [`cli`]: the command line (clap types and help); `main.rs` only dispatches.
-pub mod cli;
+//! - [`config`]: the plain configuration every mode takes (the binary builds it from its command line).
+pub mod config;
 pub mod download;
 pub mod files;
 pub mod http;

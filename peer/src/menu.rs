@@ -18,7 +18,7 @@ use std::sync::Arc;
 use comfy_table::{presets, ContentArrangement, Table};
 use indicatif::HumanBytes;
 
-use crate::cli::Common;
+use crate::config::PeerConfig;
 use crate::download::{self, Outcome};
 use crate::files::HashCache;
 use crate::progress::Reporter;
@@ -115,7 +115,7 @@ impl<'a> Console<'a> {
 
 /// Runs the menu until `3`, end of input, or a failure of the menu's own streams.
 pub fn run(
-    common: &Common,
+    common: &PeerConfig,
     console: &mut Console<'_>,
     reporter: &Reporter,
 ) -> Result<(), MenuError> {
@@ -179,7 +179,7 @@ fn unregister_on_signal(registrar: Arc<Registrar>) {
 
 /// The loop over the numbered menu. Returns at `3` or end of input.
 fn choose_until_exit(
-    common: &Common,
+    common: &PeerConfig,
     console: &mut Console<'_>,
     registrar: &Registrar,
     reporter: &Reporter,
@@ -240,7 +240,7 @@ fn register(
 
 /// `2`: asks for a name, searches, downloads. `false` at end of input.
 fn download(
-    common: &Common,
+    common: &PeerConfig,
     console: &mut Console<'_>,
     reporter: &Reporter,
 ) -> Result<bool, MenuError> {
@@ -267,7 +267,7 @@ fn download(
         &sources,
         &name,
         &common.downloads,
-        &common.download_options(),
+        &common.download,
         reporter,
     ) {
         Ok(outcome) => console.say(describe(&outcome))?,
@@ -356,29 +356,23 @@ fn display_dir(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use std::io::Cursor;
 
-    fn common(dir: &Path, extra: &[&str]) -> Common {
-        let shared = dir.join("shared");
-        let downloads = dir.join("downloads");
-        let mut args = vec![
-            "peer".to_owned(),
-            "--server".to_owned(),
+    fn common(dir: &Path, port: Option<u16>) -> PeerConfig {
+        PeerConfig {
             // Nobody listens on port 1: the registry is "down".
-            "127.0.0.1:1".to_owned(),
-            "--bind".to_owned(),
-            "127.0.0.1".to_owned(),
-            "--shared".to_owned(),
-            shared.display().to_string(),
-            "--downloads".to_owned(),
-            downloads.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        crate::cli::Cli::parse_from(args).common
+            server: "127.0.0.1:1".to_owned(),
+            port,
+            shared: dir.join("shared"),
+            downloads: dir.join("downloads"),
+            heartbeat: crate::registration::DEFAULT_HEARTBEAT,
+            bind: std::net::Ipv4Addr::LOCALHOST.into(),
+            download: crate::download::Options::default(),
+            file_server: crate::http::FileServerConfig::default(),
+        }
     }
 
-    fn drive(common: &Common, input: &str) -> String {
+    fn drive(common: &PeerConfig, input: &str) -> String {
         let mut input = Cursor::new(input.as_bytes().to_vec());
         let mut out = Vec::new();
         let mut console = Console::new(&mut input, &mut out, false);
@@ -389,14 +383,14 @@ mod tests {
     #[test]
     fn end_of_input_at_the_port_prompt_exits_cleanly() {
         let dir = tempfile::tempdir().unwrap();
-        let out = drive(&common(dir.path(), &[]), "");
+        let out = drive(&common(dir.path(), None), "");
         assert_eq!(out, "Enter port: \n");
     }
 
     #[test]
     fn wrong_input_is_answered_and_the_menu_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let out = drive(&common(dir.path(), &[]), "abc\n0\n9\n\n1\nnot-there\n3\n");
+        let out = drive(&common(dir.path(), None), "abc\n0\n9\n\n1\nnot-there\n3\n");
         assert!(out.contains("\"abc\" is not a port number"), "{out}");
         let listening = out
             .lines()
@@ -411,8 +405,8 @@ mod tests {
     fn a_port_in_use_is_asked_again() {
         let dir = tempfile::tempdir().unwrap();
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = taken.local_addr().unwrap().port().to_string();
-        let out = drive(&common(dir.path(), &["--port", &port]), "0\n3\n");
+        let port = taken.local_addr().unwrap().port();
+        let out = drive(&common(dir.path(), Some(port)), "0\n3\n");
         assert!(out.contains(&format!("port {port} is in use")), "{out}");
         assert!(out.contains("listening on"), "{out}");
     }
@@ -420,7 +414,7 @@ mod tests {
     #[test]
     fn a_registry_that_is_down_is_one_line() {
         let dir = tempfile::tempdir().unwrap();
-        let common = common(dir.path(), &["--port", "0"]);
+        let common = common(dir.path(), Some(0));
         std::fs::create_dir_all(&common.shared).unwrap();
         std::fs::write(common.shared.join("here"), b"data").unwrap();
         let out = drive(&common, "1\nhere\n2\nhere\n4\n");
@@ -446,7 +440,7 @@ mod tests {
     #[test]
     fn end_of_input_at_a_name_prompt_exits_cleanly() {
         let dir = tempfile::tempdir().unwrap();
-        let common = common(dir.path(), &["--port", "0"]);
+        let common = common(dir.path(), Some(0));
         for input in ["1\n", "2\n"] {
             let out = drive(&common, input);
             assert!(out.trim_end().ends_with("File name:"), "{out}");

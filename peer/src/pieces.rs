@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::io::{self, ErrorKind, Read};
 use std::ops::Range;
 
-use dht_server::protocol::to_hex;
+use p2p_proto::protocol::to_hex;
 use sha2::{Digest, Sha256};
 
 /// Piece size this peer's file server announces: big enough that the

@@ -15,7 +15,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use dht_server::client::{Client, ClientError};
+use p2p_proto::client::{Client, ClientError};
 
 use crate::files::{hash_file, FilesError, HashCache, SharedDir, SharedFile};
 use crate::progress::Reporter;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::cli::Common;
+use crate::config::PeerConfig;
 use crate::files::{FilesError, HashCache, SharedDir};
 use crate::http::pieces::PieceCache;
 use crate::http::{FileServer, HttpError};
@@ -66,7 +66,7 @@ pub fn open_shared(path: &Path, reporter: &Reporter) -> Result<SharedDir, ServeE
 /// Binds `--bind`:`port` and starts the file server on it, with the limits
 /// of `common` (`--max-upload-rate`).
 pub fn start_file_server(
-    common: &Common,
+    common: &PeerConfig,
     port: u16,
     shared: &SharedDir,
     hashes: &HashCache,
@@ -76,7 +76,7 @@ pub fn start_file_server(
 
 /// Like [`start_file_server`], serving piece lists from `pieces`.
 pub fn start_file_server_with(
-    common: &Common,
+    common: &PeerConfig,
     port: u16,
     shared: &SharedDir,
     hashes: &HashCache,
@@ -92,7 +92,7 @@ pub fn start_file_server_with(
         shared.clone(),
         hashes.clone(),
         pieces.clone(),
-        common.file_server_config(),
+        common.file_server.clone(),
     )?)
 }
 
@@ -130,7 +130,7 @@ pub fn announce(addr: SocketAddr) -> Result<(), ServeError> {
 }
 
 /// Runs `peer serve` until SIGINT or SIGTERM.
-pub fn run(common: &Common, reporter: &Reporter) -> Result<(), ServeError> {
+pub fn run(common: &PeerConfig, reporter: &Reporter) -> Result<(), ServeError> {
     let port = common.port.ok_or(ServeError::NoPort)?;
     let (stop_tx, stop) = crossbeam_channel::bounded(1);
     ctrlc::set_handler(move || {

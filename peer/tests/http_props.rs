@@ -7,10 +7,10 @@
 //! is part of the normal test suite. A long run:
 //! `PROPTEST_CASES=100000 cargo test --release -p p2p-peer --test http_props`.
 
-use dht_server::protocol::check_name;
 use p2p_peer::http::handler::{decode_name, file_url, FILES_PREFIX};
 use p2p_peer::http::range::{decide, parse_range, ByteRange, RangeDecision};
 use p2p_peer::http::request::{parse_head, Method, ReadError, MAX_HEADERS};
+use p2p_proto::protocol::check_name;
 use proptest::prelude::*;
 
 /// Bytes that look like HTTP more often than uniform noise does: request

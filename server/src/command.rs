@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use crate::protocol::{name_key, ErrorCode, Reply, Request};
 use crate::store::{self, Store};
 use crate::writer::{Outcome, Write, WriterHandle};
+use p2p_proto::protocol::{name_key, ErrorCode, Reply, Request};
 
 /// What a worker needs to apply requests; shared by all workers.
 pub struct Registry {

@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Reply, MAX_LINE_BYTES};
+use p2p_proto::protocol::{Reply, MAX_LINE_BYTES};
 
 /// Limits that protect a worker from one client.
 #[derive(Debug, Clone, Copy)]

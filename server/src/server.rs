@@ -27,9 +27,9 @@ use crossbeam_channel::{unbounded, Receiver};
 
 use crate::command::Registry;
 use crate::connection::{Connection, FrameError, Limits};
-use crate::protocol::{self, ErrorCode, Reply, Request};
 use crate::store::{self, OpenMode, Store, StoreError, SyncMode};
 use crate::writer::{self, WriterConfig};
+use p2p_proto::protocol::{self, ErrorCode, Reply, Request};
 
 /// Default connection limit: hundreds of peers keeping a connection open
 /// must still leave room for new clients.

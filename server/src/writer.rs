@@ -270,12 +270,12 @@ fn apply(
             size,
             sha256,
         } => {
-            let key = crate::protocol::name_key(name);
+            let key = p2p_proto::protocol::name_key(name);
             writes::register(conn, host, *port, &key, name, *size, sha256, stamp)?;
             Ok(Outcome::Registered)
         }
         Write::Unregister { host, port, name } => {
-            let key = crate::protocol::name_key(name);
+            let key = p2p_proto::protocol::name_key(name);
             writes::unregister(conn, host, *port, &key).map(Outcome::Unregistered)
         }
         Write::Heartbeat { host, port } => {

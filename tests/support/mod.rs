@@ -60,7 +60,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    dht_server::protocol::to_hex(&Sha256::digest(bytes))
+    p2p_proto::protocol::to_hex(&Sha256::digest(bytes))
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so big test files need no RNG crate.
@@ -273,8 +273,8 @@ impl Registry {
     }
 
     /// A protocol client connected to this registry.
-    pub fn client(&self) -> dht_server::client::Client {
-        dht_server::client::Client::connect(&self.addr_string()).expect("connect to the registry")
+    pub fn client(&self) -> p2p_proto::client::Client {
+        p2p_proto::client::Client::connect(&self.addr_string()).expect("connect to the registry")
     }
 
     /// SIGTERM and wait for a clean exit; returns stderr.

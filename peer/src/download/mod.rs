@@ -39,8 +39,8 @@ use std::io::{self, ErrorKind, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dht_server::client::{Client, ClientError};
-use dht_server::protocol::{check_name, to_hex, NameError, Source};
+use p2p_proto::client::{Client, ClientError};
+use p2p_proto::protocol::{check_name, to_hex, NameError, Source};
 use sha2::{Digest, Sha256};
 
 use crate::pieces::PIECE_SIZE;

@@ -41,8 +41,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use dht_server::protocol::{to_hex, Source};
 use indicatif::HumanBytes;
+use p2p_proto::protocol::{to_hex, Source};
 use sha2::{Digest, Sha256};
 
 use super::resume::{self, Writer};

@@ -13,7 +13,7 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use dht_server::protocol::{to_hex, Source};
+use p2p_proto::protocol::{to_hex, Source};
 use sha2::{Digest, Sha256};
 
 use super::http::{file_path, get_request, parse_content_range, Connection, ResponseHead};

@@ -13,7 +13,7 @@
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 
-use dht_server::protocol::Source;
+use p2p_proto::protocol::Source;
 use sha2::{Digest, Sha256};
 
 use super::http::{file_path, get_request, parse_content_range, pieces_path, Connection};

@@ -26,7 +26,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use dht_server::protocol::{check_name, NameError};
+use p2p_proto::protocol::{check_name, NameError};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::pieces::PieceCache;

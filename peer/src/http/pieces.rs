@@ -108,7 +108,7 @@ impl PieceCache {
 mod tests {
     use super::*;
     use crate::files::SharedDir;
-    use dht_server::protocol::to_hex;
+    use p2p_proto::protocol::to_hex;
     use sha2::{Digest, Sha256};
 
     #[test]

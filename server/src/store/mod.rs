@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{params, Connection, OpenFlags};
 
-use crate::protocol::{FindHit, Source, MAX_FIND_RESULTS};
 pub use migrate::SCHEMA_VERSION;
+use p2p_proto::protocol::{FindHit, Source, MAX_FIND_RESULTS};
 
 /// How long a statement waits for another process's lock (`p2p-admin`
 /// beside the server) before it reports the database busy.
@@ -388,7 +388,7 @@ mod tests {
         let (_dir, path) = temp_db();
         let conn = open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
         let store = Store::open_readers(&path, 2).unwrap();
-        let key = crate::protocol::name_key("a b");
+        let key = p2p_proto::protocol::name_key("a b");
         writes::register(
             &conn,
             "127.0.0.1",
@@ -460,7 +460,7 @@ mod tests {
             (2, "holiday.txt"),
             (3, "café menu"),
         ] {
-            let key = crate::protocol::name_key(name);
+            let key = p2p_proto::protocol::name_key(name);
             writes::register(&conn, "10.0.0.1", port, &key, name, 1, HASH, Stamp::at(10)).unwrap();
         }
         let names = |words: &[&str]| -> Vec<String> {

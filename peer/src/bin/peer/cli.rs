@@ -1,6 +1,6 @@
 //! The `peer` command line: options and subcommands as clap derive types,
-//! with the help text people read. The binary parses these and calls into
-//! the library; this module must not do any work itself.
+//! with the help text people read, and their one conversion into the
+//! library's [`PeerConfig`]. This module must not do any work itself.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::download::{Options, DEFAULT_MAX_SOURCES, MAX_SOURCES_LIMIT};
-use crate::http::throttle::parse_rate;
-use crate::http::FileServerConfig;
+use p2p_peer::config::PeerConfig;
+use p2p_peer::download::{Options, DEFAULT_MAX_SOURCES, MAX_SOURCES_LIMIT};
+use p2p_peer::http::throttle::parse_rate;
+use p2p_peer::http::FileServerConfig;
 
 /// Shortest heartbeat interval accepted: anything below only loads the registry.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
-/// [`DEFAULT_HEARTBEAT`](crate::registration::DEFAULT_HEARTBEAT) as `--help` shows it (a test keeps the two equal).
+/// [`DEFAULT_HEARTBEAT`](p2p_peer::registration::DEFAULT_HEARTBEAT) as `--help` shows it (a test keeps the two equal).
 const DEFAULT_HEARTBEAT_TEXT: &str = "60s";
 
 /// Exit status of `search`/`get` when the name has no live source.
@@ -118,6 +119,20 @@ pub struct Common {
 }
 
 impl Common {
+    /// The library's configuration, from these options.
+    pub fn config(&self) -> PeerConfig {
+        PeerConfig {
+            server: self.server.clone(),
+            port: self.port,
+            shared: self.shared.clone(),
+            downloads: self.downloads.clone(),
+            heartbeat: self.heartbeat,
+            bind: self.bind,
+            download: self.download_options(),
+            file_server: self.file_server_config(),
+        }
+    }
+
     /// How downloads proceed, from these options.
     pub fn download_options(&self) -> Options {
         Options {
@@ -204,8 +219,8 @@ fn parse_heartbeat(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registration::DEFAULT_HEARTBEAT;
     use clap::CommandFactory;
+    use p2p_peer::registration::DEFAULT_HEARTBEAT;
 
     #[test]
     fn the_command_line_is_consistent() {

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use p2p_peer::cli::{Cli, Command, Common, EXIT_FAILURE, EXIT_NOT_FOUND};
+mod cli;
+
+use cli::{Cli, Command, EXIT_FAILURE, EXIT_NOT_FOUND};
+use p2p_peer::config::PeerConfig;
 use p2p_peer::download::{self, DownloadError};
 use p2p_peer::menu::{self, Console};
 use p2p_peer::progress::Reporter;
@@ -38,7 +41,7 @@ fn init_logging() {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let reporter = Reporter::auto();
-    let common = cli.common;
+    let common = cli.common.config();
     match cli.command {
         None => {
             let stdin = io::stdin();
@@ -59,7 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn search(common: &Common, name: &str) -> anyhow::Result<ExitCode> {
+fn search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
     let sources = match download::search(&common.server, name) {
         Ok(sources) => sources,
         Err(e) => return not_found_or(e),
@@ -73,12 +76,12 @@ fn search(common: &Common, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn get(common: &Common, name: &str, reporter: &Reporter) -> anyhow::Result<ExitCode> {
+fn get(common: &PeerConfig, name: &str, reporter: &Reporter) -> anyhow::Result<ExitCode> {
     match download::download(
         &common.server,
         name,
         &common.downloads,
-        &common.download_options(),
+        &common.download,
         reporter,
     ) {
         Ok(outcome) => {
@@ -98,7 +101,7 @@ fn not_found_or(e: DownloadError) -> anyhow::Result<ExitCode> {
     Err(e.into())
 }
 
-fn register(common: &Common, name: &str, reporter: &Reporter) -> anyhow::Result<ExitCode> {
+fn register(common: &PeerConfig, name: &str, reporter: &Reporter) -> anyhow::Result<ExitCode> {
     let port = match common.port {
         Some(port) if port != 0 => port,
         _ => {

@@ -1,10 +1,10 @@
 //! Property tests of the protocol parser: arbitrary input yields a value or
 //! an error, never a panic, and every valid request survives
 //! format-then-parse unchanged. A short run is part of the normal test suite;
-//! `PROPTEST_CASES=100000 cargo test -p dht-server --test protocol_props`
+//! `PROPTEST_CASES=100000 cargo test -p p2p-proto --test protocol_props`
 //! runs a long one.
 
-use dht_server::protocol::{
+use p2p_proto::protocol::{
     self, parse_find_hit, parse_request, parse_source, parse_status, Request,
 };
 use proptest::prelude::*;

@@ -1,0 +1,31 @@
+//! What one peer process is configured with: plain values, no command-line
+//! types. The `peer` binary builds a [`PeerConfig`] from its arguments once;
+//! every mode of the library (menu, serve, get, ...) takes it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::download::Options;
+use crate::http::FileServerConfig;
+
+/// Everything the modes of a peer share.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Address of the registry (dht-server), `host:port`.
+    pub server: String,
+    /// Port of this peer's file server; `None` lets the menu ask, 0 picks a free one.
+    pub port: Option<u16>,
+    /// Folder whose regular files this peer shares.
+    pub shared: PathBuf,
+    /// Folder downloads are written to.
+    pub downloads: PathBuf,
+    /// Time between heartbeats that keep registrations alive.
+    pub heartbeat: Duration,
+    /// Address the file server listens on.
+    pub bind: IpAddr,
+    /// How downloads proceed.
+    pub download: Options,
+    /// The file server's limits.
+    pub file_server: FileServerConfig,
+}

@@ -1,0 +1,11 @@
+//! The wire vocabulary of the p2p file sharing system, shared by the
+//! registry (`dht-server`), the peer, the admin tool, the load generator and
+//! the tests. It builds no database and opens no socket except in the
+//! blocking [`client`].
+//!
+//! # Layout
+//! - [`protocol`]: request and reply lines, the name rules, the filename hash. Pure, no I/O.
+//! - [`client`]: a blocking client of the registry protocol over one TCP connection.
+
+pub mod client;
+pub mod protocol;
