@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::download::Options;
 use crate::http::FileServerConfig;
+use crate::watch::WatchConfig;
 
 /// Everything the modes of a peer share.
 #[derive(Debug, Clone)]
@@ -28,4 +29,12 @@ pub struct PeerConfig {
     pub download: Options,
     /// The file server's limits.
     pub file_server: FileServerConfig,
+    /// Whether the finished files of the downloads folder are shared too
+    /// (`--share-downloads`).
+    pub share_downloads: bool,
+    /// The state folder (the hash cache); `None`: a hidden folder beside
+    /// the shared folder ([`crate::hashcache::default_state_dir`]).
+    pub state: Option<PathBuf>,
+    /// How the live shared folder is watched (settle time, rescan interval).
+    pub watch: WatchConfig,
 }

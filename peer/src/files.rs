@@ -80,12 +80,32 @@ pub struct SharedFile {
     pub modified: SystemTime,
 }
 
-/// One shared folder, canonicalized once when opened.
+/// Suffixes of the files a download in progress writes (the `.part` and the
+/// record of its verified pieces): never listed, served or registered from
+/// the downloads folder.
+pub const PARTIAL_SUFFIXES: [&str; 2] = [".part", ".part.pieces"];
+
+/// Whether `name`, an entry of the downloads folder, is (or may be) a
+/// download in progress: a `.part`, its piece record, or a hidden file
+/// (temporary files start with a dot).
+pub fn is_partial_download(name: &str) -> bool {
+    name.starts_with('.') || PARTIAL_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// One shared folder, canonicalized once when opened; with
+/// `--share-downloads`, also the verified files of the downloads folder.
+///
+/// Name collisions: a name present in the shared folder is always the
+/// shared folder's file; the downloads folder's file of the same name is
+/// then neither listed nor served.
 #[derive(Debug, Clone)]
 pub struct SharedDir {
     /// Canonical path of the folder; every served file's canonical path
-    /// starts with it.
+    /// starts with it (or with `downloads`).
     root: PathBuf,
+    /// Canonical path of the downloads folder when its finished files are
+    /// shared too.
+    downloads: Option<PathBuf>,
 }
 
 impl SharedDir {
@@ -105,12 +125,34 @@ impl SharedDir {
                 path: path.to_owned(),
             });
         }
-        Ok(SharedDir { root })
+        Ok(SharedDir {
+            root,
+            downloads: None,
+        })
+    }
+
+    /// Also shares the finished files of the downloads folder at `path`
+    /// (`--share-downloads`): never its partial downloads
+    /// ([`is_partial_download`]), and never a name the shared folder has.
+    pub fn with_downloads(self, path: impl AsRef<Path>) -> Result<SharedDir, FilesError> {
+        let downloads = SharedDir::open(path)?.root;
+        Ok(SharedDir {
+            downloads: Some(downloads),
+            ..self
+        })
     }
 
     /// The canonical path of the folder.
     pub fn path(&self) -> &Path {
         &self.root
+    }
+
+    /// Every folder whose files are shared: the shared folder, then the
+    /// downloads folder when it is shared too.
+    pub fn roots(&self) -> Vec<&Path> {
+        std::iter::once(self.root.as_path())
+            .chain(self.downloads.as_deref())
+            .collect()
     }
 
     /// Finds the regular file shared under `name`; see the module doc for
@@ -120,49 +162,19 @@ impl SharedDir {
             name: name.to_owned(),
             reason,
         })?;
-        let joined = self.root.join(name);
-        let canonical = match fs::canonicalize(&joined) {
-            Ok(path) => path,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(FilesError::NotFound {
-                    name: name.to_owned(),
-                    dir: self.root.clone(),
+        match (resolve_in(&self.root, name), &self.downloads) {
+            (Err(FilesError::NotFound { .. }), Some(downloads)) if !is_partial_download(name) => {
+                resolve_in(downloads, name).map_err(|e| match e {
+                    // The shared folder is the one people know about.
+                    FilesError::NotFound { name, .. } => FilesError::NotFound {
+                        name,
+                        dir: self.root.clone(),
+                    },
+                    other => other,
                 })
             }
-            Err(source) => {
-                return Err(FilesError::Io {
-                    path: joined,
-                    source,
-                })
-            }
-        };
-        if !canonical.starts_with(&self.root) || canonical == self.root {
-            return Err(FilesError::Outside {
-                name: name.to_owned(),
-                dir: self.root.clone(),
-                target: canonical,
-            });
+            (result, _) => result,
         }
-        let meta = fs::metadata(&canonical).map_err(|source| FilesError::Io {
-            path: canonical.clone(),
-            source,
-        })?;
-        if !meta.is_file() {
-            return Err(FilesError::NotRegular {
-                name: name.to_owned(),
-                path: canonical,
-            });
-        }
-        let modified = meta.modified().map_err(|source| FilesError::Io {
-            path: canonical.clone(),
-            source,
-        })?;
-        Ok(SharedFile {
-            name: name.to_owned(),
-            path: canonical,
-            size: meta.len(),
-            modified,
-        })
     }
 
     /// Every file directly in the folder that [`resolve`](Self::resolve)
@@ -170,28 +182,96 @@ impl SharedDir {
     /// the name rules, and entries that are not regular files inside the
     /// folder, are skipped (logged at debug level), never an error.
     pub fn list(&self) -> Result<Vec<SharedFile>, FilesError> {
-        let entries = fs::read_dir(&self.root).map_err(|source| FilesError::OpenDir {
-            path: self.root.clone(),
-            source,
-        })?;
-        let mut files = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| FilesError::Io {
-                path: self.root.clone(),
-                source,
-            })?;
-            let Ok(name) = entry.file_name().into_string() else {
-                tracing::debug!(entry = ?entry.file_name(), "skipping a name that is not UTF-8");
-                continue;
-            };
-            match self.resolve(&name) {
-                Ok(file) => files.push(file),
-                Err(e) => tracing::debug!("not shared: {e}"),
+        let mut files = list_in(&self.root)?;
+        if let Some(downloads) = &self.downloads {
+            let taken: std::collections::HashSet<String> =
+                files.iter().map(|f| f.name.clone()).collect();
+            match list_in(downloads) {
+                Ok(more) => files.extend(
+                    more.into_iter()
+                        .filter(|f| !is_partial_download(&f.name) && !taken.contains(&f.name)),
+                ),
+                Err(e) => tracing::warn!("not sharing the downloads folder: {e}"),
             }
         }
         files.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(files)
     }
+}
+
+/// Resolves `name` (already checked) inside the canonical folder `root`.
+fn resolve_in(root: &Path, name: &str) -> Result<SharedFile, FilesError> {
+    let joined = root.join(name);
+    let canonical = match fs::canonicalize(&joined) {
+        Ok(path) => path,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(FilesError::NotFound {
+                name: name.to_owned(),
+                dir: root.to_owned(),
+            })
+        }
+        Err(source) => {
+            return Err(FilesError::Io {
+                path: joined,
+                source,
+            })
+        }
+    };
+    if !canonical.starts_with(root) || canonical == root {
+        return Err(FilesError::Outside {
+            name: name.to_owned(),
+            dir: root.to_owned(),
+            target: canonical,
+        });
+    }
+    let meta = fs::metadata(&canonical).map_err(|source| FilesError::Io {
+        path: canonical.clone(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(FilesError::NotRegular {
+            name: name.to_owned(),
+            path: canonical,
+        });
+    }
+    let modified = meta.modified().map_err(|source| FilesError::Io {
+        path: canonical.clone(),
+        source,
+    })?;
+    Ok(SharedFile {
+        name: name.to_owned(),
+        path: canonical,
+        size: meta.len(),
+        modified,
+    })
+}
+
+/// The regular files directly in the canonical folder `root`, unsorted.
+fn list_in(root: &Path) -> Result<Vec<SharedFile>, FilesError> {
+    let entries = fs::read_dir(root).map_err(|source| FilesError::OpenDir {
+        path: root.to_owned(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| FilesError::Io {
+            path: root.to_owned(),
+            source,
+        })?;
+        let Ok(name) = entry.file_name().into_string() else {
+            tracing::debug!(entry = ?entry.file_name(), "skipping a name that is not UTF-8");
+            continue;
+        };
+        if check_name(&name).is_err() {
+            tracing::debug!(entry = ?name, "skipping a name that breaks the name rules");
+            continue;
+        }
+        match resolve_in(root, &name) {
+            Ok(file) => files.push(file),
+            Err(e) => tracing::debug!("not shared: {e}"),
+        }
+    }
+    Ok(files)
 }
 
 /// Streams the file at `path` through SHA-256 in constant memory and returns

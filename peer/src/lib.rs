@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - [`files`]: the shared folder: safe name → path resolution, listing, streaming SHA-256.
+//! - [`hashcache`]: the persistent hash cache (a checksummed file in the state folder).
+//! - [`watch`]: the watcher thread that keeps registrations in step with the shared folder.
 //! - [`http`]: the file server other peers (and curl, browsers) download from.
 //! - [`download`]: search, fetch into `.part` from several sources at once (or one after the
 //!   other), verify, rename; resume; sources that fail or lie are left out.
@@ -16,9 +18,11 @@
 pub mod config;
 pub mod download;
 pub mod files;
+pub mod hashcache;
 pub mod http;
 pub mod menu;
 pub mod pieces;
 pub mod progress;
 pub mod registration;
 pub mod serve;
+pub mod watch;

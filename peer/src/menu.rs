@@ -24,6 +24,7 @@ use crate::files::HashCache;
 use crate::progress::Reporter;
 use crate::registration::{short_sha, Heartbeat, RegisterError, Registrar};
 use crate::serve::{self, ServeError};
+use crate::watch;
 
 /// Longest input line read; the rest of a longer line is skipped. Far above
 /// any port or file name (255 bytes), it bounds what a stray paste costs.
@@ -119,7 +120,7 @@ pub fn run(
     console: &mut Console<'_>,
     reporter: &Reporter,
 ) -> Result<(), MenuError> {
-    let shared = serve::open_shared(&common.shared, reporter)?;
+    let shared = serve::open_shared_for(common, reporter)?;
     let hashes = HashCache::new();
     let mut given = common.port;
     let server = loop {
@@ -138,14 +139,32 @@ pub fn run(
     };
     let addr: SocketAddr = server.local_addr();
     console.say(format_args!("listening on {addr}"))?;
+    if let Some(line) = serve::reachable_line(addr) {
+        console.say(line)?;
+    }
 
-    let registrar = Arc::new(Registrar::new(&common.server, addr.port(), shared, hashes));
+    let registrar = Arc::new(
+        Registrar::new(&common.server, addr.port(), shared, hashes).with_bind(common.bind),
+    );
     let heartbeat =
         Heartbeat::start(Arc::clone(&registrar), common.heartbeat).map_err(MenuError::Thread)?;
+    // Keeps what the person registered in step with the folder (choice `1`).
+    let watcher = watch::Watcher::start(
+        Arc::clone(&registrar),
+        crate::http::pieces::PieceCache::new(),
+        watch::WatchConfig {
+            scope: watch::Scope::Registered,
+            ..common.watch
+        },
+        Reporter::quiet(),
+        Box::new(|_| {}),
+    )
+    .map_err(MenuError::Thread)?;
     unregister_on_signal(Arc::clone(&registrar));
 
     let result = choose_until_exit(common, console, &registrar, reporter);
 
+    watcher.stop();
     heartbeat.stop();
     let farewell = match registrar.unregister_all() {
         Ok(0) => Ok(()),
@@ -211,7 +230,8 @@ fn choose_until_exit(
     }
 }
 
-/// `1`: asks for a name and registers that file. `false` at end of input.
+/// `1`: asks for a name and registers that file; `*` registers every file
+/// of the shared folder. `false` at end of input.
 fn register(
     console: &mut Console<'_>,
     registrar: &Registrar,
@@ -222,6 +242,25 @@ fn register(
     };
     if name.is_empty() {
         console.say("no name given")?;
+        return Ok(true);
+    }
+    if name == "*" {
+        match registrar.register_all(&Reporter::quiet()) {
+            Ok(summary) => {
+                for line in &summary.skipped {
+                    console.say(line)?;
+                }
+                console.say(format_args!(
+                    "registered {} file{}",
+                    summary.registered,
+                    if summary.registered == 1 { "" } else { "s" }
+                ))?;
+            }
+            Err(e) if e.is_unreachable() => console.say(format_args!(
+                "{e} (is the registry running?); the menu goes on, try again later"
+            ))?,
+            Err(e) => console.say(e)?,
+        }
         return Ok(true);
     }
     match registrar.register(&name, reporter) {
@@ -369,6 +408,9 @@ mod tests {
             bind: std::net::Ipv4Addr::LOCALHOST.into(),
             download: crate::download::Options::default(),
             file_server: crate::http::FileServerConfig::default(),
+            share_downloads: false,
+            state: None,
+            watch: crate::watch::WatchConfig::default(),
         }
     }
 

@@ -6,7 +6,7 @@
 //! number of requests.
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 pub use crate::protocol::Reply;
@@ -79,6 +79,45 @@ impl Client {
         for sa in addrs {
             match TcpStream::connect_timeout(&sa, timeout) {
                 Ok(stream) => return Client::from_stream(addr, stream, timeout),
+                Err(e) => last = e,
+            }
+        }
+        Err(ClientError::Connect {
+            addr: addr.to_owned(),
+            source: last,
+        })
+    }
+
+    /// Connects from the local address `local` (port chosen by the system),
+    /// so the registry sees that address: a peer whose file server listens
+    /// on `--bind IP` registers from `IP`. Only addresses of `local`'s
+    /// family are tried; [`DEFAULT_TIMEOUT`] as for [`Client::connect`].
+    pub fn connect_from(addr: &str, local: IpAddr) -> Result<Client, ClientError> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|source| ClientError::Resolve {
+                addr: addr.to_owned(),
+                source,
+            })?
+            .filter(|sa| sa.is_ipv4() == local.is_ipv4())
+            .collect();
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no address of the family of {local}"),
+        );
+        for sa in addrs {
+            let connected = (|| {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::for_address(sa),
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                socket.bind(&SocketAddr::new(local, 0).into())?;
+                socket.connect_timeout(&sa.into(), DEFAULT_TIMEOUT)?;
+                Ok::<TcpStream, io::Error>(socket.into())
+            })();
+            match connected {
+                Ok(stream) => return Client::from_stream(addr, stream, DEFAULT_TIMEOUT),
                 Err(e) => last = e,
             }
         }

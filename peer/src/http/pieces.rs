@@ -55,6 +55,20 @@ impl PieceCache {
             .map(|e| Arc::clone(&e.list))
     }
 
+    /// Records `list` as the piece list of this version of `file` (for a
+    /// list restored from the persistent cache, [`crate::hashcache`]).
+    pub fn insert(&self, file: &SharedFile, list: Arc<PieceList>) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.insert(
+            file.path.clone(),
+            Entry {
+                size: file.size,
+                modified: file.modified,
+                list,
+            },
+        );
+    }
+
     /// The list of `file`, from the cache or by reading it (through
     /// `opened` when the caller has the file open already, so the list
     /// describes the very bytes it serves). The whole-file digest goes

@@ -12,12 +12,25 @@ use p2p_peer::config::PeerConfig;
 use p2p_peer::download::{Options, DEFAULT_MAX_SOURCES, MAX_SOURCES_LIMIT};
 use p2p_peer::http::throttle::parse_rate;
 use p2p_peer::http::FileServerConfig;
+use p2p_peer::watch::{Scope, WatchConfig};
+#[cfg(test)]
+use p2p_peer::watch::{DEFAULT_RESCAN, DEFAULT_SETTLE};
 
 /// Shortest heartbeat interval accepted: anything below only loads the registry.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// [`DEFAULT_HEARTBEAT`](p2p_peer::registration::DEFAULT_HEARTBEAT) as `--help` shows it (a test keeps the two equal).
-const DEFAULT_HEARTBEAT_TEXT: &str = "60s";
+const DEFAULT_HEARTBEAT_TEXT: &str = "45s";
+
+/// [`DEFAULT_RESCAN`] as `--help` shows it (a test keeps the two equal).
+const DEFAULT_RESCAN_TEXT: &str = "30s";
+
+/// [`DEFAULT_SETTLE`] as `--help` shows it (a test keeps the two equal).
+const DEFAULT_SETTLE_TEXT: &str = "1s";
+
+/// Shortest settle or rescan interval accepted: below it the watcher only
+/// burns CPU.
+pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Exit status of `search`/`get` when the name has no live source.
 pub const EXIT_NOT_FOUND: u8 = 1;
@@ -116,6 +129,40 @@ pub struct Common {
     /// GiB: of 1024); unlimited when not given
     #[arg(long, global = true, value_name = "RATE", value_parser = parse_upload_rate)]
     pub max_upload_rate: Option<u64>,
+
+    /// Also share the finished (verified) files of the downloads folder;
+    /// `.part` files and other partial downloads never are. A name in both
+    /// folders is the shared folder's file.
+    #[arg(long, global = true)]
+    pub share_downloads: bool,
+
+    /// Folder for the peer's own state (the hash cache); default: the
+    /// hidden folder `.p2p-peer-state` beside the shared folder
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+
+    /// Time between two full listings of the shared folder, besides
+    /// change notifications (at most 2s where the folder cannot be watched)
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = DEFAULT_RESCAN_TEXT,
+        value_parser = parse_interval
+    )]
+    pub rescan: Duration,
+
+    /// How long a new or changed file must stay unchanged before it is
+    /// hashed and registered (for tests)
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        value_name = "DURATION",
+        default_value = DEFAULT_SETTLE_TEXT,
+        value_parser = parse_interval
+    )]
+    pub settle: Duration,
 }
 
 impl Common {
@@ -130,6 +177,13 @@ impl Common {
             bind: self.bind,
             download: self.download_options(),
             file_server: self.file_server_config(),
+            share_downloads: self.share_downloads,
+            state: self.state.clone(),
+            watch: WatchConfig {
+                settle: self.settle,
+                rescan: self.rescan,
+                scope: Scope::Everything,
+            },
         }
     }
 
@@ -205,6 +259,17 @@ fn parse_upload_rate(text: &str) -> Result<u64, String> {
     parse_rate(text).map_err(|e| e.to_string())
 }
 
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval < MIN_WATCH_INTERVAL {
+        return Err(format!(
+            "must be at least {}",
+            humantime::format_duration(MIN_WATCH_INTERVAL)
+        ));
+    }
+    Ok(interval)
+}
+
 fn parse_heartbeat(text: &str) -> Result<Duration, String> {
     let interval = humantime::parse_duration(text).map_err(|e| e.to_string())?;
     if interval < MIN_HEARTBEAT {
@@ -251,6 +316,10 @@ mod tests {
         assert_eq!(cli.common.shared, PathBuf::from("shared"));
         assert_eq!(cli.common.downloads, PathBuf::from("downloads"));
         assert_eq!(cli.common.heartbeat, DEFAULT_HEARTBEAT);
+        assert_eq!(cli.common.rescan, DEFAULT_RESCAN);
+        assert_eq!(cli.common.settle, DEFAULT_SETTLE);
+        assert!(!cli.common.share_downloads);
+        assert_eq!(cli.common.state, None);
         assert_eq!(cli.common.max_sources, DEFAULT_MAX_SOURCES);
         assert_eq!(cli.common.max_upload_rate, None);
         assert_eq!(cli.common.file_server_config(), FileServerConfig::default());

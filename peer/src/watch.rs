@@ -1,0 +1,442 @@
+//! The live shared folder: a background thread that keeps this peer's
+//! registrations in step with the files of the shared folder (and of the
+//! downloads folder with `--share-downloads`) while the peer runs.
+//!
+//! The thread watches the folders with `notify` (inotify on Linux). An event
+//! only says "look again": after a short debounce the thread lists the
+//! folders and reconciles them with what is registered. It also lists them
+//! every [`WatchConfig::rescan`] as a safety net (an overflowed event queue,
+//! a file system without notifications), every [`FALLBACK_RESCAN`] at most
+//! when watching is unavailable.
+//!
+//! Reconciling, for each file in scope:
+//! - registered with its present size and digest: nothing to do;
+//! - otherwise the file must first be *quiet*: the same size and
+//!   modification time for [`WatchConfig::settle`] (a file first seen with a
+//!   modification time older than that counts as quiet at once, e.g. one
+//!   renamed in). Then it is hashed (its piece list with it), looked at
+//!   again, and registered only if its size and modification time did not
+//!   move while it was read; otherwise it waits for the next quiet spell.
+//!   So a file being written is not announced half-written, and a digest is
+//!   always the digest of the bytes the file had.
+//! - a registered name no longer listed (removed, renamed away) is
+//!   unregistered.
+//!
+//! In scope is every file ([`Scope::Everything`], `peer serve`) or only the
+//! files this process registered ([`Scope::Registered`], the menu, where
+//! the person chooses what to share).
+//!
+//! This module must not print to stdout except through the [`Reporter`] it
+//! is given, and must not hold the registrar's lock across I/O (it uses the
+//! registrar's methods only).
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use notify::{RecursiveMode, Watcher as _};
+use p2p_proto::client::{Client, ClientError};
+
+use crate::files::{FilesError, SharedFile};
+use crate::http::pieces::PieceCache;
+use crate::progress::Reporter;
+use crate::registration::{is_unreachable, short_sha, Registrar, RETRY_MIN};
+
+/// How long a file must keep its size and modification time before it is
+/// hashed and registered: long enough for a copy in progress to show
+/// progress, short enough that a finished file is announced within 5 s.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
+
+/// Default time between two full listings when notifications work: a
+/// safety net only, cheap (one `stat` per file).
+pub const DEFAULT_RESCAN: Duration = Duration::from_secs(30);
+
+/// Longest time between two listings when the folder cannot be watched,
+/// so that changes are still seen within 5 s.
+pub const FALLBACK_RESCAN: Duration = Duration::from_secs(2);
+
+/// Quiet time after an event before the folder is listed: one listing for a
+/// burst of events.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Longest a steady stream of events (a file being written) delays a
+/// listing.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
+
+/// Shortest pause between two listings while files wait to become quiet.
+const MIN_POLL: Duration = Duration::from_millis(50);
+
+/// Which files the thread keeps registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every file of the folders (`peer serve`).
+    Everything,
+    /// Only the files this process registered (the menu).
+    Registered,
+}
+
+/// How the thread watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// See [`DEFAULT_SETTLE`].
+    pub settle: Duration,
+    /// See [`DEFAULT_RESCAN`].
+    pub rescan: Duration,
+    pub scope: Scope,
+}
+
+impl Default for WatchConfig {
+    fn default() -> WatchConfig {
+        WatchConfig {
+            settle: DEFAULT_SETTLE,
+            rescan: DEFAULT_RESCAN,
+            scope: Scope::Everything,
+        }
+    }
+}
+
+/// Called after a pass that changed registrations, with the files listed
+/// (`peer serve` saves its hash cache there).
+pub type OnSynced = Box<dyn FnMut(&[SharedFile]) + Send>;
+
+/// The watcher thread. Stopping (or dropping) it wakes the thread and joins it.
+pub struct Watcher {
+    /// Never sends: dropping it disconnects the thread's receiver.
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher").finish_non_exhaustive()
+    }
+}
+
+impl Watcher {
+    /// Starts the thread; it reconciles once at once, then on events and
+    /// every `config.rescan`.
+    pub fn start(
+        registrar: Arc<Registrar>,
+        pieces: PieceCache,
+        config: WatchConfig,
+        reporter: Reporter,
+        on_synced: OnSynced,
+    ) -> io::Result<Watcher> {
+        let (stop, stopped) = crossbeam_channel::bounded(0);
+        let thread = thread::Builder::new().name("watch".into()).spawn(move || {
+            let mut sync = Sync {
+                registrar,
+                pieces,
+                config,
+                reporter,
+                seen: HashMap::new(),
+                down: false,
+            };
+            watch_until_stopped(&mut sync, on_synced, &stopped);
+        })?;
+        Ok(Watcher {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it (at most one pass in flight).
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// Starts watching every folder of the registrar's shared set; `None`
+/// (after a warning) when any of them cannot be watched.
+fn start_notify(registrar: &Registrar, events: Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let handler = move |_event: notify::Result<notify::Event>| {
+        // Any event, an error included, only means "list again".
+        let _ = events.try_send(());
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(watcher) => watcher,
+        Err(e) => {
+            tracing::warn!(
+                "cannot watch the shared folder ({e}); looking for changes every {}",
+                humantime::format_duration(FALLBACK_RESCAN)
+            );
+            return None;
+        }
+    };
+    for root in registrar.shared().roots() {
+        if let Err(e) = watcher.watch(root, RecursiveMode::NonRecursive) {
+            tracing::warn!(
+                "cannot watch {} ({e}); looking for changes every {}",
+                root.display(),
+                humantime::format_duration(FALLBACK_RESCAN)
+            );
+            return None;
+        }
+    }
+    Some(watcher)
+}
+
+fn watch_until_stopped(sync: &mut Sync, mut on_synced: OnSynced, stopped: &Receiver<()>) {
+    // One pending wake-up is enough: events only say "list again".
+    let (events_tx, events) = crossbeam_channel::bounded(1);
+    let watcher = start_notify(&sync.registrar, events_tx);
+    let rescan = match watcher {
+        Some(_) => sync.config.rescan,
+        None => sync.config.rescan.min(FALLBACK_RESCAN),
+    };
+    loop {
+        let pass = sync.pass();
+        if pass.changed {
+            on_synced(&pass.files);
+        }
+        let wait = if sync.down {
+            RETRY_MIN.min(rescan)
+        } else if pass.waiting {
+            (sync.config.settle / 4).clamp(MIN_POLL, rescan)
+        } else {
+            rescan
+        };
+        select! {
+            recv(stopped) -> _ => return,
+            recv(events) -> _ => {
+                if debounce(&events, stopped) {
+                    return;
+                }
+            }
+            default(wait) => {}
+        }
+    }
+}
+
+/// Waits until no event came for [`DEBOUNCE`] (at most [`DEBOUNCE_MAX`]);
+/// `true` when a stop came first.
+fn debounce(events: &Receiver<()>, stopped: &Receiver<()>) -> bool {
+    let until = Instant::now() + DEBOUNCE_MAX;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        select! {
+            recv(stopped) -> _ => return true,
+            recv(events) -> _ => continue,
+            default(DEBOUNCE.min(left)) => return false,
+        }
+    }
+}
+
+/// One version of a file as first seen by a listing.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    size: u64,
+    modified: SystemTime,
+    /// When a listing first saw this size and modification time.
+    since: Instant,
+    /// Its modification time was already older than the settle time then.
+    old: bool,
+    /// The registry refused this version.
+    refused: bool,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+struct Pass {
+    /// The files listed.
+    files: Vec<SharedFile>,
+    /// A registration was added, changed or withdrawn.
+    changed: bool,
+    /// Some file waits to become quiet.
+    waiting: bool,
+}
+
+/// The reconciling state, owned by the watcher thread.
+struct Sync {
+    registrar: Arc<Registrar>,
+    pieces: PieceCache,
+    config: WatchConfig,
+    reporter: Reporter,
+    /// Files not (yet) registered in their present version, by name.
+    seen: HashMap<String, Seen>,
+    /// The registry was unreachable at the last try.
+    down: bool,
+}
+
+impl Sync {
+    fn pass(&mut self) -> Pass {
+        let mut pass = Pass::default();
+        pass.files = match self.registrar.shared().list() {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!("cannot list the shared folder: {e}");
+                return pass;
+            }
+        };
+        let mut client = None;
+        let result = self.reconcile(&mut pass, &mut client);
+        match result {
+            Ok(()) => {
+                if self.down {
+                    tracing::warn!("the registry at {} answers again", self.registrar.server());
+                }
+                self.down = false;
+            }
+            Err(e) => {
+                if !self.down {
+                    tracing::warn!("cannot bring the registry up to date: {e}; retrying");
+                }
+                self.down = true;
+            }
+        }
+        pass
+    }
+
+    /// Withdraws what is gone, registers what is new or changed and quiet.
+    /// Stops at the first sign of an unreachable registry.
+    fn reconcile(
+        &mut self,
+        pass: &mut Pass,
+        client: &mut Option<Client>,
+    ) -> Result<(), ClientError> {
+        let listed: HashSet<&str> = pass.files.iter().map(|f| f.name.as_str()).collect();
+        let registered = self.registrar.registered();
+        self.seen.retain(|name, _| listed.contains(name.as_str()));
+
+        for name in registered.keys().filter(|n| !listed.contains(n.as_str())) {
+            let client = connected(&self.registrar, client)?;
+            match self.registrar.withdraw(client, name) {
+                Ok(_) => {
+                    pass.changed = true;
+                    self.reporter.note(format_args!(
+                        "unregistered {name} (gone from the shared folder)"
+                    ));
+                }
+                Err(e) if is_unreachable(&e) => return Err(e),
+                Err(e) => tracing::warn!("cannot unregister {name:?}: {e}"),
+            }
+        }
+
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        for file in &pass.files {
+            let current = registered.get(&file.name);
+            if self.config.scope == Scope::Registered && current.is_none() {
+                continue;
+            }
+            let hashes = self.registrar.hashes();
+            if let Some(r) = current {
+                if r.size == file.size && hashes.cached(file).as_deref() == Some(r.sha256.as_str())
+                {
+                    self.seen.remove(&file.name);
+                    continue;
+                }
+            }
+            let seen = self.seen.entry(file.name.clone()).or_insert_with(|| Seen {
+                size: file.size,
+                modified: file.modified,
+                since: now,
+                old: wall
+                    .duration_since(file.modified)
+                    .is_ok_and(|age| age >= self.config.settle),
+                refused: false,
+            });
+            if seen.size != file.size || seen.modified != file.modified {
+                *seen = Seen {
+                    size: file.size,
+                    modified: file.modified,
+                    since: now,
+                    old: false,
+                    refused: false,
+                };
+            }
+            if seen.refused {
+                continue;
+            }
+            if !seen.old && now.duration_since(seen.since) < self.config.settle {
+                pass.waiting = true;
+                continue;
+            }
+            match self.hash_if_still(file) {
+                Ok(Some(sha256)) => {
+                    let client = connected(&self.registrar, client)?;
+                    match self.registrar.announce(client, file, &sha256) {
+                        Ok(r) => {
+                            pass.changed = true;
+                            self.seen.remove(&file.name);
+                            let again = if current.is_some() { " again" } else { "" };
+                            self.reporter.note(format_args!(
+                                "registered {}{again} ({} bytes, sha256 {})",
+                                file.name,
+                                r.size,
+                                short_sha(&r.sha256)
+                            ));
+                        }
+                        Err(e) if is_unreachable(&e) => return Err(e),
+                        Err(e) => {
+                            tracing::warn!("not registered: {:?}: {e}", file.name);
+                            // Refused for good (e.g. a name the registry rejects):
+                            // not asked again until the file changes.
+                            if let Some(seen) = self.seen.get_mut(&file.name) {
+                                seen.refused = true;
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {
+                    // It moved while being read: wait for the next quiet spell.
+                    self.seen.remove(&file.name);
+                    pass.waiting = true;
+                }
+                Err(e) => {
+                    tracing::debug!("not registered yet: {e}");
+                    self.seen.remove(&file.name);
+                    pass.waiting = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hashes `file` (piece list and digest in one read) and returns the
+    /// digest if the file still has the size and modification time it had
+    /// before; `None` if it changed meanwhile.
+    fn hash_if_still(&self, file: &SharedFile) -> Result<Option<String>, FilesError> {
+        let hashes = self.registrar.hashes();
+        let sha256 = match self.pieces.get(file, None, hashes, &mut |_| {}) {
+            Ok(list) => list.sha256.clone(),
+            Err(FilesError::Changed { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let again = self.registrar.shared().resolve(&file.name)?;
+        if again.size != file.size || again.modified != file.modified || again.path != file.path {
+            return Ok(None);
+        }
+        Ok(Some(sha256))
+    }
+}
+
+/// The pass's connection, opened on first use.
+fn connected<'c>(
+    registrar: &Registrar,
+    client: &'c mut Option<Client>,
+) -> Result<&'c mut Client, ClientError> {
+    match client {
+        Some(client) => Ok(client),
+        None => Ok(client.insert(registrar.open()?)),
+    }
+}
