@@ -250,7 +250,8 @@ struct Seen {
     since: Instant,
     /// Its modification time was already older than the settle time then.
     old: bool,
-    /// The registry refused this version.
+    /// This version cannot be registered (unreadable, or refused by the
+    /// registry): not tried again until it changes.
     refused: bool,
 }
 
@@ -403,9 +404,16 @@ impl Sync {
                     pass.waiting = true;
                 }
                 Err(e) => {
-                    tracing::debug!("not registered yet: {e}");
-                    self.seen.remove(&file.name);
-                    pass.waiting = true;
+                    // Unreadable (e.g. no permission): tried again when it
+                    // changes, or at the next start.
+                    if file.path.exists() {
+                        tracing::warn!("not registered: {e}");
+                    } else {
+                        tracing::debug!("gone while being hashed: {e}");
+                    }
+                    if let Some(seen) = self.seen.get_mut(&file.name) {
+                        seen.refused = true;
+                    }
                 }
             }
         }
