@@ -91,6 +91,44 @@ fn added_changed_removed_and_renamed_files_show_in_search() {
 }
 
 #[test]
+fn without_notifications_the_rescan_finds_the_changes() {
+    let registry = Registry::start();
+    let peer = Peer::serve(
+        &registry,
+        &[("kept.txt", b"kept")],
+        &["--no-watch", "--rescan", "300ms", FAST[0], FAST[1]],
+    );
+    std::fs::write(peer.shared.join("late.txt"), b"found by listing").unwrap();
+    wait_registered(&registry, "late.txt", b"found by listing");
+    std::fs::remove_file(peer.shared.join("kept.txt")).unwrap();
+    wait_gone(&registry, "kept.txt");
+}
+
+#[test]
+fn after_the_registry_lost_them_the_files_shared_now_are_registered_again() {
+    let registry = Registry::start();
+    let peer = Peer::serve(
+        &registry,
+        &[("at-start.txt", b"s"), ("removed.txt", b"r")],
+        &["--heartbeat", "200ms", FAST[0], FAST[1]],
+    );
+    std::fs::write(peer.shared.join("added.txt"), b"added live").unwrap();
+    wait_registered(&registry, "added.txt", b"added live");
+    std::fs::remove_file(peer.shared.join("removed.txt")).unwrap();
+    wait_gone(&registry, "removed.txt");
+
+    // As after a registry restart on an empty database (the test runs on the
+    // peer's host, so it may withdraw the peer's registrations).
+    let mut client = registry.client();
+    for name in ["at-start.txt", "added.txt"] {
+        assert!(client.unregister(peer.addr.port(), name).unwrap(), "{name}");
+    }
+    wait_registered(&registry, "at-start.txt", b"s");
+    wait_registered(&registry, "added.txt", b"added live");
+    assert!(search(&registry, "removed.txt").is_empty());
+}
+
+#[test]
 fn a_file_written_slowly_is_announced_only_once_complete() {
     let registry = Registry::start();
     // A settle time far above the writer's pauses between chunks (25 ms),

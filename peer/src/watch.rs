@@ -86,6 +86,10 @@ pub struct WatchConfig {
     /// See [`DEFAULT_RESCAN`].
     pub rescan: Duration,
     pub scope: Scope,
+    /// Use change notifications (`false`: `--no-watch`, listings only, every
+    /// [`FALLBACK_RESCAN`] at most; for file systems that send no events,
+    /// such as a network share changed from another machine).
+    pub notify: bool,
 }
 
 impl Default for WatchConfig {
@@ -94,6 +98,7 @@ impl Default for WatchConfig {
             settle: DEFAULT_SETTLE,
             rescan: DEFAULT_RESCAN,
             scope: Scope::Everything,
+            notify: true,
         }
     }
 }
@@ -195,7 +200,11 @@ fn start_notify(registrar: &Registrar, events: Sender<()>) -> Option<notify::Rec
 fn watch_until_stopped(sync: &mut Sync, mut on_synced: OnSynced, stopped: &Receiver<()>) {
     // One pending wake-up is enough: events only say "list again".
     let (events_tx, events) = crossbeam_channel::bounded(1);
-    let watcher = start_notify(&sync.registrar, events_tx);
+    let watcher = if sync.config.notify {
+        start_notify(&sync.registrar, events_tx)
+    } else {
+        None
+    };
     let rescan = match watcher {
         Some(_) => sync.config.rescan,
         None => sync.config.rescan.min(FALLBACK_RESCAN),

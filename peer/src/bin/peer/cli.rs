@@ -50,6 +50,8 @@ Examples:
   peer serve --port 4000 --max-upload-rate 20MiB
                                          send at most 20 MiB/s, all downloaders together
   peer register notes.txt --port 4000    one registration, for scripts
+  peer serve --port 4000 --share-downloads
+                                         also share what was downloaded (never a .part)
   curl -O http://HOST:PORT/files/notes.txt
 
 Exit status: 0 success; 1 the name has no live source (search, get); 2 any other failure.";
@@ -152,6 +154,11 @@ pub struct Common {
     )]
     pub rescan: Duration,
 
+    /// Do not use change notifications: find changes of the shared folder by
+    /// listing it every --rescan (at most every 2s), e.g. on a network share
+    #[arg(long, global = true)]
+    pub no_watch: bool,
+
     /// How long a new or changed file must stay unchanged before it is
     /// hashed and registered (for tests)
     #[arg(
@@ -183,6 +190,7 @@ impl Common {
                 settle: self.settle,
                 rescan: self.rescan,
                 scope: Scope::Everything,
+                notify: !self.no_watch,
             },
         }
     }
