@@ -513,6 +513,37 @@ mod tests {
     }
 
     #[test]
+    fn downloads_share_finished_files_only_and_the_shared_folder_wins() {
+        let (tmp, dir) = folder();
+        let downloads = tmp.path().join("downloads");
+        fs::create_dir(&downloads).unwrap();
+        fs::write(dir.path().join("both"), b"shared").unwrap();
+        fs::write(downloads.join("both"), b"downloaded").unwrap();
+        for name in ["done.iso", "x.part", "x.part.pieces", ".tmp"] {
+            fs::write(downloads.join(name), b"d").unwrap();
+        }
+        let names = |d: &SharedDir| -> Vec<String> {
+            d.list().unwrap().into_iter().map(|f| f.name).collect()
+        };
+        assert_eq!(names(&dir), ["both"]);
+        assert!(dir.resolve("done.iso").is_err());
+        let both = dir.clone().with_downloads(&downloads).unwrap();
+        assert_eq!(names(&both), ["both", "done.iso"]);
+        assert_eq!(both.resolve("both").unwrap().path, dir.path().join("both"));
+        assert_eq!(both.resolve("done.iso").unwrap().size, 1);
+        for partial in ["x.part", "x.part.pieces", ".tmp"] {
+            assert!(is_partial_download(partial));
+            let err = both.resolve(partial).unwrap_err();
+            assert!(
+                matches!(err, FilesError::NotFound { .. }),
+                "{partial}: {err}"
+            );
+        }
+        assert!(!is_partial_download("movie.partial"));
+        assert_eq!(both.roots().len(), 2);
+    }
+
+    #[test]
     fn hashes_in_chunks_with_progress() {
         let (_tmp, dir) = folder();
         let path = dir.path().join("big");

@@ -85,10 +85,20 @@ pub fn open_shared_for(common: &PeerConfig, reporter: &Reporter) -> Result<Share
 
 /// The hash cache file of `shared`, in `--state` or the default state folder.
 pub fn cache_store(common: &PeerConfig, shared: &SharedDir) -> hashcache::Store {
-    let state = common
-        .state
-        .clone()
-        .unwrap_or_else(|| hashcache::default_state_dir(shared.path()));
+    let default = hashcache::default_state_dir(shared.path());
+    let mut state = common.state.clone().unwrap_or_else(|| default.clone());
+    // The cache must not be a shared file: it would be served, and every
+    // save would be a change to register.
+    if let Ok(canonical) = std::fs::canonicalize(&state) {
+        if shared.roots().contains(&canonical.as_path()) {
+            tracing::warn!(
+                "--state {} is a shared folder; keeping the hash cache in {} instead",
+                state.display(),
+                default.display()
+            );
+            state = default;
+        }
+    }
     hashcache::Store::new(hashcache::cache_file(&state, shared.path()))
 }
 
@@ -324,4 +334,22 @@ fn register_until_done(registrar: &Registrar, reporter: &Reporter, stop: &Receiv
 /// Waits `pause` unless a stop arrives first; `true` when stopped.
 fn stopped_within(stop: &Receiver<()>, pause: Duration) -> bool {
     !matches!(stop.recv_timeout(pause), Err(RecvTimeoutError::Timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reachable_at_only_for_the_unspecified_address() {
+        assert_eq!(reachable_line("127.0.0.1:4000".parse().unwrap()), None);
+        assert_eq!(reachable_line("10.1.2.3:4000".parse().unwrap()), None);
+        let line = reachable_line("0.0.0.0:4000".parse().unwrap()).unwrap();
+        let list = line.strip_prefix("reachable at ").unwrap();
+        for addr in list.split(", ") {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert!(addr.is_ipv4() && addr.port() == 4000, "{line}");
+            assert!(!addr.ip().is_unspecified(), "{line}");
+        }
+    }
 }
