@@ -358,6 +358,13 @@ impl HashCache {
             .map(|e| e.sha256.clone())
     }
 
+    /// Forgets the digests of every path `keep` refuses (files no longer
+    /// shared), so a long-running peer does not remember deleted files.
+    pub fn retain(&self, keep: impl Fn(&Path) -> bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|path, _| keep(path));
+    }
+
     /// Records `sha256` as the digest of this version of `file` (for callers
     /// that hashed it themselves, e.g. with a progress bar).
     pub fn insert(&self, file: &SharedFile, sha256: String) {

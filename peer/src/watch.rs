@@ -32,6 +32,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
@@ -297,6 +298,11 @@ impl Sync {
                 return pass;
             }
         };
+        // Digests and piece lists of files no longer shared are forgotten.
+        let paths: HashSet<&Path> = pass.files.iter().map(|f| f.path.as_path()).collect();
+        self.registrar.hashes().retain(|p| paths.contains(p));
+        self.pieces.retain(|p| paths.contains(p));
+        drop(paths);
         let mut client = None;
         let result = self.reconcile(&mut pass, &mut client);
         match result {

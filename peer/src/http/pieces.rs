@@ -55,6 +55,12 @@ impl PieceCache {
             .map(|e| Arc::clone(&e.list))
     }
 
+    /// Forgets the lists of every path `keep` refuses (files no longer shared).
+    pub fn retain(&self, keep: impl Fn(&std::path::Path) -> bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|path, _| keep(path));
+    }
+
     /// Records `list` as the piece list of this version of `file` (for a
     /// list restored from the persistent cache, [`crate::hashcache`]).
     pub fn insert(&self, file: &SharedFile, list: Arc<PieceList>) {
