@@ -361,7 +361,13 @@ fn serve_waits_for_a_registry_that_is_down_at_start() {
     let db = dir.path().join("registry.db");
     let (_, _registry) = Running::start(
         &bin("dht-server"),
-        &["--db", db.to_str().expect("UTF-8"), "--listen", &server],
+        &[
+            "--db",
+            db.to_str().expect("UTF-8"),
+            "--listen",
+            &server,
+            "--no-mdns",
+        ],
         "listening on ",
         &[],
     );

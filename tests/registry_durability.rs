@@ -330,7 +330,7 @@ fn start_expecting_failure(db: &Path) -> String {
     let mut command = Command::new(&program);
     command
         .args(["--db", db.to_str().expect("UTF-8 temp path")])
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

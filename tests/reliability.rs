@@ -80,7 +80,13 @@ fn ipv6_clients_are_written_in_brackets() {
     let db = dir.path().join("r.db");
     let (addr, _server) = Running::start(
         &bin("dht-server"),
-        &["--db", db.to_str().unwrap(), "--listen", "[::1]:0"],
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "[::1]:0",
+            "--no-mdns",
+        ],
         "listening on ",
         &[],
     );
@@ -183,6 +189,7 @@ fn start_limited(db: &Path, setup: &str, extra: &[&str]) -> (SocketAddr, Running
         db.to_str().unwrap(),
         "--listen",
         "127.0.0.1:0",
+        "--no-mdns",
     ];
     args.extend_from_slice(extra);
     Running::start(Path::new("/bin/sh"), &args, "listening on ", &[])

@@ -14,8 +14,10 @@
 //! - [`menu`]: the interactive numbered menu of the original design.
 //! - [`serve`]: `peer serve`: register everything, heartbeat, unregister on exit.
 //! - [`registration`]: register, heartbeat (background thread), re-register, unregister.
+//! - [`discovery`]: which registry: `--server`, `P2P_SERVER`, one found by mDNS, or 127.0.0.1:9000.
 //! - [`config`]: the plain configuration every mode takes (the binary builds it from its command line).
 pub mod config;
+pub mod discovery;
 pub mod download;
 pub mod files;
 pub mod hashcache;

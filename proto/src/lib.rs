@@ -6,6 +6,8 @@
 //! # Layout
 //! - [`protocol`]: request and reply lines, the name rules, the filename hash. Pure, no I/O.
 //! - [`client`]: a blocking client of the registry protocol over one TCP connection.
+//! - [`mdns`]: the DNS-SD service type and TXT keys a registry is announced under.
 
 pub mod client;
+pub mod mdns;
 pub mod protocol;

@@ -8,6 +8,7 @@
 //! - [`connection`]: one socket's line framing, with the length limit and timeouts.
 //! - [`command`]: applies a parsed request to the store and produces the reply.
 //! - [`server`]: the listener, the worker pool, the connection limit, shutdown.
+//! - [`mdns`]: announcing the registry on the LAN by mDNS/DNS-SD (`--no-mdns` turns it off).
 //!
 //! The wire vocabulary (requests, replies, name rules, the client) lives in
 //! the `p2p-proto` crate, shared with every other program.
@@ -17,6 +18,7 @@
 
 pub mod command;
 pub mod connection;
+pub mod mdns;
 pub mod server;
 pub mod store;
 pub mod writer;

@@ -307,7 +307,7 @@ impl Registry {
 
 fn start_registry(db: &Path, extra: &[&str]) -> (SocketAddr, Running) {
     let db = db.to_str().expect("temp paths are UTF-8");
-    let mut args = vec!["--db", db, "--listen", "127.0.0.1:0"];
+    let mut args = vec!["--db", db, "--listen", "127.0.0.1:0", "--no-mdns"];
     args.extend_from_slice(extra);
     Running::start(&bin("dht-server"), &args, "listening on ", &[])
 }

@@ -55,6 +55,10 @@ struct Args {
     /// Read-only SQLite connections in the pool.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_READERS)]
     readers: u32,
+    /// Do not announce this registry on the LAN by mDNS/DNS-SD
+    /// (`_p2p-registry._tcp.local.`); it is not announced when bound to loopback anyway.
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -113,6 +117,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
     drop(stdout);
 
+    // Held until the server stops; dropping it withdraws the announcement.
+    let _mdns = (!args.no_mdns).then(|| dht_server::mdns::announce_or_warn(server.local_addr()));
     server.run()?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use p2p_peer::config::PeerConfig;
+use p2p_peer::discovery::{self, Origin};
 use p2p_peer::download::{Options, DEFAULT_MAX_SOURCES, MAX_SOURCES_LIMIT};
 use p2p_peer::http::throttle::parse_rate;
 use p2p_peer::http::FileServerConfig;
@@ -79,14 +80,10 @@ pub struct Cli {
 /// Options every mode understands, before or after the subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct Common {
-    /// Address of the registry (dht-server)
-    #[arg(
-        long,
-        global = true,
-        value_name = "ADDR",
-        default_value = "127.0.0.1:9000"
-    )]
-    pub server: String,
+    /// Address of the registry (dht-server); when not given: $P2P_SERVER, else a
+    /// registry found on the LAN by mDNS within 2 s, else 127.0.0.1:9000
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub server: Option<String>,
 
     /// Port of this peer's file server (0 picks a free one; the menu asks when it is missing)
     #[arg(long, global = true, value_name = "N")]
@@ -176,7 +173,7 @@ impl Common {
     /// The library's configuration, from these options.
     pub fn config(&self) -> PeerConfig {
         PeerConfig {
-            server: self.server.clone(),
+            server: self.registry_address(),
             port: self.port,
             shared: self.shared.clone(),
             downloads: self.downloads.clone(),
@@ -193,6 +190,16 @@ impl Common {
                 notify: !self.no_watch,
             },
         }
+    }
+
+    /// `--server`, `P2P_SERVER`, a registry found by mDNS, or the default
+    /// (see [`p2p_peer::discovery`]); says on stderr which one mDNS found.
+    pub fn registry_address(&self) -> String {
+        let resolved = discovery::resolve_from_environment(self.server.as_deref());
+        if let Origin::Mdns { instance } = &resolved.origin {
+            eprintln!("registry {} found by mDNS ({instance})", resolved.addr);
+        }
+        resolved.addr
     }
 
     /// How downloads proceed, from these options.
@@ -319,7 +326,7 @@ mod tests {
     fn defaults_follow_the_contract() {
         let cli = Cli::try_parse_from(["peer"]).unwrap();
         assert!(cli.command.is_none());
-        assert_eq!(cli.common.server, "127.0.0.1:9000");
+        assert_eq!(cli.common.server, None);
         assert_eq!(cli.common.port, None);
         assert_eq!(cli.common.shared, PathBuf::from("shared"));
         assert_eq!(cli.common.downloads, PathBuf::from("downloads"));
