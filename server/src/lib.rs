@@ -8,6 +8,8 @@
 //! - [`connection`]: one socket's line framing, with the length limit and timeouts.
 //! - [`command`]: applies a parsed request to the store and produces the reply.
 //! - [`server`]: the listener, the worker pool, the connection limit, shutdown.
+//! - [`metrics`]: process-wide counters and histograms; [`web`] renders them at `/metrics`.
+//! - [`web`]: `--http ADDR`: a read-only HTML page of the registry and `GET /metrics`.
 //! - [`mdns`]: announcing the registry on the LAN by mDNS/DNS-SD (`--no-mdns` turns it off).
 //!
 //! The wire vocabulary (requests, replies, name rules, the client) lives in
@@ -19,6 +21,8 @@
 pub mod command;
 pub mod connection;
 pub mod mdns;
+pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod web;
 pub mod writer;

@@ -269,6 +269,7 @@ impl Pool {
                 .stack_size(WORKER_STACK)
                 .spawn(move || {
                     for (stream, peer, id) in jobs.iter() {
+                        let _open = crate::metrics::connection_opened();
                         serve_connection(stream, peer, &registry, limits);
                         tracker.remove(id);
                     }
@@ -312,15 +313,17 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, registry: &Registry, li
     tracing::debug!(client = %peer, "connected");
     loop {
         let reply = match conn.read_line() {
-            Ok(line) => match protocol::parse_request(line) {
-                Ok(Request::Quit) => {
-                    conn.write_reply(&Reply::Bye);
-                    conn.close_gracefully();
-                    return;
+            Ok(line) => {
+                match protocol::parse_request(line).inspect(crate::metrics::count_request) {
+                    Ok(Request::Quit) => {
+                        conn.write_reply(&Reply::Bye);
+                        conn.close_gracefully();
+                        return;
+                    }
+                    Ok(request) => registry.apply(request, &host),
+                    Err(e) => e.to_reply(),
                 }
-                Ok(request) => registry.apply(request, &host),
-                Err(e) => e.to_reply(),
-            },
+            }
             Err(FrameError::TooLong) => {
                 return refuse(
                     conn,
@@ -345,6 +348,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, registry: &Registry, li
                 return;
             }
         };
+        crate::metrics::count_reply(&reply);
         conn.write_reply(&reply);
     }
 }
@@ -352,6 +356,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, registry: &Registry, li
 /// Answers a request that ends the connection, and closes it.
 fn refuse(mut conn: Connection, code: ErrorCode, message: &str) {
     tracing::info!(client = %conn.peer(), %code, message, "closing connection after error");
+    crate::metrics::count_error(code);
     conn.write_reply(&Reply::Err(code, message.to_owned()));
     conn.close_gracefully();
 }
@@ -360,6 +365,7 @@ fn refuse(mut conn: Connection, code: ErrorCode, message: &str) {
 /// write, our FIN, and whatever it already sent read away so that closing
 /// does not reset the connection before it reads the reply.
 fn reject_busy(mut stream: TcpStream, limit: usize) {
+    crate::metrics::count_busy_refusal();
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     let line = format!("ERR busy too many connections (limit {limit}); try again later\n");
     let _ = stream.write_all(line.as_bytes());

@@ -213,6 +213,7 @@ fn run(mut conn: Connection, queue: Receiver<Job>, config: WriterConfig) {
 
 /// Applies `batch` in one transaction, commits, then answers every job.
 fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Job>, seq: &mut i64) {
+    let _timer = crate::metrics::commit_started(batch.len());
     let sql_err = |source| StoreError::Sql {
         path: config.path.clone(),
         source,
@@ -235,7 +236,7 @@ fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Jo
                 break;
             }
         }
-        tx.commit().map_err(sql_err)?;
+        crate::metrics::time_fsync(|| tx.commit()).map_err(sql_err)?;
         Ok(outcomes)
     })();
     match result {

@@ -59,6 +59,10 @@ struct Args {
     /// (`_p2p-registry._tcp.local.`); it is not announced when bound to loopback anyway.
     #[arg(long)]
     no_mdns: bool,
+    /// Also serve a read-only HTML page of the registry and GET /metrics
+    /// (Prometheus text) over HTTP on this address, e.g. 127.0.0.1:9080; off when not given.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -106,7 +110,19 @@ fn run(args: Args) -> anyhow::Result<()> {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
         },
     };
+    let (db, ttl) = (config.db.clone(), config.ttl);
     let server = Server::open(config)?;
+    let web = match args.http {
+        Some(listen) => Some(dht_server::web::WebServer::bind(
+            dht_server::web::WebConfig {
+                listen,
+                registry: server.local_addr(),
+                db,
+                ttl,
+            },
+        )?),
+        None => None,
+    };
     let shutdown = server.shutdown_handle();
     ctrlc::set_handler(move || shutdown.shutdown())
         .map_err(|e| anyhow!("cannot install the signal handler: {e}"))?;
@@ -115,6 +131,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     writeln!(stdout, "listening on {}", server.local_addr())
         .and_then(|()| stdout.flush())
         .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
+    if let Some(web) = web {
+        let addr = web.local_addr();
+        web.spawn()?;
+        writeln!(stdout, "http on http://{addr}/")
+            .and_then(|()| stdout.flush())
+            .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
+    }
     drop(stdout);
 
     // Held until the server stops; dropping it withdraws the announcement.
