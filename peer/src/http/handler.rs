@@ -412,7 +412,7 @@ fn send_file(file: &File, first: u64, len: u64, stream: &mut TcpStream) -> io::R
         let chunk = usize::try_from(len - sent)
             .unwrap_or(usize::MAX)
             .min(SENDFILE_CHUNK_BYTES);
-        match rustix::fs::sendfile(&*stream, file, Some(&mut offset), chunk) {
+        match super::deadline::sendfile(stream, file, &mut offset, chunk) {
             Ok(0) => break, // the file shrank: the caller reports it
             Ok(n) => sent += n as u64,
             Err(rustix::io::Errno::INTR) => {}
@@ -449,7 +449,7 @@ fn copy_limited(
             Err(e) => return Err(e),
         };
         limiter.acquire(n)?;
-        stream.write_all(&buffer[..n])?;
+        super::deadline::write_all(stream, &buffer[..n])?;
         sent += n as u64;
     }
 }

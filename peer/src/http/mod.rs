@@ -11,20 +11,31 @@
 //! - [`response`]: status lines and header blocks.
 //! - [`pieces`]: the cache of piece lists served at `/pieces/<name>`.
 //! - [`throttle`]: the upload limit, a token bucket shared by all connections.
+//! - [`deadline`]: body writes (`sendfile` too) that honour the write timeout.
 //!
 //! # Design
 //! The caller binds the listener (so it reports "port in use" itself). One
 //! acceptor thread admits at most [`FileServerConfig::max_connections`]
-//! connections at once; a connection over the limit gets `503` with
-//! `Connection: close` and is closed at once. Admitted connections go over
-//! a crossbeam channel to exactly that many worker threads, each serving
-//! one connection at a time for as many keep-alive requests as it carries.
+//! connections at once. Admitted connections go over a crossbeam channel
+//! to exactly that many worker threads, each serving one connection at a
+//! time for as many keep-alive requests as it carries.
+//!
+//! Fair sharing of the slots: while slots are free anyone may take them
+//! (one address may open many). When they run short, the client address
+//! holding the most connections yields first: a newcomer from an address
+//! holding at least two fewer takes the place of one of the top holder's
+//! connections, an idle one (waiting for its next request) before a busy
+//! one, which is shut down; anyone else over the limit (the top holder
+//! itself included) gets `503` with `Connection: close`. So one address
+//! can never lock the others out. A connection that stops reading frees its
+//! worker after the write timeout ([`deadline`]).
 //!
 //! This module serves only what [`SharedDir::resolve`] accepts; it must
 //! never build a path itself, never buffer a file body (bodies are copied
 //! from the file to the socket), and never let one client's error or
 //! stalled socket stop the server.
 
+pub mod deadline;
 pub mod handler;
 pub mod pieces;
 pub mod range;
@@ -34,7 +45,7 @@ pub mod throttle;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -181,7 +192,9 @@ impl FileServer {
         listener
             .set_nonblocking(false)
             .map_err(HttpError::Listener)?;
-        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(config.max_connections);
+        // Admitted connections are at most the limit plus those being
+        // reclaimed (each one at most once): twice the limit always fits.
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(2 * config.max_connections);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let mut server = FileServer {
             local_addr,
@@ -296,11 +309,26 @@ struct Connections {
 
 #[derive(Default)]
 struct Table {
-    /// A clone of each admitted socket, keyed by admission number.
-    open: HashMap<u64, TcpStream>,
+    /// Each admitted connection, keyed by admission number.
+    open: HashMap<u64, Entry>,
     next_id: u64,
+    /// Entries shut down to make room, whose workers have not yet let go:
+    /// they no longer count against the limit.
+    reclaimed: usize,
     /// Set by shutdown: nothing more is admitted.
     closed: bool,
+}
+
+/// One admitted connection.
+struct Entry {
+    /// A clone of the socket, to shut it down from outside its worker.
+    stream: TcpStream,
+    /// The client's address: slots are shared fairly between addresses.
+    ip: IpAddr,
+    /// A request is being answered (else it waits for one: idle).
+    busy: bool,
+    /// Shut down to make room for another address's connection.
+    reclaimed: bool,
 }
 
 enum Admission {
@@ -316,18 +344,44 @@ impl Connections {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn admit(self: &Arc<Self>, stream: &TcpStream, limit: usize) -> io::Result<Admission> {
+    fn admit(
+        self: &Arc<Self>,
+        stream: &TcpStream,
+        ip: IpAddr,
+        limit: usize,
+    ) -> io::Result<Admission> {
         let mut table = self.table();
         if table.closed {
             return Ok(Admission::Closed);
         }
-        if table.open.len() >= limit {
-            return Ok(Admission::Full);
-        }
         let clone = stream.try_clone()?;
+        if table.open.len() - table.reclaimed >= limit {
+            let Some(victim) = table.victim_for(ip) else {
+                return Ok(Admission::Full);
+            };
+            table.reclaimed += 1;
+            if let Some(entry) = table.open.get_mut(&victim) {
+                entry.reclaimed = true;
+                tracing::info!(
+                    client = %ip,
+                    yields = %entry.ip,
+                    busy = entry.busy,
+                    "connection slots short: closing a connection of the address holding the most"
+                );
+                let _ = entry.stream.shutdown(Shutdown::Both);
+            }
+        }
         let id = table.next_id;
         table.next_id += 1;
-        table.open.insert(id, clone);
+        table.open.insert(
+            id,
+            Entry {
+                stream: clone,
+                ip,
+                busy: false,
+                reclaimed: false,
+            },
+        );
         Ok(Admission::Admitted(Registration {
             id,
             connections: Arc::clone(self),
@@ -339,9 +393,36 @@ impl Connections {
     fn close_all(&self) {
         let mut table = self.table();
         table.closed = true;
-        for stream in table.open.values() {
-            let _ = stream.shutdown(Shutdown::Both);
+        for entry in table.open.values() {
+            let _ = entry.stream.shutdown(Shutdown::Both);
         }
+    }
+}
+
+impl Table {
+    /// With every slot taken, the connection that makes room for a newcomer
+    /// from `newcomer`: one of the address holding the most, if it holds at
+    /// least two more than the newcomer (so two addresses never take turns
+    /// closing each other's), idle before busy, the oldest first. `None`:
+    /// the newcomer is refused.
+    fn victim_for(&self, newcomer: IpAddr) -> Option<u64> {
+        let mut held: HashMap<IpAddr, usize> = HashMap::new();
+        for entry in self.open.values().filter(|e| !e.reclaimed) {
+            *held.entry(entry.ip).or_default() += 1;
+        }
+        let (top, top_count) = held
+            .iter()
+            .max_by_key(|(ip, count)| (**count, **ip != newcomer))
+            .map(|(ip, count)| (*ip, *count))?;
+        let mine = held.get(&newcomer).copied().unwrap_or(0);
+        if top == newcomer || top_count < mine + 2 {
+            return None;
+        }
+        self.open
+            .iter()
+            .filter(|(_, e)| e.ip == top && !e.reclaimed)
+            .min_by_key(|(id, e)| (e.busy, **id))
+            .map(|(id, _)| *id)
     }
 }
 
@@ -353,9 +434,24 @@ struct Registration {
     connections: Arc<Connections>,
 }
 
+impl Registration {
+    /// Marks the connection as answering a request (`true`) or waiting for
+    /// the next one (`false`): idle ones are reclaimed first.
+    fn set_busy(&self, busy: bool) {
+        if let Some(entry) = self.connections.table().open.get_mut(&self.id) {
+            entry.busy = busy;
+        }
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.connections.table().open.remove(&self.id);
+        let mut table = self.connections.table();
+        if let Some(entry) = table.open.remove(&self.id) {
+            if entry.reclaimed {
+                table.reclaimed -= 1;
+            }
+        }
     }
 }
 
@@ -403,15 +499,18 @@ impl Acceptor {
             tracing::warn!(%client, "cannot configure connection: {e}");
             return;
         }
-        match self.connections.admit(&stream, self.config.max_connections) {
+        match self
+            .connections
+            .admit(&stream, client.ip(), self.config.max_connections)
+        {
             Ok(Admission::Admitted(registration)) => {
                 let job = Job {
                     registration,
                     stream,
                     client,
                 };
-                // The channel holds max_connections jobs and at most that
-                // many connections are admitted, so it is never full.
+                // The channel holds twice the limit, more than are ever
+                // admitted at once (see `start_with_pieces`): never full.
                 if let Err(e) = self.jobs.try_send(job) {
                     tracing::error!(%client, "no worker for connection: {e}");
                     refuse(e.into_inner().stream, client);
@@ -494,8 +593,9 @@ impl Worker {
                     break true;
                 }
             };
+            registration.set_busy(true);
             match handler::respond(&mut stream, &request, &self.site, client) {
-                Ok(Next::KeepAlive) => {}
+                Ok(Next::KeepAlive) => registration.set_busy(false),
                 Ok(Next::Close) => break true,
                 Err(e) => {
                     tracing::debug!(%client, target = request.target, "connection dropped: {e}");

@@ -12,7 +12,7 @@ use p2p_peer::config::PeerConfig;
 use p2p_peer::discovery::{self, Origin};
 use p2p_peer::download::{Options, DEFAULT_MAX_SOURCES, MAX_SOURCES_LIMIT};
 use p2p_peer::http::throttle::parse_rate;
-use p2p_peer::http::FileServerConfig;
+use p2p_peer::http::{FileServerConfig, DEFAULT_MAX_CONNECTIONS};
 use p2p_peer::watch::{Scope, WatchConfig};
 #[cfg(test)]
 use p2p_peer::watch::{DEFAULT_RESCAN, DEFAULT_SETTLE};
@@ -32,6 +32,12 @@ const DEFAULT_SETTLE_TEXT: &str = "1s";
 /// Shortest settle or rescan interval accepted: below it the watcher only
 /// burns CPU.
 pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Most file-server connections accepted by `--max-connections` (one thread each).
+const MAX_CONNECTIONS_LIMIT: usize = 4096;
+
+/// Shortest file-server write timeout accepted (0 would mean none).
+const MIN_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Exit status of `search`/`get` when the name has no live source.
 pub const EXIT_NOT_FOUND: u8 = 1;
@@ -167,6 +173,23 @@ pub struct Common {
         value_parser = parse_interval
     )]
     pub settle: Duration,
+
+    /// Connections the file server serves at once; when they run short, the
+    /// address holding the most yields first
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_CONNECTIONS,
+        value_parser = parse_max_connections
+    )]
+    pub max_connections: usize,
+
+    /// Longest the file server waits for a client to accept any byte before
+    /// dropping it (hidden: tests shorten it)
+    #[arg(long, global = true, hide = true, value_name = "DURATION",
+          default_value = "60s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
 }
 
 impl Common {
@@ -213,6 +236,8 @@ impl Common {
     pub fn file_server_config(&self) -> FileServerConfig {
         FileServerConfig {
             max_upload_rate: self.max_upload_rate,
+            max_connections: self.max_connections,
+            write_timeout: self.write_timeout.max(MIN_WRITE_TIMEOUT),
             ..FileServerConfig::default()
         }
     }
@@ -267,6 +292,15 @@ fn parse_max_sources(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(n) if (1..=MAX_SOURCES_LIMIT).contains(&n) => Ok(n),
         _ => Err(format!("must be a number from 1 to {MAX_SOURCES_LIMIT}")),
+    }
+}
+
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_CONNECTIONS_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a number from 1 to {MAX_CONNECTIONS_LIMIT}"
+        )),
     }
 }
 
