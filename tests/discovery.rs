@@ -101,8 +101,17 @@ impl Lan {
 
     /// Starts `dht-server` on the registry's end of the veth pair.
     fn registry(&self, db: &Path, extra: &[&str]) -> (std::net::SocketAddr, Running) {
-        let listen = format!("{REGISTRY_IP}:0");
-        let mut args = vec!["--db", db.to_str().expect("UTF-8"), "--listen", &listen];
+        self.registry_on(&format!("{REGISTRY_IP}:0"), db, extra)
+    }
+
+    /// Starts `dht-server --listen listen` in the registry's namespace.
+    fn registry_on(
+        &self,
+        listen: &str,
+        db: &Path,
+        extra: &[&str],
+    ) -> (std::net::SocketAddr, Running) {
+        let mut args = vec!["--db", db.to_str().expect("UTF-8"), "--listen", listen];
         args.extend_from_slice(extra);
         // `ip netns exec` execs the program: the PID killed on drop is dht-server's.
         let command = Lan::command(&self.registry_ns, &bin("dht-server"), &args);
@@ -174,6 +183,20 @@ fn a_peer_without_server_finds_the_registry_on_the_lan() {
     let out = lan.peer(&["search", "lan file.txt"], &[&env]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("found by mDNS"));
+    drop(registry);
+
+    // Bound to 0.0.0.0 it announces its interface address (not loopback).
+    let (any, registry) = lan.registry_on("0.0.0.0:0", &dir.path().join("r.db"), &[]);
+    let out = lan.peer(&["search", "lan file.txt"], &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "search: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "registry {REGISTRY_IP}:{} found by mDNS",
+            any.port()
+        )),
+        "{stderr}"
+    );
     drop(registry);
 
     // With --no-mdns nothing is announced: the peer falls back to 127.0.0.1:9000.

@@ -21,7 +21,9 @@ use dht_server::store::{SyncMode, DEFAULT_READERS};
     after_help = "Examples:\n  \
       dht-server                                  # registry.db, port 9000 on all interfaces\n  \
       dht-server --db /var/lib/p2p/registry.db --listen 127.0.0.1:9000 --ttl 10m\n  \
-      printf 'PING\\n' | nc 127.0.0.1 9000         # -> PONG\n\n\
+      printf 'PING\\n' | nc 127.0.0.1 9000         # -> PONG\n  \
+      dht-server --http 127.0.0.1:9080            # + a web page and /metrics (Prometheus)\n\n\
+      Peers on the LAN find it by mDNS (_p2p-registry._tcp.local.) unless --no-mdns.\n\n\
       Logging: RUST_LOG=debug dht-server (default level: info, on stderr)."
 )]
 struct Args {

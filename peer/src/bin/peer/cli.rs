@@ -49,6 +49,9 @@ const EXAMPLES: &str = "\
 Examples:
   peer                                   the menu: asks for a port, then 1 register, 2 download, 3 exit, 4 list
   peer --port 4000 --server 10.0.0.1:9000
+  P2P_SERVER=10.0.0.1:9000 peer serve --port 4000
+                                         without --server or P2P_SERVER: a registry found
+                                         on the LAN by mDNS (2 s), else 127.0.0.1:9000
   peer serve --port 4000                 share every file of ./shared until Ctrl-C
   peer serve --port 0 --heartbeat 10s    any free port; prints `listening on HOST:PORT`
   peer search 'holiday photos.zip'       prints `HOST:PORT SIZE SHA256` per source
