@@ -453,3 +453,20 @@ fn the_page_searches_the_registry() {
     // The registry itself still answers.
     wire.ping();
 }
+
+#[test]
+fn the_http_listener_has_its_own_connection_limit() {
+    let (registry, http) = start(&[]);
+    // 16 silent connections take every HTTP slot (dht_server::web::MAX_CONNECTIONS)...
+    let held: Vec<TcpStream> = (0..dht_server::web::MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(http).unwrap())
+        .collect();
+    // ...so one more is answered 503 at once, and the registry is untouched.
+    let refused = get(http, "/metrics");
+    assert_eq!(refused.status, 503);
+    Wire::connect(registry.addr).ping();
+    drop(held);
+    p2p_tests::wait_until("an HTTP slot to be free again", WAIT_TIMEOUT, || {
+        get(http, "/metrics").status == 200
+    });
+}
