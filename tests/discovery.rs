@@ -24,6 +24,9 @@ const PEER_IP: &str = "10.77.0.2";
 struct Lan {
     registry_ns: String,
     peer_ns: String,
+    /// The registry's end of the veth pair (gone with its namespace; deleted
+    /// explicitly in case creation stopped before it was moved there).
+    veth: String,
 }
 
 impl Lan {
@@ -33,13 +36,16 @@ impl Lan {
             return Err("no network namespaces here".into());
         }
         let id = std::process::id();
-        let lan = Lan {
-            registry_ns: format!("p2p-{tag}-{id}-r"),
-            peer_ns: format!("p2p-{tag}-{id}-p"),
-        };
         // Interface names are at most 15 bytes.
         let veth_r = format!("v{id}{}r", &tag[..1]);
         let veth_p = format!("v{id}{}p", &tag[..1]);
+        // Built first, so that a failing step below still deletes what the
+        // steps before it made.
+        let lan = Lan {
+            registry_ns: format!("p2p-{tag}-{id}-r"),
+            peer_ns: format!("p2p-{tag}-{id}-p"),
+            veth: veth_r.clone(),
+        };
         let (r, p) = (lan.registry_ns.as_str(), lan.peer_ns.as_str());
         let cidr_r = format!("{REGISTRY_IP}/24");
         let cidr_p = format!("{PEER_IP}/24");
@@ -121,9 +127,14 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
-        for ns in [&self.registry_ns, &self.peer_ns] {
+        let steps = [
+            ["netns", "del", &self.registry_ns],
+            ["netns", "del", &self.peer_ns],
+            ["link", "del", &self.veth],
+        ];
+        for step in steps {
             let _ = Command::new("ip")
-                .args(["netns", "del", ns])
+                .args(step)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
