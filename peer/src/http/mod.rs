@@ -645,6 +645,77 @@ mod tests {
         FileServer::start(listener, shared, HashCache::new(), config)
     }
 
+    /// Admits a fresh loopback socket as if it came from `ip`.
+    fn admit_from(
+        connections: &Arc<Connections>,
+        listener: &TcpListener,
+        ip: &str,
+        limit: usize,
+    ) -> (Option<Registration>, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_end, _) = listener.accept().unwrap();
+        let admitted = match connections
+            .admit(&server_end, ip.parse().unwrap(), limit)
+            .unwrap()
+        {
+            Admission::Admitted(registration) => Some(registration),
+            Admission::Full => None,
+            Admission::Closed => panic!("not closed"),
+        };
+        (admitted, client)
+    }
+
+    fn reclaimed(connections: &Connections) -> Vec<IpAddr> {
+        let table = connections.table();
+        let mut ips: Vec<IpAddr> = table
+            .open
+            .values()
+            .filter(|e| e.reclaimed)
+            .map(|e| e.ip)
+            .collect();
+        ips.sort();
+        ips
+    }
+
+    #[test]
+    fn the_address_holding_the_most_yields_idle_before_busy() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let connections = Arc::new(Connections::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut kept = Vec::new();
+        for _ in 0..3 {
+            let (registration, client) = admit_from(&connections, &listener, "10.0.0.1", 3);
+            kept.push((registration.expect("slots are free"), client));
+        }
+        // The first two of A are busy: its idle third one yields to B.
+        kept[0].0.set_busy(true);
+        kept[1].0.set_busy(true);
+        let (b1, _b1c) = admit_from(&connections, &listener, "10.0.0.2", 3);
+        assert!(b1.is_some());
+        assert_eq!(reclaimed(&connections), vec![a]);
+        {
+            let table = connections.table();
+            let victim = table.open.values().find(|e| e.reclaimed).unwrap();
+            assert!(!victim.busy, "the idle one goes first");
+        }
+        // A, the top holder, is refused; B (A 2, B 1) too: no ping-pong.
+        assert!(admit_from(&connections, &listener, "10.0.0.1", 3)
+            .0
+            .is_none());
+        assert!(admit_from(&connections, &listener, "10.0.0.2", 3)
+            .0
+            .is_none());
+        // C (A 2, C 0): a busy one of A yields, since A has no idle one left.
+        let (c1, _c1c) = admit_from(&connections, &listener, "10.0.0.3", 3);
+        assert!(c1.is_some());
+        assert_eq!(reclaimed(&connections), vec![a, a]);
+        // Freed places are accounted once their workers let go.
+        drop(kept);
+        let table = connections.table();
+        assert_eq!(table.reclaimed, 0);
+        assert_eq!(table.open.len(), 2);
+    }
+
     #[test]
     fn refuses_zero_limits() {
         for (config, field) in [
