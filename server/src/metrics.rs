@@ -106,7 +106,16 @@ pub struct Metrics {
     pub commit_us: Histogram<{ LATENCY_BUCKETS_US.len() }>,
     /// The `COMMIT` itself: WAL write and, with `--sync full`, the fsync (µs).
     pub fsync_us: Histogram<{ LATENCY_BUCKETS_US.len() }>,
+    /// Entries of an in-memory index of live registrations, if the engine
+    /// keeps one ([`UNSET`] until it reports).
+    pub index_entries: AtomicU64,
+    /// Changes logged but not yet folded into the indexed tables, if the
+    /// engine has a change log ([`UNSET`] until it reports).
+    pub change_log_lag: AtomicU64,
 }
+
+/// The value of a gauge nobody has reported yet: it is left out of `/metrics`.
+pub const UNSET: u64 = u64::MAX;
 
 static METRICS: Metrics = Metrics {
     requests: [const { AtomicU64::new(0) }; COMMANDS.len()],
@@ -117,6 +126,8 @@ static METRICS: Metrics = Metrics {
     batch_size: Histogram::new(BATCH_BUCKETS),
     commit_us: Histogram::new(LATENCY_BUCKETS_US),
     fsync_us: Histogram::new(LATENCY_BUCKETS_US),
+    index_entries: AtomicU64::new(UNSET),
+    change_log_lag: AtomicU64::new(UNSET),
 };
 
 /// The process's metrics.
@@ -202,6 +213,19 @@ impl Drop for CommitTimer {
     fn drop(&mut self) {
         METRICS.commit_us.observe(micros(self.0.elapsed()));
     }
+}
+
+/// The in-memory index now holds `entries` registrations (hook: the index's owner).
+pub fn set_index_entries(entries: usize) {
+    let n = u64::try_from(entries).unwrap_or(UNSET - 1).min(UNSET - 1);
+    METRICS.index_entries.store(n, Relaxed);
+}
+
+/// `changes` are logged but not yet folded in (hook: the change log's owner).
+pub fn set_change_log_lag(changes: u64) {
+    METRICS
+        .change_log_lag
+        .store(changes.min(UNSET - 1), Relaxed);
 }
 
 /// Runs `commit` (the `COMMIT` of a batch) and records how long it took (hook: `writer`).

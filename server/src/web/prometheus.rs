@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::metrics::{Histogram, Metrics, CODES, COMMANDS};
+use crate::metrics::{Histogram, Metrics, CODES, COMMANDS, UNSET};
 use crate::store::admin::Stats;
 
 /// The `Content-Type` of the exposition format.
@@ -82,6 +82,25 @@ pub fn render(m: &Metrics, stats: Option<&Stats>) -> String {
         &m.fsync_us,
         seconds,
     );
+    let reported = |gauge: &std::sync::atomic::AtomicU64| Some(load(gauge)).filter(|v| *v != UNSET);
+    if let Some(entries) = reported(&m.index_entries) {
+        simple(
+            &mut out,
+            "p2p_registry_index_entries",
+            "gauge",
+            "Live registrations held in the in-memory index.",
+            entries,
+        );
+    }
+    if let Some(lag) = reported(&m.change_log_lag) {
+        simple(
+            &mut out,
+            "p2p_registry_change_log_lag",
+            "gauge",
+            "Changes logged but not yet folded into the indexed tables.",
+            lag,
+        );
+    }
     if let Some(stats) = stats {
         simple(
             &mut out,
