@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::download::Options;
 use crate::http::FileServerConfig;
+use crate::ui::UiAddr;
 use crate::watch::WatchConfig;
 
 /// Everything the modes of a peer share.
@@ -37,4 +38,6 @@ pub struct PeerConfig {
     pub state: Option<PathBuf>,
     /// How the live shared folder is watched (settle time, rescan interval).
     pub watch: WatchConfig,
+    /// Where the control UI listens (`--ui`), or that it is off.
+    pub ui: UiAddr,
 }

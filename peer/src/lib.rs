@@ -15,6 +15,7 @@
 //! - [`serve`]: `peer serve`: register everything, heartbeat, unregister on exit.
 //! - [`registration`]: register, heartbeat (background thread), re-register, unregister.
 //! - [`discovery`]: which registry: `--server`, `P2P_SERVER`, one found by mDNS, or 127.0.0.1:9000.
+//! - [`ui`]: the control UI: a page and a JSON API on loopback to search, download, watch progress.
 //! - [`config`]: the plain configuration every mode takes (the binary builds it from its command line).
 pub mod config;
 pub mod discovery;
@@ -27,4 +28,5 @@ pub mod pieces;
 pub mod progress;
 pub mod registration;
 pub mod serve;
+pub mod ui;
 pub mod watch;

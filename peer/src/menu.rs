@@ -161,6 +161,9 @@ pub fn run(
     )
     .map_err(MenuError::Thread)?;
     unregister_on_signal(Arc::clone(&registrar));
+    let _ui = crate::ui::launch(common, &registrar, &mut |line| {
+        let _ = console.say(line);
+    });
 
     let result = choose_until_exit(common, console, &registrar, reporter);
 
@@ -411,6 +414,7 @@ mod tests {
             share_downloads: false,
             state: None,
             watch: crate::watch::WatchConfig::default(),
+            ui: crate::ui::UiAddr::Off,
         }
     }
 

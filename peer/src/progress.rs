@@ -8,9 +8,15 @@
 //! `peer get` carries only its one-line reason. This module must not decide
 //! anything about the transfer itself: it only displays numbers it is given.
 //! Writing to a closed stdout is ignored, never a panic.
+//!
+//! An [`Observer`] may also watch a reporter's transfers (the control UI
+//! shows its downloads' progress that way, see [`Reporter::observed`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -33,6 +39,48 @@ pub struct Reporter {
     bars: bool,
     /// Print notes and plain start/end lines on stdout.
     lines: bool,
+    /// Who else watches this reporter's transfers and notes: a key into
+    /// [`OBSERVERS`], so that `Reporter` stays `Copy` for every caller.
+    observer: Option<u64>,
+}
+
+/// Receives what a [`Reporter`] shows, from the thread that does the work.
+/// Calls must be cheap: [`position`](Observer::position) comes for every
+/// chunk of a transfer.
+pub trait Observer: Send + Sync {
+    /// A transfer of `total` bytes starts, `already` of them done (resume).
+    fn started(&self, what: &str, total: u64, already: u64);
+    /// Bytes done in all.
+    fn position(&self, done: u64);
+    /// The running detail, e.g. "2 of 4 sources active".
+    fn detail(&self, detail: &str);
+    /// A one-line note ("source X failed, trying the next").
+    fn note(&self, line: &str);
+}
+
+/// The observers of live [`Reporter::observed`] reporters, by key. A
+/// process-wide table because `Reporter` is `Copy` and cannot own an `Arc`.
+static OBSERVERS: Mutex<BTreeMap<u64, Arc<dyn Observer>>> = Mutex::new(BTreeMap::new());
+
+/// The next key for [`OBSERVERS`].
+static NEXT_OBSERVER: AtomicU64 = AtomicU64::new(1);
+
+fn observers() -> std::sync::MutexGuard<'static, BTreeMap<u64, Arc<dyn Observer>>> {
+    // A poisoned table still holds whole entries: each change is one insert or remove.
+    OBSERVERS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Keeps an observer attached; dropping it detaches the observer (the
+/// reporter then behaves as if it had none).
+#[derive(Debug)]
+pub struct ObserverGuard {
+    key: u64,
+}
+
+impl Drop for ObserverGuard {
+    fn drop(&mut self) {
+        observers().remove(&self.key);
+    }
 }
 
 impl Reporter {
@@ -41,6 +89,7 @@ impl Reporter {
         Reporter {
             bars: io::stderr().is_terminal(),
             lines: true,
+            observer: None,
         }
     }
 
@@ -49,6 +98,7 @@ impl Reporter {
         Reporter {
             bars: false,
             lines: true,
+            observer: None,
         }
     }
 
@@ -57,7 +107,25 @@ impl Reporter {
         Reporter {
             bars: false,
             lines: false,
+            observer: None,
         }
+    }
+
+    /// This reporter, with `observer` also told about every transfer and
+    /// note, for as long as the returned guard lives.
+    pub fn observed(self, observer: Arc<dyn Observer>) -> (Reporter, ObserverGuard) {
+        let key = NEXT_OBSERVER.fetch_add(1, Ordering::Relaxed);
+        observers().insert(key, observer);
+        let reporter = Reporter {
+            observer: Some(key),
+            ..self
+        };
+        (reporter, ObserverGuard { key })
+    }
+
+    fn observer(&self) -> Option<Arc<dyn Observer>> {
+        let key = self.observer?;
+        observers().get(&key).cloned()
     }
 
     /// Whether this reporter draws bars.
@@ -67,7 +135,13 @@ impl Reporter {
 
     /// One line for a person, on stdout.
     pub fn note(&self, line: impl Display) {
-        if self.lines {
+        if let Some(observer) = self.observer() {
+            let line = line.to_string();
+            observer.note(&line);
+            if self.lines {
+                say(line);
+            }
+        } else if self.lines {
             say(line);
         }
     }
@@ -97,6 +171,7 @@ impl Reporter {
         let reporter = Reporter {
             bars: self.bars && show_bar,
             lines: false,
+            observer: None,
         };
         Progress::new(
             reporter,
@@ -135,6 +210,14 @@ pub struct Progress {
     started: Instant,
     /// Whether to print a plain end line.
     end_line: bool,
+    /// Told about positions, details and notes (see [`Reporter::observed`]).
+    observer: Option<Arc<dyn Observer>>,
+}
+
+impl std::fmt::Debug for dyn Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl Progress {
@@ -160,7 +243,12 @@ impl Progress {
             bar.set_position(already);
             bar
         });
+        let observer = reporter.observer();
+        if let Some(observer) = &observer {
+            observer.started(&what, total, already);
+        }
         Progress {
+            observer,
             bar,
             reporter,
             done_verb,
@@ -181,6 +269,9 @@ impl Progress {
     /// Shows `detail` after the description in the bar (e.g. how many
     /// sources are active); plain mode shows nothing until the end.
     pub fn set_detail(&mut self, detail: impl Display) {
+        if let Some(observer) = &self.observer {
+            observer.detail(&detail.to_string());
+        }
         if let Some(bar) = &self.bar {
             let message = format!("{} · {detail}", self.what);
             if message != self.detail {
@@ -193,6 +284,9 @@ impl Progress {
     /// Sets how many bytes are done in all.
     pub fn set(&mut self, position: u64) {
         self.position = position;
+        if let Some(observer) = &self.observer {
+            observer.position(position);
+        }
         if let Some(bar) = &self.bar {
             bar.set_position(position);
         }
@@ -264,5 +358,56 @@ mod tests {
         }
         let hidden = Progress::hidden();
         assert!(hidden.bar.is_none());
+    }
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+
+    impl Observer for Seen {
+        fn started(&self, what: &str, total: u64, already: u64) {
+            self.push(format!("start {what} {total} {already}"));
+        }
+        fn position(&self, done: u64) {
+            self.push(format!("at {done}"));
+        }
+        fn detail(&self, detail: &str) {
+            self.push(format!("detail {detail}"));
+        }
+        fn note(&self, line: &str) {
+            self.push(format!("note {line}"));
+        }
+    }
+
+    impl Seen {
+        fn push(&self, line: String) {
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    #[test]
+    fn an_observer_sees_transfers_and_notes_until_its_guard_drops() {
+        let seen = Arc::new(Seen::default());
+        let (reporter, guard) = Reporter::quiet().observed(seen.clone());
+        let copy = reporter;
+        let mut p = copy.transfer("f", 10, 2);
+        p.set(5);
+        p.set_detail("1 of 2 sources active");
+        p.note("source x failed");
+        reporter.note("done");
+        p.finish();
+        // Hashing is not a transfer: not observed.
+        reporter.hashing("f", 10).set(3);
+        drop(guard);
+        reporter.note("after");
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "start f 10 2",
+                "at 5",
+                "detail 1 of 2 sources active",
+                "note source x failed",
+                "note done"
+            ]
+        );
     }
 }

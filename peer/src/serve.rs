@@ -256,6 +256,7 @@ pub fn run(common: &PeerConfig, reporter: &Reporter) -> Result<(), ServeError> {
         if let Some(line) = reachable_line(addr) {
             say(&line)?;
         }
+        let _ui = crate::ui::launch(common, &registrar, &mut |line| crate::progress::say(line));
         let heartbeat = Heartbeat::start(Arc::clone(&registrar), common.heartbeat)
             .map_err(ServeError::Thread)?;
         let on_synced: OnSynced = {

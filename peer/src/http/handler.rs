@@ -2,8 +2,16 @@
 //! range decision, and streaming the body.
 //!
 //! Routes:
-//! - `GET|HEAD /` → an HTML index of the shared files.
-//! - `GET|HEAD /files/<percent-encoded name>` → the file (200/206/416), or
+//! - `GET|HEAD /` → an HTML index of the shared files (human sizes, a
+//!   download and a view link each; `.part` files never).
+//! - `GET|HEAD /files/<percent-encoded name>` → the file (200/206/416) as an
+//!   attachment under its real name (`Content-Disposition: attachment;
+//!   filename="<ASCII fallback>"; filename*=UTF-8''<name>`, RFC 6266/5987,
+//!   so `curl -OJ` saves the real name); with the query `?inline`, with a
+//!   content type from the name's extension ([`content_type`]),
+//!   `Content-Disposition: inline` and a sandboxing
+//!   `Content-Security-Policy`, so browsers show text, images, audio and
+//!   video (and a shared HTML file cannot run script); or
 //!   `400` for a name that breaks the rules (including an encoded `/` and
 //!   `..`), `404` when there is no such regular file inside the folder. A
 //!   symlink that leads outside the folder also gets `404`, exactly like a
@@ -34,6 +42,7 @@ use super::range::{self, RangeDecision};
 use super::request::{Method, Request};
 use super::response::{error_head, finish, http_date, plain, Head, Status};
 use super::throttle::RateLimiter;
+use crate::download::PART_SUFFIX;
 use crate::files::{FilesError, HashCache, SharedDir, SharedFile};
 
 /// The prefix of file URLs; the rest of the path is the encoded name.
@@ -105,6 +114,104 @@ pub fn file_url(name: &str) -> String {
 /// The URL path of a shared name's piece list.
 pub fn pieces_url(name: &str) -> String {
     format!("{PIECES_PREFIX}{}", utf8_percent_encode(name, PATH_SEGMENT))
+}
+
+/// Query key that asks `/files/<name>` to be shown in the browser.
+pub const INLINE_QUERY: &str = "inline";
+
+/// `Content-Security-Policy` of an inline file: a sandbox (an opaque
+/// origin, no script), so a shared HTML file is shown, never run.
+pub const INLINE_CSP: &str = "sandbox";
+
+/// Content types by file name extension (lowercase), for inline views; any
+/// other extension is `application/octet-stream`. Text types say UTF-8.
+const CONTENT_TYPES: &[(&str, &str)] = &[
+    ("txt", "text/plain; charset=utf-8"),
+    ("text", "text/plain; charset=utf-8"),
+    ("md", "text/plain; charset=utf-8"),
+    ("log", "text/plain; charset=utf-8"),
+    ("csv", "text/csv; charset=utf-8"),
+    ("rs", "text/plain; charset=utf-8"),
+    ("toml", "text/plain; charset=utf-8"),
+    ("yaml", "text/plain; charset=utf-8"),
+    ("yml", "text/plain; charset=utf-8"),
+    ("ini", "text/plain; charset=utf-8"),
+    ("html", "text/html; charset=utf-8"),
+    ("htm", "text/html; charset=utf-8"),
+    ("css", "text/css; charset=utf-8"),
+    ("js", "text/javascript; charset=utf-8"),
+    ("json", "application/json"),
+    ("xml", "application/xml"),
+    ("pdf", "application/pdf"),
+    ("png", "image/png"),
+    ("jpg", "image/jpeg"),
+    ("jpeg", "image/jpeg"),
+    ("gif", "image/gif"),
+    ("webp", "image/webp"),
+    ("avif", "image/avif"),
+    ("bmp", "image/bmp"),
+    ("ico", "image/x-icon"),
+    ("svg", "image/svg+xml"),
+    ("mp3", "audio/mpeg"),
+    ("ogg", "audio/ogg"),
+    ("oga", "audio/ogg"),
+    ("opus", "audio/ogg"),
+    ("wav", "audio/wav"),
+    ("flac", "audio/flac"),
+    ("m4a", "audio/mp4"),
+    ("mp4", "video/mp4"),
+    ("m4v", "video/mp4"),
+    ("webm", "video/webm"),
+    ("ogv", "video/ogg"),
+    ("mov", "video/quicktime"),
+    ("mkv", "video/x-matroska"),
+    ("zip", "application/zip"),
+    ("gz", "application/gzip"),
+    ("tar", "application/x-tar"),
+    ("iso", "application/x-iso9660-image"),
+];
+
+/// The content type of a file named `name`, from its extension.
+pub fn content_type(name: &str) -> &'static str {
+    let Some((_, ext)) = name.rsplit_once('.') else {
+        return "application/octet-stream";
+    };
+    CONTENT_TYPES
+        .iter()
+        .find(|(e, _)| e.eq_ignore_ascii_case(ext))
+        .map_or("application/octet-stream", |(_, t)| t)
+}
+
+/// `Content-Disposition` for `name` (RFC 6266): `inline` or `attachment`,
+/// with the real name twice: as `filename*=UTF-8''<percent-encoded>` (RFC
+/// 5987), which browsers prefer, and as the quoted `filename`, where only
+/// `"`, `\` and control characters become `_`. That quoted form keeps
+/// UTF-8 as it is (not an ASCII-only fallback): curl's `-OJ` (7.88, 8.x)
+/// reads only `filename=`, and should save `my notes é.bin`, not
+/// `my notes _.bin`.
+pub fn disposition(name: &str, inline: bool) -> String {
+    let quoted: String = name
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' => '_',
+            c if c.is_control() => '_',
+            c => c,
+        })
+        .collect();
+    format!(
+        "{}; filename=\"{quoted}\"; filename*=UTF-8''{}",
+        if inline { "inline" } else { "attachment" },
+        utf8_percent_encode(name, PATH_SEGMENT)
+    )
+}
+
+/// Whether a request target's query asks for [`INLINE_QUERY`].
+fn wants_inline(target: &str) -> bool {
+    target.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| pair.split_once('=').map_or(pair, |(k, _)| k) == INLINE_QUERY)
+    })
 }
 
 enum Route<'a> {
@@ -185,23 +292,42 @@ fn index(stream: &mut TcpStream, site: &Site, close: bool, head_only: bool) -> i
     Ok(Status::Ok)
 }
 
-/// The HTML index: one link per shared file, with its size.
+/// The HTML index: one line per shared file (never a `.part`), with a
+/// download link, its size for people, and a link that views it inline.
 pub fn index_page(files: &[SharedFile]) -> String {
     let mut page = String::from(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Shared files</title></head>\n\
-         <body><h1>Shared files</h1>\n<ul>\n",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Shared files</title>\n<style>body{font-family:system-ui,sans-serif;margin:1rem auto;\
+         max-width:60rem;padding:0 1rem;line-height:1.5}li{margin:.3rem 0;overflow-wrap:anywhere}\
+         .size{color:#555}</style></head>\n<body><h1>Shared files</h1>\n",
     );
-    for f in files {
+    let shown: Vec<&SharedFile> = files
+        .iter()
+        .filter(|f| !f.name.ends_with(PART_SUFFIX))
+        .collect();
+    if shown.is_empty() {
+        page.push_str("<p>This peer shares no files yet.</p>\n");
+    } else {
+        page.push_str("<ul>\n");
+    }
+    for f in &shown {
+        let url = file_url(&f.name);
         // Writing to a String cannot fail.
         let _ = writeln!(
             page,
-            "<li><a href=\"{}\">{}</a> ({} bytes)</li>",
-            html_escape(&file_url(&f.name)),
+            "<li><a href=\"{}\" download>{}</a> <span class=\"size\">{}</span> \
+             <a href=\"{}?{INLINE_QUERY}\">view</a></li>",
+            html_escape(&url),
             html_escape(&f.name),
-            f.size
+            indicatif::HumanBytes(f.size),
+            html_escape(&url),
         );
     }
-    page.push_str("</ul>\n</body></html>\n");
+    if !shown.is_empty() {
+        page.push_str("</ul>\n");
+    }
+    page.push_str("</body></html>\n");
     page
 }
 
@@ -361,18 +487,25 @@ fn file(
         ),
         RangeDecision::Unsatisfiable => (Status::RangeNotSatisfiable, 0, 0),
     };
+    let inline = wants_inline(&request.target);
     let mut head = Head::new(status, len, close)
-        .header("Content-Type", "application/octet-stream")
+        .header(
+            "Content-Type",
+            if inline {
+                content_type(&name)
+            } else {
+                "application/octet-stream"
+            },
+        )
         .header("Accept-Ranges", "bytes")
         .header("ETag", etag)
         .header("Last-Modified", http_date(shared.modified))
-        .header(
-            "Content-Disposition",
-            format!(
-                "attachment; filename*=UTF-8''{}",
-                utf8_percent_encode(&name, PATH_SEGMENT)
-            ),
-        );
+        .header("Content-Disposition", disposition(&name, inline));
+    if inline {
+        head = head
+            .header("Content-Security-Policy", INLINE_CSP)
+            .header("X-Content-Type-Options", "nosniff");
+    }
     head = match status {
         Status::PartialContent => head.header(
             "Content-Range",
@@ -577,13 +710,49 @@ mod tests {
             size: 7,
             modified: std::time::SystemTime::UNIX_EPOCH,
         }]);
-        assert!(
-            page.contains("&lt;b&gt;&amp;&quot;&#39;.txt</a> (7 bytes)"),
-            "{page}"
-        );
+        assert!(page.contains("&lt;b&gt;&amp;&quot;&#39;.txt</a>"), "{page}");
+        assert!(page.contains("7 B"), "{page}");
         assert!(
             page.contains("href=\"/files/%3Cb%3E%26%22%27.txt\""),
             "{page}"
         );
+        assert!(
+            page.contains("href=\"/files/%3Cb%3E%26%22%27.txt?inline\""),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn index_shows_human_sizes_and_never_part_files() {
+        let file = |name: &str, size| SharedFile {
+            name: name.into(),
+            path: "/x".into(),
+            size,
+            modified: std::time::SystemTime::UNIX_EPOCH,
+        };
+        let page = index_page(&[file("big.iso", 3 * 1024 * 1024), file("half.iso.part", 9)]);
+        assert!(page.contains("3.00 MiB"), "{page}");
+        assert!(!page.contains("half.iso"), "{page}");
+        assert!(index_page(&[]).contains("no files"));
+    }
+
+    #[test]
+    fn content_types_and_dispositions() {
+        assert_eq!(content_type("a.TXT"), "text/plain; charset=utf-8");
+        assert_eq!(content_type("photo.jpeg"), "image/jpeg");
+        assert_eq!(content_type("noext"), "application/octet-stream");
+        assert_eq!(content_type("x.weird"), "application/octet-stream");
+        assert_eq!(
+            disposition("my notes é.bin", false),
+            "attachment; filename=\"my notes é.bin\"; filename*=UTF-8''my%20notes%20%C3%A9.bin"
+        );
+        assert_eq!(
+            disposition("a\"b%\\.txt", true),
+            "inline; filename=\"a_b%_.txt\"; filename*=UTF-8''a%22b%25%5C.txt"
+        );
+        assert!(wants_inline("/files/a?inline"));
+        assert!(wants_inline("/files/a?x=1&inline="));
+        assert!(!wants_inline("/files/a"));
+        assert!(!wants_inline("/files/a?inlined"));
     }
 }

@@ -13,6 +13,7 @@ use p2p_peer::discovery::{self, Origin};
 use p2p_peer::download::{Options, DEFAULT_MAX_SOURCES, MAX_SOURCES_LIMIT};
 use p2p_peer::http::throttle::parse_rate;
 use p2p_peer::http::{FileServerConfig, DEFAULT_MAX_CONNECTIONS};
+use p2p_peer::ui::UiAddr;
 use p2p_peer::watch::{Scope, WatchConfig};
 #[cfg(test)]
 use p2p_peer::watch::{DEFAULT_RESCAN, DEFAULT_SETTLE};
@@ -62,7 +63,9 @@ Examples:
   peer register notes.txt --port 4000    one registration, for scripts
   peer serve --port 4000 --share-downloads
                                          also share what was downloaded (never a .part)
-  curl -O http://HOST:PORT/files/notes.txt
+  curl -OJ http://HOST:PORT/files/notes.txt
+  peer serve --port 4000 --ui 127.0.0.1:8400
+                                         the control UI there (prints `ui on http://...`); --ui off: none
 
 Exit status: 0 success; 1 the name has no live source (search, get); 2 any other failure.";
 
@@ -193,6 +196,14 @@ pub struct Common {
     #[arg(long, global = true, hide = true, value_name = "DURATION",
           default_value = "60s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
+
+    /// Where the control UI (a web page to search, download and watch
+    /// progress) listens, for the menu and `serve`: IP:PORT, or `off`.
+    /// Default 127.0.0.1:8390, or the next free port above it. An address
+    /// other than loopback lets anyone who can reach it make this peer
+    /// download files
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub ui: Option<UiAddr>,
 }
 
 impl Common {
@@ -215,6 +226,7 @@ impl Common {
                 scope: Scope::Everything,
                 notify: !self.no_watch,
             },
+            ui: self.ui.unwrap_or_default(),
         }
     }
 
@@ -393,6 +405,20 @@ mod tests {
         for bad in ["fast", "0", "10"] {
             assert!(Cli::try_parse_from(["peer", "serve", "--max-upload-rate", bad]).is_err());
         }
+    }
+
+    #[test]
+    fn ui_address_default_off_and_explicit() {
+        let cli = Cli::try_parse_from(["peer", "serve"]).unwrap();
+        assert_eq!(cli.common.config().ui, UiAddr::Default);
+        let cli = Cli::try_parse_from(["peer", "serve", "--ui", "off"]).unwrap();
+        assert_eq!(cli.common.config().ui, UiAddr::Off);
+        let cli = Cli::try_parse_from(["peer", "--ui", "127.0.0.1:0"]).unwrap();
+        assert_eq!(
+            cli.common.config().ui,
+            UiAddr::At("127.0.0.1:0".parse().unwrap())
+        );
+        assert!(Cli::try_parse_from(["peer", "--ui", "localhost"]).is_err());
     }
 
     #[test]
