@@ -1,0 +1,374 @@
+//! The control UI's JSON API and safety rules, without a browser, against
+//! real processes: a registry and `peer serve` with `--ui 127.0.0.1:0`.
+//! Also the public file port's `?inline`, `Content-Disposition` and index.
+
+mod ui_common;
+
+use std::time::Duration;
+
+use p2p_tests::{pseudo_random_bytes, sha256_hex, wait_until, Peer, Registry, WAIT_TIMEOUT};
+use serde_json::Value;
+use ui_common::{http, start_download, token_of, ui_addr, HttpReply};
+
+#[test]
+fn safety_rules_refuse_what_they_must_and_accept_what_they_must() {
+    let registry = Registry::start();
+    let peer = Peer::serve(&registry, &[], &["--ui", "127.0.0.1:0"]);
+    let ui = ui_addr(&peer);
+    let own = ui.to_string();
+    let token = token_of(ui);
+
+    // Reading: only the UI's own Host.
+    assert_eq!(
+        http(ui, "GET", "/api/downloads", &[("Host", &own)], "").status,
+        200
+    );
+    for host in [
+        "evil.example",
+        "evil.example:80",
+        &format!("localhost:{}", ui.port()),
+        "127.0.0.1",
+    ] {
+        let reply = http(ui, "GET", "/", &[("Host", host)], "");
+        assert_eq!(reply.status, 403, "Host {host}: {reply:?}");
+        assert!(
+            !reply.body.contains(&token),
+            "the token leaked to Host {host}"
+        );
+    }
+    let no_host = HttpReply::raw(ui, "GET /api/downloads HTTP/1.0\r\n\r\n");
+    assert_eq!(no_host.status, 403, "{no_host:?}");
+
+    // Changing state: the token, and an Origin (when sent) that is the UI's own.
+    let body = r#"{"name":"nothing-here.txt"}"#;
+    let own_origin = format!("http://{own}");
+    let refused: [&[(&str, &str)]; 6] = [
+        &[("Host", &own)],
+        &[("Host", &own), ("X-P2P-Token", "0000")],
+        &[("Host", &own), ("X-P2P-Token", &token[1..])],
+        &[
+            ("Host", &own),
+            ("X-P2P-Token", &token),
+            ("Origin", "http://evil.example"),
+        ],
+        &[("Host", &own), ("X-P2P-Token", &token), ("Origin", "null")],
+        &[
+            ("Host", "evil.example"),
+            ("X-P2P-Token", &token),
+            ("Origin", &own_origin),
+        ],
+    ];
+    for headers in refused {
+        let reply = http(ui, "POST", "/api/downloads", headers, body);
+        assert_eq!(reply.status, 403, "{headers:?}: {reply:?}");
+    }
+    for method in ["DELETE", "PUT", "PATCH"] {
+        let reply = http(ui, method, "/api/downloads/1", &[("Host", &own)], "");
+        assert_eq!(reply.status, 403, "{method} without token: {reply:?}");
+    }
+    let none = http(ui, "GET", "/api/downloads", &[("Host", &own)], "").json();
+    assert_eq!(
+        none["downloads"].as_array().unwrap().len(),
+        0,
+        "a refused request started a download"
+    );
+
+    let with_origin = http(
+        ui,
+        "POST",
+        "/api/downloads",
+        &[
+            ("Host", &own),
+            ("X-P2P-Token", &token),
+            ("Origin", &own_origin),
+        ],
+        body,
+    );
+    assert_eq!(with_origin.status, 202, "{with_origin:?}");
+    let without_origin = http(
+        ui,
+        "POST",
+        "/api/downloads",
+        &[("Host", &own), ("X-P2P-Token", &token)],
+        r#"{"name":"other.txt"}"#,
+    );
+    assert_eq!(without_origin.status, 202, "{without_origin:?}");
+    let listed = http(ui, "GET", "/api/downloads", &[("Host", &own)], "").json();
+    assert_eq!(listed["downloads"].as_array().unwrap().len(), 2);
+
+    // With the token, bad input is a clear 4xx, never a crash.
+    let auth = [("Host", own.as_str()), ("X-P2P-Token", token.as_str())];
+    assert_eq!(
+        http(ui, "POST", "/api/downloads", &auth, "not json").status,
+        400
+    );
+    assert_eq!(
+        http(ui, "POST", "/api/downloads", &auth, r#"{"name":"a/b"}"#).status,
+        400
+    );
+    assert_eq!(
+        http(ui, "POST", "/api/downloads/999/cancel", &auth, "").status,
+        404
+    );
+    assert_eq!(http(ui, "DELETE", "/api/downloads", &auth, "").status, 405);
+    assert_eq!(
+        http(ui, "GET", "/view/shared/..", &[("Host", &own)], "").status,
+        400
+    );
+    assert_eq!(
+        http(ui, "GET", "/nothing", &[("Host", &own)], "").status,
+        404
+    );
+}
+
+#[test]
+fn a_download_started_over_the_api_is_byte_identical() {
+    let registry = Registry::start();
+    let content = pseudo_random_bytes(3 * 1024 * 1024 + 17, 7);
+    let name = "holiday photos é.bin";
+    let a = Peer::serve(&registry, &[(name, &content)], &["--ui", "127.0.0.1:0"]);
+    let b = Peer::serve(&registry, &[], &["--ui", "127.0.0.1:0"]);
+    let ui = ui_addr(&b);
+    let own = ui.to_string();
+
+    let found = http(ui, "GET", "/api/find?q=holi", &[("Host", &own)], "").json();
+    let results = found["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{found}");
+    assert_eq!(results[0]["name"], name);
+    assert_eq!(results[0]["size"], content.len() as u64);
+    assert_eq!(results[0]["sha256"], sha256_hex(&content));
+    assert_eq!(results[0]["sources"], 1);
+
+    let job = start_download(ui, name, Some(&sha256_hex(&content)));
+    let id = job["id"].as_u64().unwrap();
+    let mut last = Value::Null;
+    wait_until("the download to be verified", WAIT_TIMEOUT, || {
+        last = http(
+            ui,
+            "GET",
+            &format!("/api/downloads/{id}"),
+            &[("Host", &own)],
+            "",
+        )
+        .json();
+        assert_ne!(last["state"], "failed", "{last}");
+        last["state"] == "verified"
+    });
+    assert_eq!(last["done"], content.len() as u64, "{last}");
+    assert_eq!(last["total"], content.len() as u64, "{last}");
+    assert!(
+        last["message"].as_str().unwrap().contains("verified"),
+        "{last}"
+    );
+    assert_eq!(std::fs::read(b.downloads.join(name)).unwrap(), content);
+
+    // The downloaded file is listed and can be viewed.
+    let shared = http(ui, "GET", "/api/shared", &[("Host", &own)], "").json();
+    assert_eq!(shared["downloaded"][0]["name"], name, "{shared}");
+    let view = shared["downloaded"][0]["view"].as_str().unwrap().to_owned();
+    let viewed = http(ui, "GET", &view, &[("Host", &own)], "");
+    assert_eq!(viewed.status, 200);
+    assert_eq!(viewed.bytes, content);
+    assert!(viewed
+        .header("content-security-policy")
+        .unwrap()
+        .contains("sandbox"));
+
+    // Peer A's UI shows its file as registered.
+    let a_ui = ui_addr(&a);
+    let a_shared = http(
+        a_ui,
+        "GET",
+        "/api/shared",
+        &[("Host", &a_ui.to_string())],
+        "",
+    )
+    .json();
+    assert_eq!(a_shared["shared"][0]["name"], name, "{a_shared}");
+    assert_eq!(a_shared["shared"][0]["state"], "registered", "{a_shared}");
+
+    // Starting it again while nothing runs: already there, verified.
+    let again = start_download(ui, name, None);
+    let again_id = again["id"].as_u64().unwrap();
+    wait_until("the second download to end", WAIT_TIMEOUT, || {
+        let job = http(
+            ui,
+            "GET",
+            &format!("/api/downloads/{again_id}"),
+            &[("Host", &own)],
+            "",
+        )
+        .json();
+        job["state"] == "verified"
+    });
+}
+
+#[test]
+fn a_failing_source_is_reported_and_can_be_retried() {
+    let registry = Registry::start();
+    let b = Peer::serve(&registry, &[], &["--ui", "127.0.0.1:0"]);
+    let ui = ui_addr(&b);
+    let own = ui.to_string();
+    // A source whose port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let sha = sha256_hex(b"never served");
+    registry
+        .client()
+        .register(port, 12, &sha, "ghost file.txt")
+        .unwrap();
+
+    let job = start_download(ui, "ghost file.txt", Some(&sha));
+    let id = job["id"].as_u64().unwrap();
+    let mut last = Value::Null;
+    wait_until("the download to fail", WAIT_TIMEOUT, || {
+        last = http(
+            ui,
+            "GET",
+            &format!("/api/downloads/{id}"),
+            &[("Host", &own)],
+            "",
+        )
+        .json();
+        last["state"] == "failed"
+    });
+    let message = last["message"].as_str().unwrap();
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{last}");
+    assert!(!b.downloads.join("ghost file.txt").exists());
+
+    let token = token_of(ui);
+    let auth = [("Host", own.as_str()), ("X-P2P-Token", token.as_str())];
+    // An ended download cannot be cancelled; it can be retried.
+    assert_eq!(
+        http(
+            ui,
+            "POST",
+            &format!("/api/downloads/{id}/cancel"),
+            &auth,
+            ""
+        )
+        .status,
+        409
+    );
+    let retried = http(ui, "POST", &format!("/api/downloads/{id}/retry"), &auth, "");
+    assert_eq!(retried.status, 202, "{retried:?}");
+    wait_until("the retry to fail again", WAIT_TIMEOUT, || {
+        let job = http(
+            ui,
+            "GET",
+            &format!("/api/downloads/{id}"),
+            &[("Host", &own)],
+            "",
+        )
+        .json();
+        job["state"] == "failed"
+    });
+}
+
+#[test]
+fn ui_off_prints_no_ui_line_and_the_default_address_is_loopback() {
+    let registry = Registry::start();
+    let off = Peer::serve(&registry, &[], &["--ui", "off"]);
+    // The line after `listening on` would be `ui on`; with --ui off the
+    // process prints nothing more, so a short wait times out.
+    let printed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        off.process
+            .as_ref()
+            .unwrap()
+            .wait_for_line(|l| l.starts_with("ui on"), Duration::from_millis(500))
+    }));
+    assert!(printed.is_err(), "--ui off still started a UI");
+
+    let default = Peer::serve(&registry, &[], &[]);
+    let ui = ui_addr(&default);
+    assert!(ui.ip().is_loopback());
+    assert!((8390..8400).contains(&ui.port()) || ui.port() == 0, "{ui}");
+}
+
+#[test]
+fn public_file_port_inline_disposition_and_index() {
+    let registry = Registry::start();
+    let name = "my notes é.txt";
+    let peer = Peer::serve(
+        &registry,
+        &[(name, b"hello"), ("big.bin", &[0u8; 3 * 1024 * 1024])],
+        &["--ui", "off"],
+    );
+    std::fs::write(peer.shared.join("half.iso.part"), b"partial").unwrap();
+    let addr = peer.addr;
+    let host = addr.to_string();
+    let url = "/files/my%20notes%20%C3%A9.txt";
+
+    let inline = http(
+        addr,
+        "GET",
+        &format!("{url}?inline"),
+        &[("Host", &host)],
+        "",
+    );
+    assert_eq!(inline.status, 200);
+    assert_eq!(
+        inline.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    let disposition = inline.header("content-disposition").unwrap();
+    assert!(disposition.starts_with("inline;"), "{disposition}");
+    assert_eq!(inline.bytes, b"hello");
+
+    let attachment = http(addr, "GET", url, &[("Host", &host)], "");
+    assert_eq!(attachment.status, 200);
+    let disposition = attachment.header("content-disposition").unwrap();
+    assert!(disposition.starts_with("attachment;"), "{disposition}");
+    assert!(
+        disposition.contains("filename*=UTF-8''my%20notes%20%C3%A9.txt"),
+        "{disposition}"
+    );
+    assert_eq!(
+        attachment.header("etag"),
+        Some(format!("\"{}\"", sha256_hex(b"hello")).as_str())
+    );
+    let head = http(
+        addr,
+        "HEAD",
+        &format!("{url}?inline"),
+        &[("Host", &host)],
+        "",
+    );
+    assert_eq!(head.status, 200);
+    assert!(head.bytes.is_empty());
+    let range = http(
+        addr,
+        "GET",
+        &format!("{url}?inline"),
+        &[("Host", &host), ("Range", "bytes=1-2")],
+        "",
+    );
+    assert_eq!(range.status, 206);
+    assert_eq!(range.bytes, b"el");
+
+    let index = http(addr, "GET", "/", &[("Host", &host)], "");
+    assert!(index.body.contains("3.00 MiB"), "{}", index.body);
+    assert!(
+        index.body.contains(&format!("{url}?inline")),
+        "{}",
+        index.body
+    );
+    assert!(!index.body.contains("half.iso"), "{}", index.body);
+
+    // curl -OJ saves the real name.
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("curl")
+            .args(["-s", "-f", "-O", "-J", &format!("http://{addr}{url}")])
+            .current_dir(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), b"hello");
+    }
+}
