@@ -29,12 +29,37 @@ impl HttpReply {
         let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT).expect("connect");
         stream.set_read_timeout(Some(HTTP_TIMEOUT)).unwrap();
         stream.write_all(request.as_bytes()).expect("send");
+        // Read the head, then Content-Length bytes (or to the end when the
+        // response has none): a server may keep the connection open.
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("read the response");
-        let end = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&raw)));
+        let mut chunk = [0u8; 64 * 1024];
+        let end = loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            let n = stream.read(&mut chunk).expect("read the response");
+            assert!(n > 0, "no head in {:?}", String::from_utf8_lossy(&raw));
+            raw.extend_from_slice(&chunk[..n]);
+        };
+        let length = String::from_utf8_lossy(&raw[..end])
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+        let head_only = request.starts_with("HEAD ");
+        match length {
+            Some(_) if head_only => {}
+            Some(len) => {
+                while raw.len() < end + 4 + len {
+                    let n = stream.read(&mut chunk).expect("read the body");
+                    assert!(n > 0, "the body ended early");
+                    raw.extend_from_slice(&chunk[..n]);
+                }
+            }
+            None => {
+                stream.read_to_end(&mut raw).expect("read the response");
+            }
+        }
         let head = String::from_utf8_lossy(&raw[..end]).into_owned();
         let mut lines = head.split("\r\n");
         let status = lines

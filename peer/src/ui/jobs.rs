@@ -41,6 +41,13 @@ pub const MAX_REMEMBERED_DOWNLOADS: usize = 200;
 /// Notes kept per download (source failures and the like), newest last.
 pub const MAX_NOTES_PER_DOWNLOAD: usize = 8;
 
+/// The rate shown is measured over about this long, so that it follows
+/// the transfer now, not its first burst.
+pub const RATE_WINDOW_MS: u64 = 3000;
+
+/// Position samples for the rate are taken at most this often.
+const RATE_SAMPLE_MS: u64 = 250;
+
 /// Where a download is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,10 +90,40 @@ pub enum JobError {
 struct Live {
     total: AtomicU64,
     done: AtomicU64,
-    /// Bytes done when the transfer started (a resume), so the rate counts new bytes only.
-    already: AtomicU64,
     /// Milliseconds since [`Job::created`] when the transfer started; 0: not yet.
     started_ms: AtomicU64,
+    /// (milliseconds since [`Job::created`], bytes done), oldest first,
+    /// spanning about [`RATE_WINDOW_MS`]. Its own lock, taken at most every
+    /// [`RATE_SAMPLE_MS`] by the transfer and briefly by a page's poll.
+    samples: Mutex<VecDeque<(u64, u64)>>,
+    /// When the newest sample was taken, for the cheap "not yet" check.
+    last_sample_ms: AtomicU64,
+}
+
+impl Live {
+    fn sample(&self, now_ms: u64, done: u64) {
+        if now_ms < self.last_sample_ms.load(Ordering::Relaxed) + RATE_SAMPLE_MS {
+            return;
+        }
+        self.last_sample_ms.store(now_ms, Ordering::Relaxed);
+        let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        samples.push_back((now_ms, done));
+        while samples.len() > 2 && samples[1].0 + RATE_WINDOW_MS < now_ms {
+            samples.pop_front();
+        }
+    }
+
+    /// Bytes per second over the window, at `now_ms` with `done` bytes.
+    fn rate(&self, now_ms: u64, done: u64) -> u64 {
+        let samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(&(then_ms, then_done)) = samples.front() else {
+            return 0;
+        };
+        done.saturating_sub(then_done)
+            .saturating_mul(1000)
+            .checked_div(now_ms.saturating_sub(then_ms))
+            .unwrap_or(0)
+    }
 }
 
 /// One download, as the page shows it.
@@ -124,7 +161,7 @@ pub struct JobView {
     pub total: u64,
     /// Bytes done (verified pieces, or received bytes).
     pub done: u64,
-    /// Average bytes per second since the transfer started.
+    /// Bytes per second over the last [`RATE_WINDOW_MS`] or so.
     pub rate: u64,
     /// Seconds still to go at that rate, when it can be told.
     pub eta_seconds: Option<u64>,
@@ -326,24 +363,27 @@ impl Job {
     fn view(&self) -> JobView {
         let total = self.live.total.load(Ordering::Relaxed);
         let done = self.live.done.load(Ordering::Relaxed);
-        let already = self.live.already.load(Ordering::Relaxed);
         let started_ms = self.live.started_ms.load(Ordering::Relaxed);
         let (mut rate, mut eta) = (0, None);
         if started_ms > 0 && self.state == State::Running {
-            let elapsed_ms = (self.created.elapsed().as_millis() as u64).saturating_sub(started_ms);
-            let moved = done.saturating_sub(already);
-            rate = moved
-                .saturating_mul(1000)
-                .checked_div(elapsed_ms)
-                .unwrap_or(0);
+            rate = self
+                .live
+                .rate(self.created.elapsed().as_millis() as u64, done);
             if rate > 0 {
                 eta = Some(total.saturating_sub(done).div_ceil(rate));
             }
         }
-        let sources = match (self.what.is_empty(), self.detail.is_empty()) {
-            (_, false) => self.detail.clone(),
-            (false, true) => self.what.clone(),
+        // "NAME from 127.0.0.1:4000" → "from 127.0.0.1:4000": the page shows the name already.
+        let from = self
+            .what
+            .strip_prefix(self.name.as_str())
+            .unwrap_or(&self.what)
+            .trim();
+        let sources = match (from.is_empty(), self.detail.is_empty()) {
             (true, true) => String::new(),
+            (false, true) => from.to_owned(),
+            (true, false) => self.detail.clone(),
+            (false, false) => format!("{from}, {}", self.detail),
         };
         JobView {
             id: self.id,
@@ -374,9 +414,9 @@ impl Observer for JobObserver {
     fn started(&self, what: &str, total: u64, already: u64) {
         self.live.total.store(total, Ordering::Relaxed);
         self.live.done.store(already, Ordering::Relaxed);
-        self.live.already.store(already, Ordering::Relaxed);
         let ms = (self.created.elapsed().as_millis() as u64).max(1);
         self.live.started_ms.store(ms, Ordering::Relaxed);
+        self.live.sample(ms, already);
         if let Some(job) = self.shared.lock().jobs.get_mut(&self.id) {
             job.what = what.to_owned();
             job.detail.clear();
@@ -385,6 +425,8 @@ impl Observer for JobObserver {
 
     fn position(&self, done: u64) {
         self.live.done.store(done, Ordering::Relaxed);
+        self.live
+            .sample(self.created.elapsed().as_millis() as u64, done);
     }
 
     fn detail(&self, detail: &str) {

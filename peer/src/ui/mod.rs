@@ -56,7 +56,7 @@ pub const DEFAULT_UI_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOC
 pub const UI_PORT_TRIES: u16 = 10;
 
 /// Threads serving UI requests; also the connections served at once.
-pub const UI_WORKERS: usize = 8;
+pub const UI_WORKERS: usize = 16;
 
 /// Accepted connections waiting for a worker; beyond this a connection gets
 /// `503` at once, so a flood cannot queue without bound.
@@ -64,7 +64,7 @@ pub const UI_PENDING: usize = 32;
 
 /// Longest wait for a whole request (head and body) from the moment it is
 /// accepted; a browser's idle pre-connection holds a worker at most this long.
-pub const UI_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub const UI_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Longest a single write to a client may block.
 pub const UI_WRITE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -111,7 +111,7 @@ async function startDownload(hit, button) {
   button.disabled = true;
   try {
     await api("POST", "/api/downloads", { name: hit.name, sha256: hit.sha256 });
-    $("search-note").textContent = `Downloading ${hit.name}`;
+    $("search-note").textContent = `Started ${hit.name}: see Downloads`;
   } catch (e) {
     $("search-note").textContent = `Cannot download ${hit.name}: ${e.message}`;
   } finally {
@@ -163,10 +163,12 @@ function updateRow(row, job) {
   }
   row.bar.hidden = job.state !== "running" && job.state !== "queued";
   const facts = [];
-  if (job.total > 0) facts.push(`${human(job.done)} of ${human(job.total)}`);
-  if (job.state === "running" && job.rate > 0) facts.push(`${human(job.rate)}/s`);
-  if (job.sources) facts.push(job.sources);
-  if (job.state === "running" && job.eta_seconds != null) facts.push(`ETA ${duration(job.eta_seconds)}`);
+  const running = job.state === "running";
+  if (job.total > 0) facts.push(running ? `${human(job.done)} of ${human(job.total)}` : human(job.total));
+  if (running && job.rate > 0) facts.push(`${human(job.rate)}/s`);
+  if (running && job.sources) facts.push(job.sources);
+  if (running && job.eta_seconds != null) facts.push(`ETA ${duration(job.eta_seconds)}`);
+  if (running && job.total === 0) facts.push("asking the registry for sources…");
   row.facts.textContent = facts.join(" · ");
   row.message.textContent = job.message;
   row.message.className = `message ${job.state}`;
@@ -229,7 +231,8 @@ async function loadShared() {
   try {
     const data = await api("GET", "/api/shared");
     $("status").textContent =
-      `Registry ${data.registry} · sharing on port ${data.port} · ${data.shared.length} shared files`;
+      `Registry ${data.registry} · sharing on port ${data.port} · ` +
+      `${data.shared.length} shared file${data.shared.length === 1 ? "" : "s"}`;
     $("shared-note").textContent = data.shared.length === 0 ? "The shared folder is empty." : "";
     $("shared").replaceChildren(...data.shared.map((f) =>
       el("li", { class: "item" },
@@ -241,6 +244,7 @@ async function loadShared() {
         el("div", { class: "actions" },
           el("a", { class: "button", href: f.view, target: "_blank", rel: "noopener",
             "aria-label": `View ${f.name}` }, "View")))));
+    $("downloaded-note").textContent = data.downloaded.length === 0 ? "Nothing downloaded yet." : "";
     $("downloaded").replaceChildren(...data.downloaded.map((f) =>
       el("li", { class: "item" },
         el("div", { class: "main" },
