@@ -538,11 +538,16 @@ fn index_lists_shared_files_with_escaped_links() {
     assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
     let page = String::from_utf8(r.body).unwrap();
     assert!(
-        page.contains("<a href=\"/files/alphabet.txt\">alphabet.txt</a> (26 bytes)"),
+        page.contains(
+            "<a href=\"/files/alphabet.txt\">alphabet.txt</a> <span class=\"size\">26 B</span>"
+        ),
         "{page}"
     );
     assert!(page.contains("href=\"/files/hello%20world.txt\""), "{page}");
-    assert!(page.contains(">&lt;b&gt;&amp;.txt</a> (4 bytes)"), "{page}");
+    assert!(
+        page.contains(">&lt;b&gt;&amp;.txt</a> <span class=\"size\">4 B</span>"),
+        "{page}"
+    );
     assert!(!page.contains("not-a-file"));
     // Every link works.
     let r = f.get("/files/%3Cb%3E%26.txt", "");

@@ -316,7 +316,7 @@ pub fn index_page(files: &[SharedFile]) -> String {
         // Writing to a String cannot fail.
         let _ = writeln!(
             page,
-            "<li><a href=\"{}\" download>{}</a> <span class=\"size\">{}</span> \
+            "<li><a href=\"{}\">{}</a> <span class=\"size\">{}</span> \
              <a href=\"{}?{INLINE_QUERY}\">view</a></li>",
             html_escape(&url),
             html_escape(&f.name),
