@@ -176,6 +176,15 @@ impl Browser {
         );
     }
 
+    /// Sends keys to an element without clearing it first.
+    fn keys(&self, element: &str, text: &str) {
+        self.session_call(
+            "POST",
+            &format!("/element/{element}/value"),
+            Some(json!({ "text": text })),
+        );
+    }
+
     fn click(&self, element: &str) {
         self.session_call(
             "POST",
@@ -281,7 +290,19 @@ fn row_of(browser: &Browser, name: &str) -> Option<Vec<String>> {
     })
 }
 
-fn search_and_click(browser: &Browser, word: &str, name: &str) {
+/// How the Download button is pressed.
+#[derive(Clone, Copy, PartialEq)]
+enum Press {
+    Click,
+    /// Tab from the search box to the button, then Enter: no mouse.
+    Keyboard,
+}
+
+/// WebDriver's codes for the Tab and Enter keys.
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+
+fn search_and_download(browser: &Browser, word: &str, name: &str, press: Press) {
     let q = browser.find("#q");
     browser.type_into(&q, word);
     wait_until(
@@ -300,7 +321,24 @@ fn search_and_click(browser: &Browser, word: &str, name: &str) {
         json!([{ ELEMENT_KEY: button }]),
     );
     assert_eq!(label, format!("Download {name}"));
-    browser.click(&button);
+    match press {
+        Press::Click => browser.click(&button),
+        Press::Keyboard => {
+            browser.keys(&q, TAB);
+            let focused = browser.script(
+                "return document.activeElement.getAttribute('aria-label');",
+                json!([]),
+            );
+            assert_eq!(
+                focused,
+                format!("Download {name}"),
+                "Tab from the search box"
+            );
+            let active = browser.session_call("GET", "/element/active", None);
+            let active = active[ELEMENT_KEY].as_str().unwrap().to_owned();
+            browser.keys(&active, ENTER);
+        }
+    }
 }
 
 #[test]
@@ -334,7 +372,7 @@ fn search_download_and_watch_it_verify_in_a_real_browser() {
         ) == "mine.txt"
     });
 
-    search_and_click(&browser, "holi", name);
+    search_and_download(&browser, "holi", name, Press::Click);
     let mut live = None;
     wait_until(
         "live progress (bytes, rate) in the page",
@@ -383,7 +421,7 @@ fn search_download_and_watch_it_verify_in_a_real_browser() {
         .client()
         .register(port, 1000, &sha256_hex(b"ghost"), ghost)
         .unwrap();
-    search_and_click(&browser, "ghost", ghost);
+    search_and_download(&browser, "ghost", ghost, Press::Keyboard);
     let mut failed = None;
     wait_until("the failure to show in the page", WAIT_TIMEOUT, || {
         failed = row_of(&browser, ghost);
@@ -402,7 +440,7 @@ fn search_download_and_watch_it_verify_in_a_real_browser() {
     );
     assert_eq!(retry_shown, json!([true]));
 
-    // Keyboard: the search box is labelled, and Tab reaches the buttons.
+    // The search box is labelled (the ghost download above was started with Tab and Enter).
     let label = browser.script(
         "return document.querySelector('label[for=q]').textContent;",
         json!([]),

@@ -190,7 +190,8 @@ fn bind(wanted: UiAddr) -> Result<TcpListener, UiError> {
 }
 
 /// A running control UI. Dropping it stops accepting and lets the workers
-/// finish the requests they hold; downloads already running go on to their end.
+/// finish the requests they hold (without waiting for them); downloads
+/// already running go on to their end.
 pub struct Ui {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -286,9 +287,8 @@ impl Drop for Ui {
             let _ = acceptor.join();
         }
         // The acceptor held the only sender: the workers end after their
-        // current request.
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
+        // current request. They are not waited for: one may be streaming a
+        // big file to a slow viewer, and the peer's shutdown must not wait.
+        self.workers.clear();
     }
 }
