@@ -31,7 +31,7 @@ use super::jobs::{JobError, Jobs};
 use super::request::{read_request, UiReadError, UiRequest};
 use super::{Context, UI_READ_TIMEOUT, UI_WRITE_TIMEOUT};
 use crate::download::PART_SUFFIX;
-use crate::files::{FilesError, SharedDir};
+use crate::files::{is_partial_download, FilesError, SharedDir};
 use crate::http::handler::content_type;
 use p2p_proto::client::Client;
 
@@ -411,7 +411,7 @@ fn shared(site: &Site) -> Reply {
         .and_then(|dir| dir.list())
         .unwrap_or_default()
         .into_iter()
-        .filter(|f| !f.name.ends_with(PART_SUFFIX))
+        .filter(|f| !is_partial_download(&f.name))
         .map(|f| DownloadedEntry {
             view: view_url("downloads", &f.name),
             name: f.name,
@@ -437,8 +437,8 @@ fn view(site: &Site, folder: &str, encoded: &str) -> Reply {
     };
     let dir = if folder == "shared" {
         Ok(site.context.shared().clone())
-    } else if name.ends_with(PART_SUFFIX) {
-        // A partial download is never shown as a file.
+    } else if is_partial_download(&name) {
+        // A partial download (or its piece record) is never shown as a file.
         return Reply::error(404, format!("no file {name:?}"));
     } else {
         SharedDir::open(&site.context.config.downloads)
@@ -468,7 +468,8 @@ fn view(site: &Site, folder: &str, encoded: &str) -> Reply {
         .header("Content-Security-Policy", VIEW_CSP),
         Ok(_)
         | Err(
-            FilesError::NotFound { .. }
+            FilesError::OpenDir { .. }
+            | FilesError::NotFound { .. }
             | FilesError::NotRegular { .. }
             | FilesError::Outside { .. },
         ) => Reply::error(404, format!("no file {name:?} in the {folder} folder")),
