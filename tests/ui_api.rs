@@ -267,7 +267,7 @@ fn a_failing_source_is_reported_and_can_be_retried() {
 }
 
 #[test]
-fn ui_off_prints_no_ui_line_and_the_default_address_is_loopback() {
+fn ui_off_prints_no_ui_line_and_a_non_loopback_ui_warns() {
     let registry = Registry::start();
     let off = Peer::serve(&registry, &[], &["--ui", "off"]);
     // The line after `listening on` would be `ui on`; with --ui off the
@@ -280,10 +280,33 @@ fn ui_off_prints_no_ui_line_and_the_default_address_is_loopback() {
     }));
     assert!(printed.is_err(), "--ui off still started a UI");
 
-    let default = Peer::serve(&registry, &[], &[]);
-    let ui = ui_addr(&default);
-    assert!(ui.ip().is_loopback());
-    assert!((8390..8400).contains(&ui.port()) || ui.port() == 0, "{ui}");
+    // Not loopback: a warning, and the UI answers at its own address only.
+    let mut open = Peer::serve(&registry, &[], &["--ui", "0.0.0.0:0"]);
+    let any = ui_addr(&open);
+    let local: std::net::SocketAddr = format!("127.0.0.1:{}", any.port()).parse().unwrap();
+    let host = local.to_string();
+    assert_eq!(
+        http(local, "GET", "/api/downloads", &[("Host", &host)], "").status,
+        200
+    );
+    assert_eq!(
+        http(
+            local,
+            "GET",
+            "/api/downloads",
+            &[("Host", &format!("evil.example:{}", any.port()))],
+            ""
+        )
+        .status,
+        403
+    );
+    let process = open.process.take().unwrap();
+    process.signal("TERM");
+    let (_, stderr) = process.wait_exit(WAIT_TIMEOUT);
+    assert!(
+        stderr.contains("anyone who can reach it can make this peer download files"),
+        "{stderr}"
+    );
 }
 
 #[test]

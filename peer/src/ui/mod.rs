@@ -166,27 +166,28 @@ pub fn launch(
 
 /// Binds the UI's listener as `wanted` says.
 fn bind(wanted: UiAddr) -> Result<TcpListener, UiError> {
-    let bind_at =
-        |addr: SocketAddr| TcpListener::bind(addr).map_err(|source| UiError::Bind { addr, source });
     match wanted {
-        UiAddr::At(addr) => bind_at(addr),
+        UiAddr::At(addr) => {
+            TcpListener::bind(addr).map_err(|source| UiError::Bind { addr, source })
+        }
         UiAddr::Off | UiAddr::Default => {
-            let first = DEFAULT_UI_ADDR.port();
-            let last = first + UI_PORT_TRIES - 1;
-            for port in first..=last {
-                match bind_at(SocketAddr::new(DEFAULT_UI_ADDR.ip(), port)) {
-                    Ok(listener) => return Ok(listener),
-                    Err(UiError::Bind { source, .. }) if source.kind() == ErrorKind::AddrInUse => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(UiError::NoFreePort {
-                ip: DEFAULT_UI_ADDR.ip(),
-                first,
-                last,
-            })
+            bind_first_free(DEFAULT_UI_ADDR.ip(), DEFAULT_UI_ADDR.port(), UI_PORT_TRIES)
         }
     }
+}
+
+/// Binds the first free port of `tries` ports from `first` up on `ip`.
+fn bind_first_free(ip: IpAddr, first: u16, tries: u16) -> Result<TcpListener, UiError> {
+    let last = first.saturating_add(tries.saturating_sub(1));
+    for port in first..=last {
+        let addr = SocketAddr::new(ip, port);
+        match TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(source) if source.kind() == ErrorKind::AddrInUse => {}
+            Err(source) => return Err(UiError::Bind { addr, source }),
+        }
+    }
+    Err(UiError::NoFreePort { ip, first, last })
 }
 
 /// A running control UI. Dropping it stops accepting and lets the workers
@@ -290,5 +291,43 @@ impl Drop for Ui {
         // current request. They are not waited for: one may be streaming a
         // big file to a slow viewer, and the peer's shutdown must not wait.
         self.workers.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_like_the_command_line_says() {
+        assert_eq!("off".parse::<UiAddr>(), Ok(UiAddr::Off));
+        assert_eq!("OFF".parse::<UiAddr>(), Ok(UiAddr::Off));
+        assert_eq!(
+            "[::1]:0".parse::<UiAddr>(),
+            Ok(UiAddr::At("[::1]:0".parse().unwrap()))
+        );
+        assert!("localhost:8390".parse::<UiAddr>().is_err());
+        assert!("8390".parse::<UiAddr>().is_err());
+        assert!(DEFAULT_UI_ADDR.ip().is_loopback());
+    }
+
+    #[test]
+    fn a_taken_port_moves_to_the_next_free_one_within_the_tries() {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let taken = TcpListener::bind((ip, 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        if port == u16::MAX {
+            return; // no port above it to move to
+        }
+        match bind_first_free(ip, port, 3) {
+            Ok(listener) => assert!(listener.local_addr().unwrap().port() > port),
+            // Another process may hold the next ports: then the error names the range.
+            Err(UiError::NoFreePort { first, .. }) => assert_eq!(first, port),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(matches!(
+            bind_first_free(ip, port, 1),
+            Err(UiError::NoFreePort { .. })
+        ));
     }
 }
