@@ -395,3 +395,100 @@ fn public_file_port_inline_disposition_and_index() {
         assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), b"hello");
     }
 }
+
+#[test]
+fn cancel_stops_a_queued_download_and_marks_a_running_one() {
+    let registry = Registry::start();
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                format!("slow part {i}.bin"),
+                pseudo_random_bytes(384 * 1024, i + 1),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect();
+    // 384 KiB/s for all: the first three take about 3 s together, the fourth waits.
+    let _a = Peer::serve(
+        &registry,
+        &refs,
+        &["--ui", "off", "--max-upload-rate", "384KiB"],
+    );
+    let b = Peer::serve(&registry, &[], &["--ui", "127.0.0.1:0"]);
+    let ui = ui_addr(&b);
+    let own = ui.to_string();
+    let token = token_of(ui);
+    let auth = [("Host", own.as_str()), ("X-P2P-Token", token.as_str())];
+    let ids: Vec<u64> = files
+        .iter()
+        .map(|(name, _)| start_download(ui, name, None)["id"].as_u64().unwrap())
+        .collect();
+    let job = |id: u64| {
+        http(
+            ui,
+            "GET",
+            &format!("/api/downloads/{id}"),
+            &[("Host", &own)],
+            "",
+        )
+        .json()
+    };
+    wait_until("three downloads running", WAIT_TIMEOUT, || {
+        ids[..3].iter().all(|&id| job(id)["state"] == "running")
+    });
+    assert_eq!(job(ids[3])["state"], "queued");
+
+    // The same name cannot start twice at once.
+    let twice = http(
+        ui,
+        "POST",
+        "/api/downloads",
+        &auth,
+        &serde_json::json!({ "name": files[0].0 }).to_string(),
+    );
+    assert_eq!(twice.status, 409, "{twice:?}");
+
+    let queued = http(
+        ui,
+        "POST",
+        &format!("/api/downloads/{}/cancel", ids[3]),
+        &auth,
+        "",
+    );
+    assert_eq!(queued.status, 200, "{queued:?}");
+    assert_eq!(queued.json()["state"], "cancelled");
+    assert_eq!(queued.json()["running"], false);
+    let running = http(
+        ui,
+        "POST",
+        &format!("/api/downloads/{}/cancel", ids[0]),
+        &auth,
+        "",
+    );
+    assert_eq!(running.status, 200);
+    assert_eq!(running.json()["state"], "cancelled");
+    // Best effort: the transfer under way runs on, and blocks a retry until it ends.
+    let retry = http(
+        ui,
+        "POST",
+        &format!("/api/downloads/{}/retry", ids[0]),
+        &auth,
+        "",
+    );
+    assert!(retry.status == 409 || retry.status == 202, "{retry:?}");
+
+    // The cancelled queued one never starts, even after the others end.
+    wait_until("the three transfers to end", WAIT_TIMEOUT, || {
+        ids[..3].iter().all(|&id| job(id)["running"] == false)
+    });
+    assert_eq!(job(ids[3])["state"], "cancelled");
+    assert!(!b.downloads.join(&files[3].0).exists());
+    assert!(!b.downloads.join(format!("{}.part", files[3].0)).exists());
+    assert_eq!(
+        std::fs::read(b.downloads.join(&files[1].0)).unwrap(),
+        files[1].1
+    );
+}
