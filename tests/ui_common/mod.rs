@@ -11,7 +11,7 @@ use p2p_tests::{Peer, START_TIMEOUT};
 use serde_json::Value;
 
 /// Longest a test waits for one UI response.
-pub const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One response.
 #[derive(Debug)]
