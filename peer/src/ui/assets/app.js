@@ -151,6 +151,11 @@ function downloadRow(job) {
 }
 
 function updateRow(row, job) {
+  // Screen readers hear when a download ends, not every progress tick.
+  if (row.dataset.state && row.dataset.state !== job.state &&
+      (job.state === "verified" || job.state === "failed")) {
+    $("announce").textContent = `${job.name}: ${job.state}`;
+  }
   row.nameEl.textContent = job.name;
   row.badge.textContent = STATE_TEXT[job.state] || job.state;
   row.badge.className = `badge ${job.state}`;
