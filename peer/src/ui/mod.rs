@@ -53,7 +53,7 @@ pub const DEFAULT_UI_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOC
 /// With the default address, how many ports from [`DEFAULT_UI_ADDR`]'s up
 /// are tried before the UI gives up (several peers on one machine each get
 /// their own).
-pub const UI_PORT_TRIES: u16 = 10;
+pub const UI_PORT_TRIES: u16 = 100;
 
 /// Threads serving UI requests; also the connections served at once.
 pub const UI_WORKERS: usize = 16;
