@@ -43,7 +43,7 @@ pub const DEFAULT_DB: &str = "registry.db";
 /// admin tool cannot ask the server for its `--ttl`, so an operator who
 /// runs the server with another value passes the same one here; it only
 /// decides what is shown as live.
-pub const DEFAULT_TTL: Duration = dht_server::server::DEFAULT_TTL;
+pub const DEFAULT_TTL: Duration = dht_server::store::DEFAULT_TTL;
 
 /// What every command needs: which database, and which TTL judges liveness.
 #[derive(Debug, Clone)]

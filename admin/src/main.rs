@@ -48,7 +48,7 @@ struct Cli {
 
     /// How long a registration lives without a heartbeat; give the server's --ttl.
     /// Only decides which rows are shown as live or expired.
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration, global = true)]
+    #[arg(long, value_name = "DURATION", default_value = "150s", value_parser = parse_duration, global = true)]
     ttl: Duration,
 
     #[command(subcommand)]

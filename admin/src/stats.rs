@@ -220,7 +220,7 @@ mod tests {
         assert_eq!(json["expired"], 1);
         assert_eq!(json["top_names"][0]["name"], "popular");
         assert_eq!(json["top_names"][0]["sources"], 2);
-        assert_eq!(json["ttl_seconds"], 1800);
+        assert_eq!(json["ttl_seconds"], crate::DEFAULT_TTL.as_secs());
     }
 
     #[test]

@@ -3,13 +3,63 @@
 //! Reads go to the [`Store`]'s pool, writes to the [`WriterHandle`] (which
 //! answers only after the commit). The caller's identity is the host the
 //! server saw on the socket, never one the client claims. Storage errors
-//! become `ERR internal` here, the one place they are mapped to the protocol.
+//! become `ERR internal` here, the one place they are mapped to the protocol:
+//! the client gets a short reason, the log gets the details (paths, SQLite
+//! messages), which are no business of a client.
+//!
+//! Loopback sources: a peer on the registry's own machine registers from
+//! `127.0.0.1` (or `[::1]`), an address useless to any other machine. When
+//! the server listens on all interfaces, SEARCH gives such a source to each
+//! client as the address that client used to reach the registry (the local
+//! address of its connection, [`Caller::local_host`]), with the registered
+//! port: the registry's machine as the client sees it.
 
 use std::time::Duration;
 
 use crate::store::{self, Store};
 use crate::writer::{Outcome, Write, WriterHandle};
-use p2p_proto::protocol::{name_key, ErrorCode, Reply, Request};
+use p2p_proto::protocol::{name_key, ErrorCode, Reply, Request, Source};
+
+/// Who sent a request, as the server saw the connection.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The client's address as written on the wire (`1.2.3.4`, `[::1]`).
+    pub host: String,
+    /// The address the client reached the registry at, same form, when
+    /// loopback sources are to be shown as it (the listener is bound to
+    /// all interfaces); `None` leaves every source as registered.
+    pub local_host: Option<String>,
+}
+
+impl Caller {
+    /// A caller whose sources are shown as registered.
+    pub fn plain(host: &str) -> Caller {
+        Caller {
+            host: host.to_owned(),
+            local_host: None,
+        }
+    }
+}
+
+/// Whether a stored host (`127.0.0.1`, `[::1]`) is a loopback address.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_canonical().is_loopback())
+        .unwrap_or(false)
+}
+
+/// Shows every loopback source as `local_host` (see the module docs).
+fn rewrite_loopback(sources: &mut [Source], local_host: &str) {
+    for source in sources {
+        if source.host != local_host && is_loopback_host(&source.host) {
+            source.host = local_host.to_owned();
+        }
+    }
+}
 
 /// What a worker needs to apply requests; shared by all workers.
 pub struct Registry {
@@ -20,8 +70,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The reply to `request` from a client at `host` (as written on the wire).
-    pub fn apply(&self, request: Request<'_>, host: &str) -> Reply {
+    /// The reply to `request` from `caller`.
+    pub fn apply(&self, request: Request<'_>, caller: &Caller) -> Reply {
+        let host = caller.host.as_str();
         match request {
             Request::Register {
                 port,
@@ -56,13 +107,18 @@ impl Registry {
             Request::Search { name } => {
                 match self.store.search(&name_key(name), self.live_since()) {
                     Ok(sources) if sources.is_empty() => Reply::NotFound,
-                    Ok(sources) => Reply::Found(sources),
-                    Err(e) => internal(&e, host),
+                    Ok(mut sources) => {
+                        if let Some(local) = &caller.local_host {
+                            rewrite_loopback(&mut sources, local);
+                        }
+                        Reply::Found(sources)
+                    }
+                    Err(e) => internal(&e, e.short_reason(), host),
                 }
             }
             Request::Find { words } => match self.store.find(&words, self.live_since()) {
                 Ok(hits) => Reply::Results(hits),
-                Err(e) => internal(&e, host),
+                Err(e) => internal(&e, e.short_reason(), host),
             },
             Request::Ping => Reply::Pong,
             Request::Quit => Reply::Bye,
@@ -78,12 +134,25 @@ impl Registry {
             Ok(Outcome::Registered) | Ok(Outcome::Unregistered(true)) => Reply::Ok,
             Ok(Outcome::Unregistered(false)) => Reply::NotFound,
             Ok(Outcome::Refreshed(n)) => Reply::Refreshed(n),
-            Err(e) => internal(&e, host),
+            Ok(Outcome::HostFull(limit)) => Reply::Err(
+                ErrorCode::Busy,
+                format!(
+                    "too many registrations from {host} (limit {limit}); unregister some first"
+                ),
+            ),
+            Err(e) => internal(&e, e.short_reason(), host),
         }
     }
 }
 
-fn internal(error: &dyn std::fmt::Display, host: &str) -> Reply {
-    tracing::error!(client = host, %error, "request failed");
-    Reply::Err(ErrorCode::Internal, error.to_string())
+/// `ERR internal` with a short reason; the full error goes to the log.
+/// Running out of read connections is load, not a fault: `ERR busy`.
+fn internal(detail: &dyn std::fmt::Display, short: &str, host: &str) -> Reply {
+    tracing::error!(client = host, error = %detail, "request failed");
+    let code = if short == store::OVERLOADED {
+        ErrorCode::Busy
+    } else {
+        ErrorCode::Internal
+    };
+    Reply::Err(code, short.to_owned())
 }

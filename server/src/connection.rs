@@ -5,10 +5,17 @@
 //! lines of valid UTF-8 up to the worker and knows nothing of what they mean;
 //! replies come down as [`Reply`] values. Output is buffered and flushed only
 //! when no further complete request is already waiting, so a client that
-//! pipelines many requests gets its replies in few writes.
+//! pipelines many requests gets its replies in few writes; but no more than
+//! [`MAX_PENDING_OUTPUT`] bytes are ever held for one client: past that the
+//! replies are written (and the client must read them) before another
+//! request is taken, so pipelining cannot make the server buffer unbounded
+//! output. A reply must be taken by the client within the write timeout,
+//! counted once for the whole flush, however it is split into writes.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_proto::protocol::{Reply, MAX_LINE_BYTES};
@@ -49,6 +56,12 @@ pub const LINGER_TIME: Duration = Duration::from_secs(1);
 /// Most bytes discarded that way before the connection is dropped anyway.
 pub const LINGER_BYTES: usize = 4 << 20;
 
+/// Most reply bytes held for one connection before they are written out and
+/// no further request is read: bounds the memory a pipelining client can
+/// make the server hold to this plus one reply (a SEARCH reply is at most
+/// [`crate::store::MAX_SEARCH_SOURCES`] lines).
+pub const MAX_PENDING_OUTPUT: usize = 64 * 1024;
+
 /// Room for one maximal line plus what a pipelining client sent after it.
 const READ_BUFFER: usize = 2 * MAX_LINE_BYTES;
 
@@ -65,6 +78,8 @@ pub enum FrameError {
     IdleTimeout(Duration),
     #[error("line not finished within {0:?}")]
     LineTimeout(Duration),
+    #[error("reply not taken by the client within {0:?}")]
+    WriteTimeout(Duration),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -81,12 +96,22 @@ pub struct Connection {
     out: Vec<u8>,
     /// The read timeout currently set on the socket, to skip redundant syscalls.
     read_timeout: Option<Duration>,
+    /// Set while the connection waits for a new request with nothing
+    /// buffered: such a connection can be closed to free its slot without
+    /// losing a request (see `server`'s fair slot sharing).
+    idle: Arc<AtomicBool>,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, peer: SocketAddr, limits: Limits) -> io::Result<Connection> {
+    /// `idle` is raised while the connection waits for a request with
+    /// nothing pending, and lowered as soon as a byte arrives.
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        limits: Limits,
+        idle: Arc<AtomicBool>,
+    ) -> io::Result<Connection> {
         stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(limits.write_timeout))?;
         Ok(Connection {
             stream,
             peer,
@@ -96,6 +121,7 @@ impl Connection {
             end: 0,
             out: Vec::with_capacity(1024),
             read_timeout: None,
+            idle,
         })
     }
 
@@ -108,6 +134,10 @@ impl Connection {
     /// are flushed before the connection waits for the client.
     pub fn read_line(&mut self) -> Result<&str, FrameError> {
         let mut line_started: Option<Instant> = None;
+        if self.out.len() >= MAX_PENDING_OUTPUT {
+            // The client must take what it is owed before it may ask more.
+            self.flush()?;
+        }
         loop {
             let pending = &self.buf[self.start..self.end];
             if let Some(pos) = pending.iter().position(|&b| b == b'\n') {
@@ -139,7 +169,15 @@ impl Connection {
                 left
             };
             self.set_read_timeout(timeout)?;
-            match self.stream.read(&mut self.buf[self.end..]) {
+            let waiting = self.start == self.end;
+            if waiting {
+                self.idle.store(true, Ordering::Relaxed);
+            }
+            let read = self.stream.read(&mut self.buf[self.end..]);
+            if waiting {
+                self.idle.store(false, Ordering::Relaxed);
+            }
+            match read {
                 Ok(0) => return Err(FrameError::Closed),
                 Ok(n) => {
                     if self.start == self.end {
@@ -182,14 +220,25 @@ impl Connection {
         reply.write_to(&mut self.out);
     }
 
-    /// Sends every queued reply.
-    pub fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            let result = self.stream.write_all(&self.out);
-            self.out.clear();
-            result?;
+    /// Sends every queued reply within one write timeout in all: a client
+    /// that takes a few bytes now and then cannot restart the clock.
+    pub fn flush(&mut self) -> Result<(), FrameError> {
+        if self.out.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let result = write_all_by(&mut self.stream, &self.out, self.limits.write_timeout);
+        self.out.clear();
+        if self.out.capacity() > MAX_PENDING_OUTPUT {
+            // One big reply must not keep its buffer for the connection's life.
+            self.out.shrink_to(MAX_PENDING_OUTPUT);
+        }
+        result
+    }
+
+    /// Drops what is queued and closes: for a client that does not read.
+    pub fn abort(mut self) {
+        self.out.clear();
+        let _ = self.stream.shutdown(Shutdown::Both);
     }
 
     /// Sends what is queued and closes both directions; errors are moot by then.
@@ -221,6 +270,27 @@ impl Connection {
         }
         let _ = self.stream.shutdown(Shutdown::Read);
     }
+}
+
+/// Writes all of `bytes` before `timeout` has passed since the call, or fails.
+fn write_all_by(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> Result<(), FrameError> {
+    let deadline = Instant::now() + timeout;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(FrameError::WriteTimeout(timeout));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(rest) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if is_timeout(&e) => return Err(FrameError::WriteTimeout(timeout)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn is_timeout(e: &io::Error) -> bool {

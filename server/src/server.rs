@@ -9,9 +9,30 @@
 //! answered `ERR busy` and closed at once. (`docs/architecture.md` says why
 //! this beat parking idle sockets in a poller.)
 //!
+//! Fair slot sharing: while slots are plentiful one address may open as many
+//! connections as it likes. At the limit, a newcomer takes the slot of the
+//! address holding the most connections, provided that address holds more
+//! than the newcomer would: one of its idle connections (waiting for a
+//! request, nothing pending) is closed, or, if it has none idle, one of its
+//! busy ones is ended after the request in hand. Otherwise the newcomer is
+//! answered `ERR busy`. So one address can never lock the others out.
+//!
+//! Descriptors: each connection costs two (the socket and the tracker's
+//! handle). At start the soft `RLIMIT_NOFILE` is raised to the hard limit,
+//! and the connection limit is lowered to what the descriptors left after
+//! [`FD_RESERVE`] allow, so a client over it is answered `ERR busy` instead
+//! of meeting a server that cannot accept.
+//!
+//! Thread failures: a worker that cannot be started gets its connection
+//! answered `ERR busy`, and the server goes on; a panicking worker frees its
+//! slot (a drop guard) and keeps serving; a dead writer ends the process
+//! (see [`crate::writer::EXIT_WRITER_DIED`]).
+//!
 //! Shutdown: [`ShutdownHandle::shutdown`] marks the server closing, shuts the
 //! read side of every open socket (workers finish the request in hand, answer
-//! it, then see end of input), and wakes the acceptor, which stops accepting
+//! it, then see end of input), and wakes the acceptor by shutting down the
+//! listening socket (which works even when its address has gone away, e.g.
+//! an interface removed), which stops accepting
 //! and drops the channel. [`Server::run`] then joins the workers; with them
 //! go the last writer handles, so the writer commits what is queued, closes
 //! the database, and `run` returns.
@@ -19,16 +40,17 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver};
 
-use crate::command::Registry;
+use crate::command::{Caller, Registry};
 use crate::connection::{Connection, FrameError, Limits};
 use crate::store::{self, OpenMode, Store, StoreError, SyncMode};
-use crate::writer::{self, WriterConfig};
+use crate::writer::{self, WriterConfig, DEFAULT_MAX_PER_HOST};
 use p2p_proto::protocol::{self, ErrorCode, Reply, Request};
 
 /// Default connection limit: hundreds of peers keeping a connection open
@@ -39,12 +61,22 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// it, one thread per open connection, up to the connection limit.
 pub const DEFAULT_WORKERS: usize = 16;
 
-/// Default time a registration lives without a heartbeat.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
+/// Default time a registration lives without a heartbeat; defined in the
+/// store layer (shared with `p2p-admin`), re-exported here.
+pub use crate::store::DEFAULT_TTL;
 
 /// Stack of a worker thread. A worker holds one connection's buffers and a
 /// few SQLite calls deep; 256 KiB is ample and keeps a thousand workers cheap.
 const WORKER_STACK: usize = 256 * 1024;
+
+/// Descriptors kept back from connections: stdio, the listener and its
+/// shutdown handle, the writer's database, WAL and shared-memory files, a
+/// socket being refused, logs, and what other parts of the process open.
+/// The read pools' files come on top (three per connection).
+pub const FD_RESERVE: u64 = 32;
+
+/// Descriptors one connection holds: its socket and the tracker's handle.
+const FDS_PER_CONNECTION: u64 = 2;
 
 /// Longest pause after a failing `accept` (e.g. out of file descriptors),
 /// so the acceptor backs off instead of spinning.
@@ -67,6 +99,8 @@ pub struct Config {
     /// Read connections in the pool.
     pub readers: u32,
     pub limits: Limits,
+    /// Most registrations one host may hold; 0 for no limit.
+    pub max_per_host: u64,
 }
 
 impl Default for Config {
@@ -80,6 +114,7 @@ impl Default for Config {
             sync: SyncMode::Full,
             readers: store::DEFAULT_READERS,
             limits: Limits::default(),
+            max_per_host: DEFAULT_MAX_PER_HOST,
         }
     }
 }
@@ -108,6 +143,8 @@ pub struct Server {
     writer_thread: JoinHandle<()>,
     config: Config,
     tracker: Arc<Tracker>,
+    /// A second handle on the listening socket, for shutdown to wake accept.
+    waker: Arc<TcpListener>,
 }
 
 impl Server {
@@ -129,6 +166,15 @@ impl Server {
             addr: config.listen.clone(),
             source,
         })?;
+        let waker = listener
+            .try_clone()
+            .map(Arc::new)
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen.clone(),
+                source,
+            })?;
+        let mut config = config;
+        config.max_connections = fit_to_descriptors(config.max_connections, config.readers);
         // Bound first, so a taken port does not leave a new database behind.
         let conn = store::open_connection(&config.db, OpenMode::CreateOrMigrate, config.sync)?;
         let store = Store::open_readers(&config.db, config.readers)?;
@@ -139,6 +185,7 @@ impl Server {
                 ttl: config.ttl,
                 sweep_every: (config.ttl / 4)
                     .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+                max_per_host: config.max_per_host,
             },
         )
         .map_err(|source| ServerError::Thread {
@@ -156,7 +203,14 @@ impl Server {
             writer_thread,
             config,
             tracker: Arc::new(Tracker::default()),
+            waker,
         })
+    }
+
+    /// The connection limit in force: `--max-connections`, or less when
+    /// the descriptor limit allows fewer.
+    pub fn max_connections(&self) -> usize {
+        self.config.max_connections
     }
 
     /// The address actually bound (the port is real even when 0 was asked).
@@ -169,6 +223,7 @@ impl Server {
         ShutdownHandle {
             tracker: Arc::clone(&self.tracker),
             wake_addr: wake_address(self.local_addr),
+            listener: Arc::clone(&self.waker),
         }
     }
 
@@ -183,16 +238,18 @@ impl Server {
             writer_thread,
             config,
             tracker,
+            waker,
         } = self;
-        let (queue, jobs) = unbounded::<(TcpStream, SocketAddr, u64)>();
+        let (queue, jobs) = unbounded::<Job>();
         let mut pool = Pool {
             jobs,
             registry,
             tracker: Arc::clone(&tracker),
             limits: config.limits,
+            rewrite_loopback: local_addr.ip().is_unspecified(),
             threads: Vec::new(),
         };
-        pool.grow_to(config.workers.min(config.max_connections))?;
+        pool.grow_to(config.workers.min(config.max_connections).max(1))?;
         tracing::info!(%local_addr, db = %config.db, "serving");
 
         let mut backoff = Duration::from_millis(5);
@@ -202,6 +259,7 @@ impl Server {
                     backoff = Duration::from_millis(5);
                     stream
                 }
+                Err(_) if tracker.is_closing() => break, // woken by shutdown
                 Err(e) => {
                     // Out of descriptors or memory: wait for connections to close.
                     tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
@@ -213,8 +271,8 @@ impl Server {
             let Ok(peer) = stream.peer_addr() else {
                 continue; // already gone
             };
-            let (id, open) = match tracker.admit(&stream, config.max_connections) {
-                Admission::Admitted { id, open } => (id, open),
+            let (id, open, idle) = match tracker.admit(&stream, peer.ip(), config.max_connections) {
+                Admission::Admitted { id, open, idle } => (id, open, idle),
                 Admission::Busy => {
                     tracing::warn!(client = %peer, limit = config.max_connections, "connection limit reached");
                     reject_busy(stream, config.max_connections);
@@ -227,12 +285,29 @@ impl Server {
                 }
                 Admission::Closing => break, // shutdown began (we were woken for it)
             };
-            pool.grow_to(open)?;
-            if queue.send((stream, peer, id)).is_err() {
+            if let Err(e) = pool.grow_to(open) {
+                if pool.threads.len() < open {
+                    // No thread for it: refuse this one, serve the others.
+                    tracing::warn!(client = %peer, error = %e, "cannot start a worker; refusing");
+                    tracker.remove(id);
+                    reject_busy(stream, config.max_connections);
+                    continue;
+                }
+            }
+            if queue
+                .send(Job {
+                    stream,
+                    peer,
+                    id,
+                    idle,
+                })
+                .is_err()
+            {
                 break;
             }
         }
         drop(listener);
+        drop(waker);
         drop(queue);
         tracing::info!("stopped accepting; finishing requests in flight");
         pool.join();
@@ -246,12 +321,38 @@ impl Server {
     }
 }
 
+/// A connection handed to a worker.
+struct Job {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Its entry in the [`Tracker`].
+    id: u64,
+    /// Raised by the connection while it waits for a request.
+    idle: Arc<AtomicBool>,
+}
+
+/// Frees a connection's slot when its worker is done with it, also when the
+/// worker panicked.
+struct SlotGuard<'a> {
+    tracker: &'a Tracker,
+    id: u64,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.tracker.remove(self.id);
+    }
+}
+
 /// The worker threads and what they share.
 struct Pool {
-    jobs: Receiver<(TcpStream, SocketAddr, u64)>,
+    jobs: Receiver<Job>,
     registry: Arc<Registry>,
     tracker: Arc<Tracker>,
     limits: Limits,
+    /// The listener is bound to all interfaces: show loopback sources as
+    /// the address each client reached us at.
+    rewrite_loopback: bool,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -264,14 +365,26 @@ impl Pool {
             let registry = Arc::clone(&self.registry);
             let tracker = Arc::clone(&self.tracker);
             let limits = self.limits;
+            let rewrite = self.rewrite_loopback;
             let thread = thread::Builder::new()
                 .name(format!("worker-{}", self.threads.len()))
                 .stack_size(WORKER_STACK)
                 .spawn(move || {
-                    for (stream, peer, id) in jobs.iter() {
+                    for job in jobs.iter() {
                         let _open = crate::metrics::connection_opened();
-                        serve_connection(stream, peer, &registry, limits);
-                        tracker.remove(id);
+                        let _slot = SlotGuard {
+                            tracker: &tracker,
+                            id: job.id,
+                        };
+                        let peer = job.peer;
+                        // A bug met by one connection must not cost the
+                        // pool a worker: log it and take the next one.
+                        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            serve_connection(job, &registry, limits, rewrite)
+                        }));
+                        if served.is_err() {
+                            tracing::error!(client = %peer, "a worker panicked serving a connection");
+                        }
                     }
                 })
                 .map_err(|source| ServerError::Thread {
@@ -301,15 +414,26 @@ impl Pool {
 }
 
 /// Serves one client until it quits, closes, times out or misbehaves.
-fn serve_connection(stream: TcpStream, peer: SocketAddr, registry: &Registry, limits: Limits) {
-    let mut conn = match Connection::new(stream, peer, limits) {
+fn serve_connection(job: Job, registry: &Registry, limits: Limits, rewrite_loopback: bool) {
+    let Job {
+        stream, peer, idle, ..
+    } = job;
+    let local_host = if rewrite_loopback {
+        stream.local_addr().ok().map(|a| protocol::host_of(a.ip()))
+    } else {
+        None
+    };
+    let mut conn = match Connection::new(stream, peer, limits, idle) {
         Ok(conn) => conn,
         Err(e) => {
             tracing::debug!(client = %peer, error = %e, "cannot set up connection");
             return;
         }
     };
-    let host = protocol::host_of(peer.ip());
+    let caller = Caller {
+        host: protocol::host_of(peer.ip()),
+        local_host,
+    };
     tracing::debug!(client = %peer, "connected");
     loop {
         let reply = match conn.read_line() {
@@ -320,7 +444,7 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, registry: &Registry, li
                         conn.close_gracefully();
                         return;
                     }
-                    Ok(request) => registry.apply(request, &host),
+                    Ok(request) => registry.apply(request, &caller),
                     Err(e) => e.to_reply(),
                 }
             }
@@ -337,6 +461,11 @@ fn serve_connection(stream: TcpStream, peer: SocketAddr, registry: &Registry, li
                     ErrorCode::BadRequest,
                     "request line is not valid UTF-8",
                 );
+            }
+            Err(e @ FrameError::WriteTimeout(_)) => {
+                tracing::info!(client = %peer, error = %e, "closing a client that does not read");
+                conn.abort();
+                return;
             }
             Err(e @ FrameError::LineTimeout(_)) => {
                 tracing::debug!(client = %peer, error = %e, "closing slow connection");
@@ -376,8 +505,8 @@ fn reject_busy(mut stream: TcpStream, limit: usize) {
     }
 }
 
-/// The open connections, so shutdown can reach every one of them, and
-/// their count, for the connection limit.
+/// The open connections, so shutdown can reach every one of them, their
+/// count per address, for the connection limit and its fair sharing.
 #[derive(Default)]
 struct Tracker {
     state: Mutex<TrackerState>,
@@ -385,9 +514,13 @@ struct Tracker {
 
 /// What [`Tracker::admit`] decided about a new connection.
 enum Admission {
-    /// Recorded; `open` connections now, this one included.
-    Admitted { id: u64, open: usize },
-    /// The connection limit is reached.
+    /// Recorded; `open` connections now (with those being evicted), this one included.
+    Admitted {
+        id: u64,
+        open: usize,
+        idle: Arc<AtomicBool>,
+    },
+    /// The connection limit is reached, and no address holds more than this one would.
     Busy,
     /// No second handle could be made (out of descriptors).
     Untrackable(std::io::Error),
@@ -395,31 +528,83 @@ enum Admission {
     Closing,
 }
 
+/// One open connection as the tracker knows it.
+struct Entry {
+    /// A second handle on the socket, used only to shut it down.
+    stream: TcpStream,
+    ip: IpAddr,
+    idle: Arc<AtomicBool>,
+    /// Told to end to make room; no longer counted against the limit.
+    evicted: bool,
+}
+
 #[derive(Default)]
 struct TrackerState {
     closing: bool,
     next_id: u64,
-    /// A second handle on each open socket, used only to shut it down.
-    streams: HashMap<u64, TcpStream>,
+    entries: HashMap<u64, Entry>,
+    /// Connections per client address, evicted ones not counted.
+    per_ip: HashMap<IpAddr, usize>,
+    /// Entries evicted whose worker has not finished yet.
+    evicted: usize,
+}
+
+impl TrackerState {
+    /// Makes room for a connection from `ip`: ends a connection of the
+    /// address holding the most, if it holds more than `ip` would after
+    /// admission, idle connections first. `false` when no address may yield.
+    fn evict_for(&mut self, ip: IpAddr) -> bool {
+        let mine = self.per_ip.get(&ip).copied().unwrap_or(0);
+        let Some((&top, &count)) = self.per_ip.iter().max_by_key(|(_, &n)| n) else {
+            return false;
+        };
+        if count <= mine + 1 {
+            return false;
+        }
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.ip == top && !e.evicted)
+            .max_by_key(|(_, e)| e.idle.load(Ordering::Relaxed))
+            .map(|(&id, _)| id);
+        let Some(entry) = victim.and_then(|id| self.entries.get_mut(&id)) else {
+            return false;
+        };
+        tracing::info!(client = %top, idle = entry.idle.load(Ordering::Relaxed), connections = count, "slots short: closing a connection of the address holding the most");
+        // An idle worker sees end of input at once; a busy one after the
+        // request in hand.
+        let _ = entry.stream.shutdown(Shutdown::Read);
+        entry.evicted = true;
+        self.evicted += 1;
+        if let Some(n) = self.per_ip.get_mut(&top) {
+            *n -= 1;
+        }
+        true
+    }
 }
 
 impl Tracker {
     fn lock(&self) -> MutexGuard<'_, TrackerState> {
         // The state stays consistent even if a holder panicked: every
-        // critical section is a single insert, remove or flag change.
+        // critical section is a few inserts, removes or flag changes.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records a new connection unless the server is closing or `limit`
-    /// connections are open. Checked and recorded under one lock, so a
-    /// connection accepted as shutdown begins is either reached by it or
-    /// refused.
-    fn admit(&self, stream: &TcpStream, limit: usize) -> Admission {
+    fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// Records a new connection from `ip` unless the server is closing or
+    /// `limit` connections are open and no address may yield one (see the
+    /// module docs). Checked and recorded under one lock, so a connection
+    /// accepted as shutdown begins is either reached by it or refused.
+    fn admit(&self, stream: &TcpStream, ip: IpAddr, limit: usize) -> Admission {
         let mut state = self.lock();
         if state.closing {
             return Admission::Closing;
         }
-        if state.streams.len() >= limit {
+        let ip = ip.to_canonical();
+        if state.entries.len() - state.evicted >= limit && !state.evict_for(ip) {
             return Admission::Busy;
         }
         let handle = match stream.try_clone() {
@@ -428,24 +613,78 @@ impl Tracker {
         };
         let id = state.next_id;
         state.next_id += 1;
-        state.streams.insert(id, handle);
+        let idle = Arc::new(AtomicBool::new(false));
+        state.entries.insert(
+            id,
+            Entry {
+                stream: handle,
+                ip,
+                idle: Arc::clone(&idle),
+                evicted: false,
+            },
+        );
+        *state.per_ip.entry(ip).or_insert(0) += 1;
         Admission::Admitted {
             id,
-            open: state.streams.len(),
+            open: state.entries.len(),
+            idle,
         }
     }
 
     fn remove(&self, id: u64) {
-        self.lock().streams.remove(&id);
+        let mut state = self.lock();
+        let Some(entry) = state.entries.remove(&id) else {
+            return;
+        };
+        if entry.evicted {
+            state.evicted -= 1;
+        } else if let Some(n) = state.per_ip.get_mut(&entry.ip) {
+            *n -= 1;
+            if *n == 0 {
+                state.per_ip.remove(&entry.ip);
+            }
+        }
     }
 
     /// Marks the server closing and ends the input of every open connection.
     fn close_all(&self) {
         let mut state = self.lock();
         state.closing = true;
-        for stream in state.streams.values() {
-            let _ = stream.shutdown(Shutdown::Read);
+        for entry in state.entries.values() {
+            let _ = entry.stream.shutdown(Shutdown::Read);
         }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one and returns the
+/// connection limit the descriptors allow, at most `wanted`.
+fn fit_to_descriptors(wanted: usize, readers: u32) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the descriptor limit");
+            limit = getrlimit(Resource::Nofile);
+        }
+    }
+    let Some(fds) = limit.current else {
+        return wanted; // unlimited
+    };
+    // Three files (database, WAL, shared memory) per read connection, FIND's included.
+    let readers = u64::from(readers.max(1));
+    let reserve = FD_RESERVE + 3 * (readers + readers / 4 + 1);
+    let allowed = (fds.saturating_sub(reserve) / FDS_PER_CONNECTION).max(1);
+    let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
+    if allowed < wanted {
+        tracing::warn!(
+            descriptors = fds,
+            max_connections = allowed,
+            "the descriptor limit allows fewer connections than --max-connections"
+        );
+        allowed
+    } else {
+        wanted
     }
 }
 
@@ -454,13 +693,18 @@ impl Tracker {
 pub struct ShutdownHandle {
     tracker: Arc<Tracker>,
     wake_addr: SocketAddr,
+    listener: Arc<TcpListener>,
 }
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
         self.tracker.close_all();
-        // The acceptor is blocked in accept(): one connection wakes it to see the flag.
-        let _ = TcpStream::connect_timeout(&self.wake_addr, Duration::from_secs(1));
+        // The acceptor is blocked in accept(). Shutting the listening socket
+        // down wakes it with an error (Linux), also when its address is gone;
+        // a connection to it is the fallback for systems that do not.
+        if rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Read).is_err() {
+            let _ = TcpStream::connect_timeout(&self.wake_addr, Duration::from_millis(200));
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 use crate::store::writes::{self, Stamp};
 use crate::store::{self, StoreError};
@@ -55,6 +55,9 @@ pub enum Write {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Registered,
+    /// A new registration refused: its host already has this many (the
+    /// `--max-per-host` limit). Refreshing an existing one is never refused.
+    HostFull(u64),
     /// `false` when there was nothing to unregister.
     Unregistered(bool),
     /// How many registrations a heartbeat refreshed.
@@ -68,9 +71,24 @@ pub enum WriteError {
     Store(#[from] StoreError),
     /// The batch this write was part of could not be committed.
     #[error("commit failed: {reason}")]
-    Commit { reason: String },
+    Commit {
+        reason: String,
+        /// The same in a few words, for the client.
+        short: &'static str,
+    },
     #[error("the writer thread has stopped")]
     Stopped,
+}
+
+impl WriteError {
+    /// What a client is told (`ERR internal <reason>`): no paths.
+    pub fn short_reason(&self) -> &'static str {
+        match self {
+            WriteError::Store(e) => e.short_reason(),
+            WriteError::Commit { short, .. } => short,
+            WriteError::Stopped => "the registry's writer has stopped",
+        }
+    }
 }
 
 struct Job {
@@ -158,7 +176,19 @@ pub struct WriterConfig {
     pub ttl: Duration,
     /// How often expired registrations are deleted.
     pub sweep_every: Duration,
+    /// Most registrations one host may hold (`--max-per-host`); 0: no limit.
+    pub max_per_host: u64,
 }
+
+/// Default of [`WriterConfig::max_per_host`]: far above any real peer,
+/// yet a bound on what one address can make the registry store (the
+/// benchmarks load a million from loopback).
+pub const DEFAULT_MAX_PER_HOST: u64 = 1_000_000;
+
+/// Exit status of the process when the writer thread dies (a panic): every
+/// write would fail from then on, so the process ends and a supervisor can
+/// restart it, rather than serve reads alone (70: EX_SOFTWARE).
+pub const EXIT_WRITER_DIED: i32 = 70;
 
 /// Starts the writer thread on `conn` (a connection from
 /// [`store::open_connection`] in [`store::OpenMode::CreateOrMigrate`]).
@@ -170,7 +200,15 @@ pub fn spawn(
     let (jobs, queue) = bounded(QUEUE_CAPACITY);
     let thread = thread::Builder::new()
         .name("writer".into())
-        .spawn(move || run(conn, queue, config))?;
+        .spawn(move || {
+            let path = config.path.clone();
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(conn, queue, config)));
+            if outcome.is_err() {
+                tracing::error!(%path, "the writer thread panicked; exiting");
+                std::process::exit(EXIT_WRITER_DIED);
+            }
+        })?;
     Ok((WriterHandle { jobs }, thread))
 }
 
@@ -221,12 +259,19 @@ fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Jo
     let now = store::now_ms();
     let live_since = store::live_since(now, config.ttl);
     let result = (|| -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
-        let tx = conn.transaction().map_err(sql_err)?;
+        // IMMEDIATE: the write lock is taken at BEGIN, where the busy
+        // timeout applies. A deferred transaction would first read, then
+        // meet another writer (`p2p-admin prune`) at its first write, where
+        // SQLite returns SQLITE_BUSY at once to avoid a deadlock.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for job in batch.iter() {
             *seq += 1;
             let stamp = Stamp { ms: now, seq: *seq };
-            let outcome = apply(&tx, &job.write, stamp, live_since).map_err(sql_err);
+            let outcome =
+                apply(&tx, &job.write, stamp, live_since, config.max_per_host).map_err(sql_err);
             let failed = outcome.is_err();
             outcomes.push(outcome);
             // Some errors (disk full, I/O) make SQLite roll the whole
@@ -248,9 +293,11 @@ fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Jo
         Err(e) => {
             tracing::error!(path = %config.path, error = %e, writes = batch.len(), "commit failed");
             let reason = e.to_string();
+            let short = e.short_reason();
             for job in batch.drain(..) {
                 job.answer(Err(WriteError::Commit {
                     reason: reason.clone(),
+                    short,
                 }));
             }
         }
@@ -262,6 +309,7 @@ fn apply(
     write: &Write,
     stamp: Stamp,
     live_since: i64,
+    max_per_host: u64,
 ) -> rusqlite::Result<Outcome> {
     match write {
         Write::Register {
@@ -272,6 +320,12 @@ fn apply(
             sha256,
         } => {
             let key = p2p_proto::protocol::name_key(name);
+            if max_per_host > 0
+                && writes::host_registrations(conn, host)? >= max_per_host
+                && !writes::is_registered(conn, host, *port, &key)?
+            {
+                return Ok(Outcome::HostFull(max_per_host));
+            }
             writes::register(conn, host, *port, &key, name, *size, sha256, stamp)?;
             Ok(Outcome::Registered)
         }
@@ -287,11 +341,13 @@ fn apply(
 
 fn sweep(conn: &mut Connection, config: &WriterConfig) {
     let live_since = store::live_since(store::now_ms(), config.ttl);
-    let result = conn.transaction().and_then(|tx| {
-        let removed = writes::sweep_expired(&tx, live_since)?;
-        tx.commit()?;
-        Ok(removed)
-    });
+    let result = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .and_then(|tx| {
+            let removed = writes::sweep_expired(&tx, live_since)?;
+            tx.commit()?;
+            Ok(removed)
+        });
     match result {
         Ok(0) => {}
         Ok(removed) => tracing::info!(removed, "expired registrations deleted"),

@@ -39,8 +39,8 @@ struct Args {
     /// Connections served at once; one more is answered `ERR busy` and closed.
     #[arg(long, value_name = "N", default_value_t = dht_server::server::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
-    /// How long a registration lives without a heartbeat (e.g. 30m, 90s, 2h).
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = humantime::parse_duration)]
+    /// How long a registration lives without a heartbeat (e.g. 150s, 10m, 2h).
+    #[arg(long, value_name = "DURATION", default_value = "150s", value_parser = humantime::parse_duration)]
     ttl: Duration,
     /// `full`: fsync every commit (survives power loss). `normal`: faster,
     /// survives a crash of the server but may lose the last commits on power loss.
@@ -65,6 +65,11 @@ struct Args {
     /// (Prometheus text) over HTTP on this address, e.g. 127.0.0.1:9080; off when not given.
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    // --- abuse limits (issue 12) ---
+    /// Most registrations one host (IP address) may hold; over it REGISTER
+    /// gets `ERR busy`. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = dht_server::writer::DEFAULT_MAX_PER_HOST)]
+    max_per_host: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -111,6 +116,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             line_timeout: args.line_timeout,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
         },
+        max_per_host: args.max_per_host,
     };
     let (db, ttl) = (config.db.clone(), config.ttl);
     let server = Server::open(config)?;

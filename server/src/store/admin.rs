@@ -6,8 +6,10 @@
 //! format for people, or decide policy: what counts as live or stale is a
 //! cutoff the caller passes in. Listing is an iterator over a prepared
 //! statement, so a registry of millions of rows is never held in memory.
-//! Each prune is one `BEGIN IMMEDIATE` transaction, so the server's writer
-//! waits for it (up to the busy timeout) instead of interleaving with it.
+//! A prune runs in `BEGIN IMMEDIATE` transactions of at most [`PRUNE_CHUNK`]
+//! registrations each, so it never holds the write lock for long: the
+//! server's writer waits for one chunk (milliseconds, well inside its busy
+//! timeout) and its clients' writes go on between chunks.
 
 use std::fmt;
 use std::io;
@@ -82,9 +84,25 @@ const SELECT_REGISTRATIONS: &str = "SELECT f.name, r.size, r.sha256, p.host, p.p
 /// cache size, so even an unfiltered export runs in bounded memory.
 const ORDER_REGISTRATIONS: &str = " ORDER BY f.name, p.host, p.port";
 
+/// Most registrations one prune transaction deletes. A chunk of 1,000 takes
+/// a few milliseconds, so the server's writes wait at most that long.
+pub const PRUNE_CHUNK: usize = 1000;
+
+/// [`SELECT_REGISTRATIONS`] with the primary key first, for deleting.
+const SELECT_KEYED: &str = "SELECT f.name, r.size, r.sha256, p.host, p.port,
+        r.registered_at, r.last_seen, r.file_id, r.peer_id
+ FROM registrations r
+ JOIN files f ON f.id = r.file_id
+ JOIN peers p ON p.id = r.peer_id";
+
 /// The `SELECT` for `filter` and its parameters, in order.
 fn registrations_sql(filter: &Filter) -> (String, Vec<Value>) {
-    let mut sql = String::from(SELECT_REGISTRATIONS);
+    filtered_sql(SELECT_REGISTRATIONS, filter, true)
+}
+
+/// `select` with the clauses of `filter`, sorted for people when `ordered`.
+fn filtered_sql(select: &str, filter: &Filter, ordered: bool) -> (String, Vec<Value>) {
+    let mut sql = String::from(select);
     let mut values = Vec::new();
     let mut clauses: Vec<&str> = Vec::new();
     if let Some(peer) = &filter.peer {
@@ -108,7 +126,9 @@ fn registrations_sql(filter: &Filter) -> (String, Vec<Value>) {
         sql.push_str(" WHERE ");
         sql.push_str(&clauses.join(" AND "));
     }
-    sql.push_str(ORDER_REGISTRATIONS);
+    if ordered {
+        sql.push_str(ORDER_REGISTRATIONS);
+    }
     if let Some(limit) = filter.limit {
         sql.push_str(" LIMIT ?");
         values.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
@@ -166,8 +186,9 @@ impl<'conn> RegistrationQuery<'conn> {
 }
 
 /// Removes every registration of `peer` (then the files and peers left
-/// without any) in one transaction, and returns what it removed. With
-/// `dry_run` it only reads what would go and writes nothing.
+/// without any) in transactions of at most [`PRUNE_CHUNK`], and returns
+/// what it removed, sorted by name then peer. With `dry_run` it only reads
+/// what would go and writes nothing.
 pub fn prune_peer(
     conn: &mut Connection,
     peer: &PeerAddr,
@@ -177,18 +198,13 @@ pub fn prune_peer(
         peer: Some(peer.clone()),
         ..Filter::default()
     };
-    prune(conn, &filter, dry_run, |tx| {
-        tx.prepare_cached(
-            "DELETE FROM registrations WHERE peer_id IN
-             (SELECT id FROM peers WHERE host = ?1 AND port = ?2)",
-        )?
-        .execute(params![peer.host, peer.port])
-    })
+    prune(conn, &filter, dry_run)
 }
 
 /// Removes every registration last seen before `seen_before_ms` (unix ms),
-/// then the files and peers left without any, in one transaction, and
-/// returns what it removed. With `dry_run` it writes nothing.
+/// then the files and peers left without any, in transactions of at most
+/// [`PRUNE_CHUNK`], and returns what it removed. With `dry_run` it writes
+/// nothing.
 pub fn prune_stale(
     conn: &mut Connection,
     seen_before_ms: i64,
@@ -198,45 +214,65 @@ pub fn prune_stale(
         seen_before_ms: Some(seen_before_ms),
         ..Filter::default()
     };
-    prune(conn, &filter, dry_run, |tx| {
-        tx.prepare_cached("DELETE FROM registrations WHERE last_seen < ?1")?
-            .execute(params![seen_before_ms])
-    })
+    prune(conn, &filter, dry_run)
 }
 
-/// Selects what `filter` matches and, unless `dry_run`, deletes it with
-/// `delete` in the same transaction, so the list returned is exactly what
-/// went. A dry run uses a read transaction: it takes no write lock.
+/// Selects up to [`PRUNE_CHUNK`] rows that `filter` matches and deletes
+/// exactly those, with their orphans, in one `BEGIN IMMEDIATE` transaction
+/// (nobody writes between the select and the delete), until none is left.
+/// A row the server refreshes between two chunks no longer matches and
+/// stays. A dry run reads everything in one read transaction, takes no
+/// write lock.
 fn prune(
     conn: &mut Connection,
     filter: &Filter,
     dry_run: bool,
-    delete: impl FnOnce(&Connection) -> rusqlite::Result<usize>,
 ) -> rusqlite::Result<Vec<Registration>> {
-    let behavior = if dry_run {
-        TransactionBehavior::Deferred
-    } else {
-        TransactionBehavior::Immediate
-    };
-    let tx = conn.transaction_with_behavior(behavior)?;
-    let doomed = {
-        let mut query = RegistrationQuery::prepare(&tx, filter)?;
-        let rows = query.rows()?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
     if dry_run {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let doomed = {
+            let mut query = RegistrationQuery::prepare(&tx, filter)?;
+            let rows = query.rows()?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
         tx.rollback()?;
         return Ok(doomed);
     }
-    let deleted = delete(&tx)?;
-    // Nobody else can write between the select and the delete: BEGIN
-    // IMMEDIATE holds the write lock for the whole transaction.
-    debug_assert_eq!(deleted, doomed.len());
-    if deleted > 0 {
-        writes::delete_orphans(&tx)?;
+    let chunk_filter = Filter {
+        limit: Some(PRUNE_CHUNK as u64),
+        ..filter.clone()
+    };
+    let (sql, values) = filtered_sql(SELECT_KEYED, &chunk_filter, false);
+    let mut removed = Vec::new();
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let chunk = {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params_from_iter(values.iter()), |row| {
+                Ok((
+                    registration_from_row(row)?,
+                    row.get::<_, i64>(7)?,
+                    row.get::<_, i64>(8)?,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        for (_, file_id, peer_id) in &chunk {
+            tx.prepare_cached("DELETE FROM registrations WHERE file_id = ?1 AND peer_id = ?2")?
+                .execute(params![file_id, peer_id])?;
+        }
+        for (_, file_id, peer_id) in &chunk {
+            writes::delete_if_orphan(&tx, *file_id, *peer_id)?;
+        }
+        tx.commit()?;
+        let done = chunk.len() < PRUNE_CHUNK;
+        removed.extend(chunk.into_iter().map(|(r, _, _)| r));
+        if done {
+            break;
+        }
     }
-    tx.commit()?;
-    Ok(doomed)
+    removed.sort_by(|a, b| (&a.name, &a.host, a.port).cmp(&(&b.name, &b.host, b.port)));
+    Ok(removed)
 }
 
 /// A name among those with the most sources.

@@ -24,9 +24,32 @@ use p2p_proto::protocol::{FindHit, Source, MAX_FIND_RESULTS};
 /// beside the server) before it reports the database busy.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default time a registration lives without a heartbeat (`--ttl` of both
+/// `dht-server` and `p2p-admin`). With the peer's 45 s heartbeat a live
+/// peer survives two lost heartbeats, and a killed one is gone from SEARCH
+/// within 150 s plus one sweep, under 3 minutes. Kept here, not in the
+/// network layer, so `p2p-admin` shares it without depending on the server.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(150);
+
+/// Most sources one SEARCH reply lists: the most recently seen ones. It
+/// bounds the reply (about 100 bytes a source) however many ports one name
+/// is registered on; `FOUND n` gives the number sent.
+pub const MAX_SEARCH_SOURCES: usize = 200;
+
 /// Read connections in the pool. Reads in WAL mode never block each other,
 /// so a few per core is plenty; workers beyond that wait their turn briefly.
 pub const DEFAULT_READERS: u32 = 8;
+
+/// A FIND word shorter than this (in characters) matches whole words only,
+/// not as a prefix: a one- or two-letter prefix matches a large share of all
+/// names, and each match costs the query a row.
+pub const MIN_PREFIX_CHARS: usize = 3;
+
+/// Most names one FIND examines (full-text matches before liveness and
+/// grouping): bounds the cost of one FIND to milliseconds however many names
+/// match. When more match, the hits come from the first this many (in
+/// index order), so a broad FIND is a sample and a narrower one is exact.
+pub const MAX_FIND_EXAMINED: usize = 10_000;
 
 /// How durable a commit is (SQLite's `synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,6 +114,8 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("database {path} is read-only (check the permissions of the file and of its folder)")]
+    ReadOnly { path: String },
     #[error("cannot create the read pool for {path}: {source}")]
     Pool { path: String, source: r2d2::Error },
     #[error("no read connection free for {path}: {source}")]
@@ -100,6 +125,34 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+}
+
+impl StoreError {
+    /// What went wrong in a few words, without paths or SQLite's text: what
+    /// a client is told (`ERR internal <reason>`); the log gets the rest.
+    pub fn short_reason(&self) -> &'static str {
+        match self {
+            StoreError::PoolTimeout { .. } => OVERLOADED,
+            StoreError::Sql { source, .. } => sqlite_reason(source),
+            _ => "database error",
+        }
+    }
+}
+
+/// The short reason when no read connection came free in time.
+pub const OVERLOADED: &str = "registry overloaded; try again";
+
+/// The short reason for a SQLite error (see [`StoreError::short_reason`]).
+pub fn sqlite_reason(e: &rusqlite::Error) -> &'static str {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+            "database busy; try again"
+        }
+        Some(rusqlite::ErrorCode::DiskFull) => "database disk full",
+        Some(rusqlite::ErrorCode::ReadOnly) => "database is read-only",
+        Some(rusqlite::ErrorCode::SystemIoFailure) => "database I/O error",
+        _ => "database error",
+    }
 }
 
 /// Opens one connection on `path` and checks it before anything is written:
@@ -134,7 +187,28 @@ pub fn open_connection(
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
 
     // The first read of the header: fails here for a file that is not SQLite.
-    let found = migrate::version_of(&conn).map_err(|source| classify_open_error(path, source))?;
+    let found = match migrate::version_of(&conn) {
+        Ok(found) => found,
+        Err(e)
+            if mode == OpenMode::ExistingReadOnly
+                && e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) =>
+        {
+            // A WAL database in a folder we cannot write: the shared-memory
+            // file cannot be made. Nothing can be writing it then (a writer
+            // needs that file too), so read the file as immutable.
+            tracing::debug!(path, error = %e, "opening the database as immutable");
+            conn = Connection::open_with_flags(immutable_uri(path), flags).map_err(open_err)?;
+            migrate::version_of(&conn).map_err(|source| classify_open_error(path, source))?
+        }
+        Err(e) => return Err(classify_open_error(path, e)),
+    };
+    if mode == OpenMode::CreateOrMigrate && conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+        // SQLite opens a file it may not write read-only without a word;
+        // every write would then fail. Refuse now, as for any unusable file.
+        return Err(StoreError::ReadOnly {
+            path: path.to_owned(),
+        });
+    }
     if found > SCHEMA_VERSION {
         return Err(StoreError::NewerSchema {
             path: path.to_owned(),
@@ -176,6 +250,20 @@ pub fn open_connection(
     Ok(conn)
 }
 
+/// `file:` URI that opens `path` read-only and immutable (no locks, no
+/// `-shm`). Characters special in a URI are percent-encoded.
+fn immutable_uri(path: &str) -> String {
+    let mut uri = String::from("file:");
+    for c in path.chars() {
+        match c {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?mode=ro&immutable=1");
+    uri
+}
+
 fn classify_open_error(path: &str, source: rusqlite::Error) -> StoreError {
     match source.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
@@ -205,38 +293,24 @@ pub fn live_since(now: i64, ttl: Duration) -> i64 {
 }
 
 /// Read access to the registry through a pool of read-only connections.
+///
+/// FIND has a pool of its own (a quarter of the readers, at least one): a
+/// flood of FIND waits for its own connections, never for SEARCH's.
 #[derive(Clone)]
 pub struct Store {
     path: String,
     pool: r2d2::Pool<SqliteConnectionManager>,
+    find_pool: r2d2::Pool<SqliteConnectionManager>,
 }
 
 impl Store {
     /// A pool of `readers` read-only connections on a database that
     /// [`open_connection`] has already checked (and, for the server, created).
     pub fn open_readers(path: &str, readers: u32) -> Result<Store, StoreError> {
-        let manager = SqliteConnectionManager::file(path)
-            .with_flags(
-                OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_URI,
-            )
-            .with_init(|conn| conn.busy_timeout(BUSY_TIMEOUT));
-        let pool = r2d2::Pool::builder()
-            .max_size(readers.max(1))
-            .min_idle(Some(1))
-            .connection_timeout(BUSY_TIMEOUT)
-            // A pooled connection is a local file handle: checking it on each
-            // checkout would cost a query per request for nothing.
-            .test_on_check_out(false)
-            .build(manager)
-            .map_err(|source| StoreError::Pool {
-                path: path.to_owned(),
-                source,
-            })?;
         Ok(Store {
             path: path.to_owned(),
-            pool,
+            pool: read_pool(path, readers.max(1))?,
+            find_pool: read_pool(path, (readers / 4).max(1))?,
         })
     }
 
@@ -251,6 +325,15 @@ impl Store {
         })
     }
 
+    fn find_conn(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>, StoreError> {
+        self.find_pool
+            .get()
+            .map_err(|source| StoreError::PoolTimeout {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     fn sql_err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sql {
             path: self.path.clone(),
@@ -259,7 +342,7 @@ impl Store {
     }
 
     /// Live sources of the file whose name hashes to `name_key`, most
-    /// recently seen first.
+    /// recently seen first, at most [`MAX_SEARCH_SOURCES`].
     pub fn search(&self, name_key: &str, live_since: i64) -> Result<Vec<Source>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn
@@ -269,44 +352,51 @@ impl Store {
                  JOIN registrations r ON r.file_id = f.id
                  JOIN peers p ON p.id = r.peer_id
                  WHERE f.name_key = ?1 AND r.last_seen >= ?2
-                 ORDER BY r.seen_seq DESC",
+                 ORDER BY r.seen_seq DESC
+                 LIMIT ?3",
             )
             .map_err(|e| self.sql_err(e))?;
         let rows = stmt
-            .query_map(params![name_key, live_since], |row| {
-                Ok(Source {
-                    host: row.get(0)?,
-                    port: row.get(1)?,
-                    size: row.get::<_, i64>(2)? as u64,
-                    sha256: row.get(3)?,
-                })
-            })
+            .query_map(
+                params![name_key, live_since, MAX_SEARCH_SOURCES as i64],
+                |row| {
+                    Ok(Source {
+                        host: row.get(0)?,
+                        port: row.get(1)?,
+                        size: row.get::<_, i64>(2)? as u64,
+                        sha256: row.get(3)?,
+                    })
+                },
+            )
             .map_err(|e| self.sql_err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
     }
 
     /// Names of live files in which every word is a prefix of some word of
-    /// the name (case-insensitive), one hit per distinct content, most
-    /// shared first, at most [`MAX_FIND_RESULTS`].
+    /// the name (case-insensitive; a word shorter than [`MIN_PREFIX_CHARS`]
+    /// must be a whole word), one hit per distinct content, most shared
+    /// first, at most [`MAX_FIND_RESULTS`], from at most [`MAX_FIND_EXAMINED`]
+    /// matching names.
     pub fn find(&self, words: &[&str], live_since: i64) -> Result<Vec<FindHit>, StoreError> {
         let Some(query) = fts_prefix_query(words) else {
             return Ok(Vec::new());
         };
-        let conn = self.conn()?;
+        let conn = self.find_conn()?;
         let mut stmt = conn
             .prepare_cached(
                 "SELECT count(*), r.size, r.sha256, f.name
-                 FROM files_fts
-                 JOIN files f ON f.id = files_fts.rowid
+                 FROM (SELECT rowid AS id FROM files_fts WHERE files_fts MATCH ?1 LIMIT ?4) m
+                 JOIN files f ON f.id = m.id
                  JOIN registrations r ON r.file_id = f.id
-                 WHERE files_fts MATCH ?1 AND r.last_seen >= ?2
+                 WHERE r.last_seen >= ?2
                  GROUP BY f.id, r.size, r.sha256
                  ORDER BY count(*) DESC, f.name, r.sha256
                  LIMIT ?3",
             )
             .map_err(|e| self.sql_err(e))?;
+        let limits = (MAX_FIND_RESULTS as i64, MAX_FIND_EXAMINED as i64);
         let rows = stmt
-            .query_map(params![query, live_since, MAX_FIND_RESULTS as i64], |row| {
+            .query_map(params![query, live_since, limits.0, limits.1], |row| {
                 Ok(FindHit {
                     sources: row.get::<_, i64>(0)? as u64,
                     size: row.get::<_, i64>(1)? as u64,
@@ -317,6 +407,29 @@ impl Store {
             .map_err(|e| self.sql_err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
     }
+}
+
+/// A pool of `size` read-only connections on `path`.
+fn read_pool(path: &str, size: u32) -> Result<r2d2::Pool<SqliteConnectionManager>, StoreError> {
+    let manager = SqliteConnectionManager::file(path)
+        .with_flags(
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .with_init(|conn| conn.busy_timeout(BUSY_TIMEOUT));
+    r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(1))
+        .connection_timeout(BUSY_TIMEOUT)
+        // A pooled connection is a local file handle: checking it on each
+        // checkout would cost a query per request for nothing.
+        .test_on_check_out(false)
+        .build(manager)
+        .map_err(|source| StoreError::Pool {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Builds an FTS5 query in which each word is a quoted prefix term, so that
@@ -333,7 +446,10 @@ fn fts_prefix_query(words: &[&str]) -> Option<String> {
         }
         query.push('"');
         query.push_str(&word.replace('"', "\"\""));
-        query.push_str("\"*");
+        query.push('"');
+        if word.chars().count() >= MIN_PREFIX_CHARS {
+            query.push('*');
+        }
     }
     (!query.is_empty()).then_some(query)
 }
@@ -484,8 +600,12 @@ mod tests {
     #[test]
     fn fts_query_quotes_every_word() {
         assert_eq!(
-            fts_prefix_query(&["a", "b\"c"]).as_deref(),
-            Some("\"a\"* AND \"b\"\"c\"*")
+            fts_prefix_query(&["abc", "b\"cd"]).as_deref(),
+            Some("\"abc\"* AND \"b\"\"cd\"*")
+        );
+        assert_eq!(
+            fts_prefix_query(&["a", "bc"]).as_deref(),
+            Some("\"a\" AND \"bc\"")
         );
         assert_eq!(fts_prefix_query(&["-"]), None);
         assert_eq!(fts_prefix_query(&[]), None);

@@ -95,6 +95,32 @@ fn peer_id(conn: &Connection, host: &str, port: u16) -> rusqlite::Result<Option<
         .optional()
 }
 
+/// How many registrations `host` holds (all ports, live or not yet swept).
+pub fn host_registrations(conn: &Connection, host: &str) -> rusqlite::Result<u64> {
+    let n: Option<i64> = conn
+        .prepare_cached("SELECT registrations FROM host_counts WHERE host = ?1")?
+        .query_row(params![host], |row| row.get(0))
+        .optional()?;
+    Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+}
+
+/// Whether `host:port` already has a registration of the name keyed `name_key`.
+pub fn is_registered(
+    conn: &Connection,
+    host: &str,
+    port: u16,
+    name_key: &str,
+) -> rusqlite::Result<bool> {
+    let (Some(peer_id), Some(file_id)) = (peer_id(conn, host, port)?, file_id(conn, name_key)?)
+    else {
+        return Ok(false);
+    };
+    conn.prepare_cached("SELECT 1 FROM registrations WHERE file_id = ?1 AND peer_id = ?2")?
+        .query_row(params![file_id, peer_id], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
+}
+
 /// `UNREGISTER`: removes one registration; `false` when there was none.
 /// A file or peer left with no registration is removed with it.
 pub fn unregister(
@@ -115,6 +141,13 @@ pub fn unregister(
     if removed == 0 {
         return Ok(false);
     }
+    delete_if_orphan(conn, file_id, peer_id)?;
+    Ok(true)
+}
+
+/// Removes file `file_id` and peer `peer_id` if no registration refers to
+/// them any more (index lookups, unlike [`delete_orphans`]).
+pub fn delete_if_orphan(conn: &Connection, file_id: i64, peer_id: i64) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "DELETE FROM files WHERE id = ?1
          AND NOT EXISTS (SELECT 1 FROM registrations WHERE file_id = ?1)",
@@ -125,7 +158,7 @@ pub fn unregister(
          AND NOT EXISTS (SELECT 1 FROM registrations WHERE peer_id = ?1)",
     )?
     .execute(params![peer_id])?;
-    Ok(true)
+    Ok(())
 }
 
 /// `HEARTBEAT`: marks every live registration of `host:port` as seen now.
