@@ -118,6 +118,9 @@ impl Registry {
             }
             Request::Find { words } => match self.store.find(&words, self.live_since()) {
                 Ok(hits) => Reply::Results(hits),
+                Err(e @ store::StoreError::TooManyWords) => {
+                    Reply::Err(ErrorCode::BadRequest, e.to_string())
+                }
                 Err(e) => internal(&e, e.short_reason(), host),
             },
             Request::Ping => Reply::Pong,

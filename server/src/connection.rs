@@ -156,6 +156,12 @@ impl Connection {
                 return Err(FrameError::TooLong);
             }
             // Nothing complete is waiting: the client is waiting for us.
+            // Marked idle before the reply goes out, so that a client that
+            // has its reply sees a connection already counted as idle.
+            let waiting = self.start == self.end;
+            if waiting {
+                self.idle.store(true, Ordering::Relaxed);
+            }
             self.flush()?;
             self.compact();
             let timeout = if self.start == self.end {
@@ -169,10 +175,6 @@ impl Connection {
                 left
             };
             self.set_read_timeout(timeout)?;
-            let waiting = self.start == self.end;
-            if waiting {
-                self.idle.store(true, Ordering::Relaxed);
-            }
             let read = self.stream.read(&mut self.buf[self.end..]);
             if waiting {
                 self.idle.store(false, Ordering::Relaxed);

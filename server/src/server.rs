@@ -71,9 +71,10 @@ const WORKER_STACK: usize = 256 * 1024;
 
 /// Descriptors kept back from connections: stdio, the listener and its
 /// shutdown handle, the writer's database, WAL and shared-memory files, a
-/// socket being refused, logs, and what other parts of the process open.
+/// socket being refused, the signal handler's pipe, and a few for what
+/// other parts of the process open.
 /// The read pools' files come on top (three per connection).
-pub const FD_RESERVE: u64 = 32;
+pub const FD_RESERVE: u64 = 16;
 
 /// Descriptors one connection holds: its socket and the tracker's handle.
 const FDS_PER_CONNECTION: u64 = 2;
@@ -673,7 +674,7 @@ fn fit_to_descriptors(wanted: usize, readers: u32) -> usize {
     };
     // Three files (database, WAL, shared memory) per read connection, FIND's included.
     let readers = u64::from(readers.max(1));
-    let reserve = FD_RESERVE + 3 * (readers + readers / 4 + 1);
+    let reserve = FD_RESERVE + 3 * (readers + (readers / 4).max(1));
     let allowed = (fds.saturating_sub(reserve) / FDS_PER_CONNECTION).max(1);
     let allowed = usize::try_from(allowed).unwrap_or(usize::MAX);
     if allowed < wanted {

@@ -267,6 +267,19 @@ impl Registry {
         }
     }
 
+    /// A fresh registry listening on `listen` (e.g. `0.0.0.0:0`).
+    pub fn start_on(listen: &str, extra: &[&str]) -> Registry {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("registry.db");
+        let (addr, process) = start_registry_at(&db, listen, extra);
+        Registry {
+            addr,
+            db,
+            process: Some(process),
+            dir,
+        }
+    }
+
     /// `host:port` as a string, for `--server` and `Client::connect`.
     pub fn addr_string(&self) -> String {
         self.addr.to_string()
@@ -306,8 +319,12 @@ impl Registry {
 }
 
 fn start_registry(db: &Path, extra: &[&str]) -> (SocketAddr, Running) {
+    start_registry_at(db, "127.0.0.1:0", extra)
+}
+
+fn start_registry_at(db: &Path, listen: &str, extra: &[&str]) -> (SocketAddr, Running) {
     let db = db.to_str().expect("temp paths are UTF-8");
-    let mut args = vec!["--db", db, "--listen", "127.0.0.1:0", "--no-mdns"];
+    let mut args = vec!["--db", db, "--listen", listen, "--no-mdns"];
     args.extend_from_slice(extra);
     Running::start(&bin("dht-server"), &args, "listening on ", &[])
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use clap::{Parser, ValueEnum};
-use dht_server::connection::{Limits, DEFAULT_WRITE_TIMEOUT};
+use dht_server::connection::Limits;
 use dht_server::server::{Config, Server};
 use dht_server::store::{SyncMode, DEFAULT_READERS};
 
@@ -70,6 +70,10 @@ struct Args {
     /// gets `ERR busy`. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = dht_server::writer::DEFAULT_MAX_PER_HOST)]
     max_per_host: u64,
+    // Default: connection::DEFAULT_WRITE_TIMEOUT. Hidden: for tests.
+    /// A reply must be taken by the client within this long, in all.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
+    write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -114,7 +118,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         limits: Limits {
             idle_timeout: args.idle_timeout,
             line_timeout: args.line_timeout,
-            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            write_timeout: args.write_timeout,
         },
         max_per_host: args.max_per_host,
     };
@@ -158,7 +162,9 @@ fn run(args: Args) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
-    use dht_server::connection::{DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT};
+    use dht_server::connection::{
+        DEFAULT_IDLE_TIMEOUT, DEFAULT_LINE_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
+    };
 
     #[test]
     fn defaults_match_the_library_constants() {
@@ -166,6 +172,8 @@ mod tests {
         let args = Args::try_parse_from(["dht-server"]).expect("no options is valid");
         assert_eq!(args.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         assert_eq!(args.line_timeout, DEFAULT_LINE_TIMEOUT);
+        assert_eq!(args.write_timeout, DEFAULT_WRITE_TIMEOUT);
+        assert_eq!(args.max_per_host, dht_server::writer::DEFAULT_MAX_PER_HOST);
         assert_eq!(args.ttl, dht_server::server::DEFAULT_TTL);
         assert_eq!(args.db, "registry.db");
         assert_eq!(args.listen, "0.0.0.0:9000");

@@ -40,10 +40,9 @@ pub const MAX_SEARCH_SOURCES: usize = 200;
 /// so a few per core is plenty; workers beyond that wait their turn briefly.
 pub const DEFAULT_READERS: u32 = 8;
 
-/// A FIND word shorter than this (in characters) matches whole words only,
-/// not as a prefix: a one- or two-letter prefix matches a large share of all
-/// names, and each match costs the query a row.
-pub const MIN_PREFIX_CHARS: usize = 3;
+/// Most distinct words in one FIND (repeats count once): each word is one
+/// more full-text term to evaluate, and a 4096-byte line could carry 2,000.
+pub const MAX_FIND_WORDS: usize = 32;
 
 /// Most names one FIND examines (full-text matches before liveness and
 /// grouping): bounds the cost of one FIND to milliseconds however many names
@@ -114,6 +113,8 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("FIND takes at most {MAX_FIND_WORDS} distinct words")]
+    TooManyWords,
     #[error("database {path} is read-only (check the permissions of the file and of its folder)")]
     ReadOnly { path: String },
     #[error("cannot create the read pool for {path}: {source}")]
@@ -373,12 +374,19 @@ impl Store {
     }
 
     /// Names of live files in which every word is a prefix of some word of
-    /// the name (case-insensitive; a word shorter than [`MIN_PREFIX_CHARS`]
-    /// must be a whole word), one hit per distinct content, most shared
-    /// first, at most [`MAX_FIND_RESULTS`], from at most [`MAX_FIND_EXAMINED`]
-    /// matching names.
+    /// the name (case-insensitive), one hit per distinct content, most
+    /// shared first, at most [`MAX_FIND_RESULTS`], from at most
+    /// [`MAX_FIND_EXAMINED`] matching names. Repeated words count once;
+    /// more than [`MAX_FIND_WORDS`] distinct ones is [`StoreError::TooManyWords`].
     pub fn find(&self, words: &[&str], live_since: i64) -> Result<Vec<FindHit>, StoreError> {
-        let Some(query) = fts_prefix_query(words) else {
+        let mut distinct: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
+        distinct.sort();
+        distinct.dedup();
+        if distinct.len() > MAX_FIND_WORDS {
+            return Err(StoreError::TooManyWords);
+        }
+        let distinct: Vec<&str> = distinct.iter().map(String::as_str).collect();
+        let Some(query) = fts_prefix_query(&distinct) else {
             return Ok(Vec::new());
         };
         let conn = self.find_conn()?;
@@ -446,10 +454,7 @@ fn fts_prefix_query(words: &[&str]) -> Option<String> {
         }
         query.push('"');
         query.push_str(&word.replace('"', "\"\""));
-        query.push('"');
-        if word.chars().count() >= MIN_PREFIX_CHARS {
-            query.push('*');
-        }
+        query.push_str("\"*");
     }
     (!query.is_empty()).then_some(query)
 }
@@ -600,12 +605,8 @@ mod tests {
     #[test]
     fn fts_query_quotes_every_word() {
         assert_eq!(
-            fts_prefix_query(&["abc", "b\"cd"]).as_deref(),
-            Some("\"abc\"* AND \"b\"\"cd\"*")
-        );
-        assert_eq!(
-            fts_prefix_query(&["a", "bc"]).as_deref(),
-            Some("\"a\" AND \"bc\"")
+            fts_prefix_query(&["a", "b\"c"]).as_deref(),
+            Some("\"a\"* AND \"b\"\"c\"*")
         );
         assert_eq!(fts_prefix_query(&["-"]), None);
         assert_eq!(fts_prefix_query(&[]), None);
