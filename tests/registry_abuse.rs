@@ -322,7 +322,7 @@ fn writes_during_a_big_prune_are_acknowledged() {
                 let mut wire = Wire::connect(addr);
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let reply = if i % 2 == 0 {
+                    let reply = if i.is_multiple_of(2) {
                         wire.ask(&format!("REGISTER {} 5 {HASH} live {t} {i}", 7000 + t))
                     } else {
                         wire.ask(&format!("HEARTBEAT {}", 7000 + t))
