@@ -472,3 +472,98 @@ fn a_missing_database_is_created_with_its_schema() {
         "the schema version is recorded, got {version}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Repeated SIGKILL
+// ---------------------------------------------------------------------------
+
+#[test]
+fn twenty_sigkills_under_load_lose_no_acknowledged_write() {
+    const CYCLES: usize = 20;
+    const CONNECTIONS: u16 = 4;
+    /// Acknowledged writes to see in each cycle before the kill.
+    const OKS_PER_CYCLE: usize = 40;
+
+    let mut registry = Registry::start();
+    let sha = hash_of("cycle content");
+    // (port, name) → registered (true) or unregistered (false), acknowledged;
+    // names whose request was in flight at the kill may go either way.
+    let state: Arc<Mutex<std::collections::HashMap<(u16, String), bool>>> = Arc::default();
+    let in_doubt: Arc<Mutex<std::collections::HashSet<(u16, String)>>> = Arc::default();
+    let mut acknowledged = 0;
+    let mut checks = 0;
+    for cycle in 0..CYCLES {
+        let oks = Arc::new(AtomicUsize::new(0));
+        let addr = registry.addr_string();
+        let workers: Vec<_> = (0..CONNECTIONS)
+            .map(|t| {
+                let (addr, sha) = (addr.clone(), sha.clone());
+                let (state, in_doubt, oks) = (state.clone(), in_doubt.clone(), oks.clone());
+                thread::spawn(move || {
+                    let port = 8200 + t;
+                    let Ok(mut c) = Client::connect_timeout(&addr, READ_TIMEOUT) else {
+                        return;
+                    };
+                    for i in 0..1_000_000u64 {
+                        // Every third request undoes the one before it.
+                        let undo = i % 3 == 2;
+                        let n = if undo { i - 1 } else { i };
+                        let key = (port, format!("k{cycle} {t} {n}"));
+                        let result = if undo {
+                            c.unregister(port, &key.1).map(|_| false)
+                        } else {
+                            c.register(port, i, &sha, &key.1).map(|()| true)
+                        };
+                        match result {
+                            Ok(registered) => {
+                                state.lock().unwrap().insert(key, registered);
+                                oks.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(_) => {
+                                in_doubt.lock().unwrap().insert(key);
+                                return;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        wait_until(
+            &format!("{OKS_PER_CYCLE} acknowledged writes in cycle {cycle}"),
+            Duration::from_secs(30),
+            || oks.load(Ordering::SeqCst) >= OKS_PER_CYCLE,
+        );
+        registry.crash(); // SIGKILL
+        for w in workers {
+            w.join().expect("writing thread");
+        }
+        acknowledged += oks.load(Ordering::SeqCst);
+        registry.restart(&[]);
+
+        // Every acknowledged write of every cycle so far, as last acknowledged.
+        let mut c = client(&registry);
+        let state = state.lock().unwrap();
+        let in_doubt = in_doubt.lock().unwrap();
+        for ((port, name), &registered) in state.iter() {
+            if in_doubt.contains(&(*port, name.clone())) {
+                continue;
+            }
+            let found = c
+                .search(name)
+                .unwrap_or_else(|e| panic!("SEARCH {name:?}: {e}"))
+                .iter()
+                .any(|s| s.port == *port);
+            assert_eq!(found, registered, "{name:?} after SIGKILL {}", cycle + 1);
+            checks += 1;
+        }
+        let conn = rusqlite::Connection::open(&registry.db).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "integrity after SIGKILL {}", cycle + 1);
+    }
+    println!(
+        "SIGKILL cycles: {CYCLES} kills, {acknowledged} acknowledged writes, {checks} checks, \
+         integrity_check ok after each"
+    );
+}
