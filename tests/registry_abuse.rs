@@ -523,3 +523,60 @@ fn find_takes_at_most_32_distinct_words_and_repeats_count_once() {
     assert_eq!(wire.call(&format!("FIND {repeats}beta")).len(), 2);
     wire.ping();
 }
+
+#[test]
+fn sigterm_works_after_the_listen_address_went_away() {
+    // A network namespace of the test's own, with an address that is then
+    // removed (an interface going away).
+    let probe = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        println!("skipped: no network namespace here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let script = "ip link set lo up && ip addr add 10.77.0.1/32 dev lo && exec \"$0\" \"$@\"";
+    let server_bin = bin("dht-server");
+    let (addr, server) = Running::start(
+        std::path::Path::new("unshare"),
+        &[
+            "-n",
+            "--",
+            "sh",
+            "-c",
+            script,
+            server_bin.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "10.77.0.1:0",
+        ],
+        "listening on ",
+        &[],
+    );
+    assert_eq!(addr.ip().to_string(), "10.77.0.1");
+    // The server is the exec'd shell: its pid is the unshare child's.
+    let pid = server.pid().to_string();
+    let removed = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid,
+            "-n",
+            "ip",
+            "addr",
+            "del",
+            "10.77.0.1/32",
+            "dev",
+            "lo",
+        ])
+        .status()
+        .expect("nsenter runs");
+    assert!(removed.success(), "address removed");
+    server.signal("TERM");
+    let (status, stderr) = server.wait_exit(WAIT_TIMEOUT);
+    assert!(status.success(), "exit {status}: {stderr}");
+    assert!(stderr.contains("shut down cleanly"), "{stderr}");
+    println!("SIGTERM after the listen address was removed: clean exit");
+}

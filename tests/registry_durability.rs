@@ -567,3 +567,111 @@ fn twenty_sigkills_under_load_lose_no_acknowledged_write() {
          integrity_check ok after each"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Read-only databases (a read-only bind mount in a mount namespace of the
+// test's own, so that it holds for root too)
+// ---------------------------------------------------------------------------
+
+/// Runs `program args` with `dir` (a folder or a file) mounted read-only
+/// (for that process only);
+/// `None` when this system cannot make mount namespaces (the test then
+/// says so and checks nothing).
+fn run_with_read_only_dir(
+    dir: &Path,
+    program: &Path,
+    args: &[&str],
+) -> Option<std::process::Output> {
+    let probe = Command::new("unshare")
+        .args([
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" \"$0\" && mount -o remount,bind,ro \"$0\"",
+        ])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !probe.status.success() {
+        println!(
+            "skipped: no mount namespace here ({})",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        );
+        return None;
+    }
+    let script =
+        "mount --bind \"$0\" \"$0\" && mount -o remount,bind,ro \"$0\" && shift && exec \"$@\"";
+    let dir = dir.to_str().expect("temp paths are UTF-8");
+    let program = program.to_str().expect("the target path is UTF-8");
+    let mut all = vec!["-m", "--", "sh", "-c", script, dir, "--", program];
+    all.extend_from_slice(args);
+    // A deadline: a server that wrongly starts would otherwise never return.
+    Some(p2p_tests::run(Path::new("unshare"), &all, EXIT_TIMEOUT))
+}
+
+#[test]
+fn a_read_only_database_stops_start_up() {
+    let mut registry = Registry::start();
+    let mut c = client(&registry);
+    c.register(8500, 1, &hash_of("x"), "kept")
+        .expect("REGISTER");
+    drop(c);
+    registry.stop();
+    let before = std::fs::read(&registry.db).unwrap();
+    let db = registry.db.to_str().unwrap().to_owned();
+    // The file read-only, its folder writable.
+    let Some(out) = run_with_read_only_dir(
+        &registry.db,
+        &bin("dht-server"),
+        &["--db", &db, "--listen", "127.0.0.1:0"],
+    ) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started on a read-only database: {stderr}"
+    );
+    assert!(stderr.contains("read-only"), "{stderr}");
+    assert!(stderr.contains(&db), "names the file: {stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening on"),
+        "never listened"
+    );
+    assert_eq!(std::fs::read(&registry.db).unwrap(), before);
+    println!(
+        "read-only database: refused at start with: {}",
+        stderr.trim()
+    );
+}
+
+#[test]
+fn p2p_admin_reads_a_database_in_a_read_only_folder() {
+    let mut registry = Registry::start();
+    let mut c = client(&registry);
+    c.register(8501, 1, &hash_of("x"), "visible")
+        .expect("REGISTER");
+    drop(c);
+    registry.stop();
+    let db = registry.db.to_str().unwrap().to_owned();
+    for command in [&["list"][..], &["stats"], &["export", "--format", "csv"]] {
+        let mut args = vec!["--db", db.as_str()];
+        args.extend_from_slice(command);
+        let Some(out) = run_with_read_only_dir(registry.dir.path(), &bin("p2p-admin"), &args)
+        else {
+            return;
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "p2p-admin {command:?} on a read-only folder: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if command[0] != "stats" {
+            assert!(stdout.contains("visible"), "{stdout}");
+        }
+    }
+    println!("p2p-admin list, stats, export work on a read-only folder");
+}
