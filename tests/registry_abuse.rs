@@ -580,3 +580,80 @@ fn sigterm_works_after_the_listen_address_went_away() {
     assert!(stderr.contains("shut down cleanly"), "{stderr}");
     println!("SIGTERM after the listen address was removed: clean exit");
 }
+
+#[test]
+fn a_worker_that_cannot_be_started_costs_one_busy_reply_not_the_server() {
+    // An unprivileged user with few threads allowed (RLIMIT_NPROC counts
+    // threads; root is exempt, hence setpriv). The pool then cannot grow.
+    let dir = tempfile::tempdir().unwrap();
+    let mut perms = std::fs::metadata(dir.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    std::fs::set_permissions(dir.path(), perms).unwrap();
+    let db = dir.path().join("r.db");
+    let probe = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "true",
+        ])
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        println!("skipped: cannot switch to an unprivileged user here");
+        return;
+    }
+    let server_bin = bin("dht-server");
+    let (addr, server) = Running::start(
+        std::path::Path::new("setpriv"),
+        &[
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "prlimit",
+            "--nproc=40",
+            server_bin.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "4",
+        ],
+        "listening on ",
+        &[],
+    );
+    let (mut served, mut busy) = (0, 0);
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (&stream).write_all(b"PING\n").unwrap();
+        match read_line(&stream).as_deref() {
+            Some("PONG") => served += 1,
+            Some(line) if line.starts_with("ERR busy ") => busy += 1,
+            other => panic!("connection {} got {other:?}", served + busy),
+        }
+        held.push(stream);
+    }
+    assert!(
+        busy > 0,
+        "the thread limit was never reached ({served} served)"
+    );
+    drop(held);
+    wait_until("served again", WAIT_TIMEOUT, || {
+        let mut w = Wire::connect(addr);
+        w.ask("PING") == "PONG"
+    });
+    server.signal("TERM");
+    let (status, stderr) = server.wait_exit(WAIT_TIMEOUT);
+    assert!(status.success(), "exit {status}: {stderr}");
+    println!(
+        "thread limit: {served} served, {busy} ERR busy when no worker could start; server went on"
+    );
+}
