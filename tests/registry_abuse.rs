@@ -657,3 +657,71 @@ fn a_worker_that_cannot_be_started_costs_one_busy_reply_not_the_server() {
         "thread limit: {served} served, {busy} ERR busy when no worker could start; server went on"
     );
 }
+
+#[test]
+fn search_is_answered_while_other_clients_flood_find() {
+    const NAMES: u16 = 15_000;
+    const FLOODERS: usize = 8;
+    let registry = Registry::start();
+    let mut wire = Wire::connect(registry.addr);
+    // Many names that all match one word, from many ports (one name each).
+    let mut batch = String::new();
+    for i in 0..NAMES {
+        batch.push_str(&format!(
+            "REGISTER {} 5 {HASH} common file {i}\n",
+            1 + (i % 60_000)
+        ));
+    }
+    let mut writer = wire.stream.try_clone().unwrap();
+    let sender = thread::spawn(move || writer.write_all(batch.as_bytes()).unwrap());
+    for _ in 0..NAMES {
+        assert_eq!(wire.line(), "OK");
+    }
+    sender.join().unwrap();
+    assert_eq!(wire.ask(&format!("REGISTER 7000 5 {HASH} target")), "OK");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let finds = Arc::new(AtomicUsize::new(0));
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            let (addr, stop, finds) = (registry.addr, stop.clone(), finds.clone());
+            thread::spawn(move || {
+                let mut w = Wire::connect_with_timeout(addr, Duration::from_secs(30));
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = w.call("FIND common");
+                    assert!(
+                        reply[0].starts_with("RESULTS ") || reply[0].starts_with("ERR busy"),
+                        "{reply:?}"
+                    );
+                    finds.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    wait_until("the FIND flood running", WAIT_TIMEOUT, || {
+        finds.load(Ordering::Relaxed) >= FLOODERS
+    });
+    let mut searcher = Wire::connect(registry.addr);
+    let mut took = Vec::new();
+    let finds_before = finds.load(Ordering::Relaxed);
+    // At least 100 SEARCH, and for as long as the flooders take to finish
+    // four FIND each.
+    while took.len() < 100 || finds.load(Ordering::Relaxed) < finds_before + 4 * FLOODERS {
+        let started = Instant::now();
+        assert_eq!(searcher.call("SEARCH target")[0], "FOUND 1");
+        took.push(started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    took.sort();
+    let finds = finds.load(Ordering::Relaxed);
+    println!(
+        "FIND flood: {FLOODERS} connections of FIND over {NAMES} matching names ({finds} FINDs); \
+         {} SEARCH meanwhile: median {:?}, p99 {:?}",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() * 99 / 100]
+    );
+}
