@@ -675,3 +675,53 @@ fn p2p_admin_reads_a_database_in_a_read_only_folder() {
     }
     println!("p2p-admin list, stats, export work on a read-only folder");
 }
+
+#[test]
+fn the_expiry_sweep_keeps_up_under_continuous_writes() {
+    let registry = Registry::start_with(&["--ttl", "2s"]);
+    let mut c = client(&registry);
+    let sha = hash_of("sweep");
+    for i in 0..200 {
+        c.register(8600, i, &sha, &format!("forgotten {i}"))
+            .expect("REGISTER");
+    }
+    // Four connections that never let the writer rest.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u16)
+        .map(|t| {
+            let (addr, stop, sha) = (registry.addr_string(), stop.clone(), sha.clone());
+            thread::spawn(move || {
+                let mut c = Client::connect_timeout(&addr, READ_TIMEOUT).expect("connect");
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    c.register(8700 + t, i % 50, &sha, &format!("busy {t} {}", i % 50))
+                        .expect("REGISTER");
+                    i += 1;
+                }
+                i
+            })
+        })
+        .collect();
+    let conn = rusqlite::Connection::open_with_flags(
+        &registry.db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    wait_until(
+        "the expired registrations deleted while writes go on",
+        Duration::from_secs(30),
+        || {
+            conn.query_row(
+                "SELECT count(*) FROM registrations r JOIN peers p ON p.id = r.peer_id
+                 WHERE p.port = 8600",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .unwrap()
+                == 0
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    let writes: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    println!("sweep under load: 200 expired rows deleted while {writes} writes went on");
+}

@@ -239,6 +239,11 @@ fn run(mut conn: Connection, queue: Receiver<Job>, config: WriterConfig) {
             }
         }
         commit_batch(&mut conn, &config, &mut batch, &mut seq);
+        // Writes that never pause must not starve the sweep.
+        if Instant::now() >= next_sweep {
+            sweep(&mut conn, &config);
+            next_sweep = Instant::now() + config.sweep_every;
+        }
     }
     // Every handle is gone: the last batch is committed. Close explicitly to
     // see the error (a failed checkpoint) instead of losing it in Drop.
