@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //! - [`list`]: `list`, the filtered registrations as a table, CSV or JSON.
-//! - [`prune`]: `prune --peer` / `prune --stale`, one transaction each, with a dry run.
+//! - [`prune`]: `prune --peer` / `prune --stale`, in bounded transactions, with a dry run.
 //! - [`export`]: `export`, the whole registry streamed to stdout or to a file
 //!   that appears only when complete.
 //! - [`stats`]: `stats`, counts, sizes, heartbeats and the most shared names.

@@ -2,9 +2,11 @@
 //! registration not seen for a while, then the files and peers left
 //! without any; prints what it removed (or, with `--dry-run`, would remove).
 //!
-//! Each prune is one transaction in `dht_server::store::admin`, so a
-//! concurrent server never sees half of it. A dry run opens the database
-//! read-only: it must never be able to change anything.
+//! A prune runs in transactions of at most `PRUNE_CHUNK` (1,000) rows in
+//! `dht_server::store::admin`, so a concurrent server's writes wait
+//! milliseconds, not the whole prune; each chunk deletes exactly the rows it
+//! selected, and the rows printed are exactly those removed. A dry run opens
+//! the database read-only: it must never be able to change anything.
 
 use std::io::Write;
 use std::time::Duration;

@@ -276,7 +276,11 @@ impl Server {
                 Admission::Admitted { id, open, idle } => (id, open, idle),
                 Admission::Busy => {
                     tracing::warn!(client = %peer, limit = config.max_connections, "connection limit reached");
-                    reject_busy(stream, config.max_connections);
+                    let limit = config.max_connections;
+                    reject_busy(
+                        stream,
+                        &format!("too many connections (limit {limit}); try again later"),
+                    );
                     continue;
                 }
                 Admission::Untrackable(e) => {
@@ -291,7 +295,7 @@ impl Server {
                     // No thread for it: refuse this one, serve the others.
                     tracing::warn!(client = %peer, error = %e, "cannot start a worker; refusing");
                     tracker.remove(id);
-                    reject_busy(stream, config.max_connections);
+                    reject_busy(stream, "no worker thread free; try again later");
                     continue;
                 }
             }
@@ -494,10 +498,10 @@ fn refuse(mut conn: Connection, code: ErrorCode, message: &str) {
 /// Tells a client over the connection limit so, without a worker: a short
 /// write, our FIN, and whatever it already sent read away so that closing
 /// does not reset the connection before it reads the reply.
-fn reject_busy(mut stream: TcpStream, limit: usize) {
+fn reject_busy(mut stream: TcpStream, message: &str) {
     crate::metrics::count_busy_refusal();
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-    let line = format!("ERR busy too many connections (limit {limit}); try again later\n");
+    let line = format!("ERR busy {message}\n");
     let _ = stream.write_all(line.as_bytes());
     let _ = stream.shutdown(Shutdown::Write);
     if stream.set_nonblocking(true).is_ok() {
