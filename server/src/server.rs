@@ -723,3 +723,91 @@ fn wake_address(bound: SocketAddr) -> SocketAddr {
     };
     SocketAddr::new(ip, bound.port())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected loopback socket pair: (server side, client side).
+    fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (server, client)
+    }
+
+    fn open(tracker: &Tracker) -> usize {
+        let state = tracker.lock();
+        state.entries.len() - state.evicted
+    }
+
+    #[test]
+    fn a_panicking_worker_frees_its_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tracker = Tracker::default();
+        let (stream, _client) = pair(&listener);
+        let Admission::Admitted { id, .. } = tracker.admit(&stream, Ipv4Addr::LOCALHOST.into(), 4)
+        else {
+            panic!("admitted");
+        };
+        assert_eq!(open(&tracker), 1);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _slot = SlotGuard {
+                tracker: &tracker,
+                id,
+            };
+            panic!("a bug while serving");
+        }));
+        assert!(result.is_err());
+        assert_eq!(open(&tracker), 0, "the slot was freed by the guard");
+        assert!(tracker.lock().per_ip.is_empty());
+    }
+
+    #[test]
+    fn at_the_limit_the_address_with_the_most_yields_an_idle_connection_first() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tracker = Tracker::default();
+        let hog: IpAddr = Ipv4Addr::new(10, 0, 0, 1).into();
+        let other: IpAddr = Ipv4Addr::new(10, 0, 0, 2).into();
+        let mut held = Vec::new();
+        let mut flags = Vec::new();
+        for i in 0..4 {
+            let (stream, client) = pair(&listener);
+            let Admission::Admitted { idle, .. } = tracker.admit(&stream, hog, 4) else {
+                panic!("admitted");
+            };
+            // One idle connection of four.
+            idle.store(i == 2, Ordering::Relaxed);
+            flags.push(idle);
+            held.push((stream, client));
+        }
+        let (stream, _c) = pair(&listener);
+        assert!(
+            matches!(tracker.admit(&stream, hog, 4), Admission::Busy),
+            "the hog's own next one is refused"
+        );
+        assert!(matches!(
+            tracker.admit(&stream, other, 4),
+            Admission::Admitted { .. }
+        ));
+        let state = tracker.lock();
+        let evicted: Vec<bool> = state
+            .entries
+            .values()
+            .filter(|e| e.evicted)
+            .map(|e| e.idle.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(evicted, [true], "exactly one, the idle one");
+        assert_eq!(state.per_ip.get(&hog), Some(&3));
+        assert_eq!(state.per_ip.get(&other), Some(&1));
+        drop(state);
+        // 3 against 1: the newcomer's address may take one more (3 > 2),
+        // then no more (2 against 2 after that would not be fairer).
+        let (s2, _c2) = pair(&listener);
+        assert!(matches!(
+            tracker.admit(&s2, other, 4),
+            Admission::Admitted { .. }
+        ));
+        let (s3, _c3) = pair(&listener);
+        assert!(matches!(tracker.admit(&s3, other, 4), Admission::Busy));
+    }
+}
