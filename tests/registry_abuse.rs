@@ -274,7 +274,7 @@ fn writes_during_a_big_prune_are_acknowledged() {
     {
         let (_, server) = Running::start(
             &bin("dht-server"),
-            &["--db", &db_str, "--listen", "127.0.0.1:0"],
+            &["--db", &db_str, "--listen", "127.0.0.1:0", "--no-mdns"],
             "listening on ",
             &[],
         );
@@ -308,7 +308,15 @@ fn writes_during_a_big_prune_are_acknowledged() {
     }
     let (addr, _server) = Running::start(
         &bin("dht-server"),
-        &["--db", &db_str, "--listen", "127.0.0.1:0", "--ttl", "100y"],
+        &[
+            "--db",
+            &db_str,
+            "--listen",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--ttl",
+            "100y",
+        ],
         "listening on ",
         &[],
     );
@@ -451,6 +459,7 @@ fn the_soft_descriptor_limit_is_raised_and_the_rest_refused_with_busy() {
             db_str,
             "--listen",
             "127.0.0.1:0",
+            "--no-mdns",
         ],
         "listening on ",
         &[],
@@ -476,6 +485,7 @@ fn the_soft_descriptor_limit_is_raised_and_the_rest_refused_with_busy() {
             dir.path().join("r2.db").to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--no-mdns",
         ],
         "listening on ",
         &[],
@@ -552,6 +562,7 @@ fn sigterm_works_after_the_listen_address_went_away() {
             db.to_str().unwrap(),
             "--listen",
             "10.77.0.1:0",
+            "--no-mdns",
         ],
         "listening on ",
         &[],
@@ -620,6 +631,7 @@ fn a_worker_that_cannot_be_started_costs_one_busy_reply_not_the_server() {
             db.to_str().unwrap(),
             "--listen",
             "127.0.0.1:0",
+            "--no-mdns",
             "--workers",
             "4",
         ],

@@ -625,7 +625,7 @@ fn a_read_only_database_stops_start_up() {
     let Some(out) = run_with_read_only_dir(
         &registry.db,
         &bin("dht-server"),
-        &["--db", &db, "--listen", "127.0.0.1:0"],
+        &["--db", &db, "--listen", "127.0.0.1:0", "--no-mdns"],
     ) else {
         return;
     };
