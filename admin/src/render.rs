@@ -253,20 +253,8 @@ fn short_hash(sha256: &str) -> String {
     }
 }
 
-/// Bytes in binary units: `512 B`, `1.5 KiB`, `3.0 GiB`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
+/// Bytes in binary units: the one function the peer uses too.
+pub use p2p_proto::units::human_size;
 
 /// How long before `now_ms` the time `then_ms` was, in its largest whole
 /// unit: `just now`, `42s ago`, `3m ago`, `5h ago`, `12d ago`. A time in

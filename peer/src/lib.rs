@@ -9,6 +9,8 @@
 //! - [`http`]: the file server other peers (and curl, browsers) download from.
 //! - [`download`]: search, fetch into `.part` from several sources at once (or one after the
 //!   other), verify, rename; resume; sources that fail or lie are left out.
+//! - [`find`]: `FIND` by words over the registry, suggestions, hits for people (escaped) and JSON.
+//! - [`batch`]: many files in one call: pipelined lookups over one connection, a bounded pool of fetches, a summary.
 //! - [`pieces`]: fixed-size pieces and their hashes, the `/pieces` document (no sockets, no paths).
 //! - [`progress`]: progress bars on a terminal, plain lines otherwise.
 //! - [`menu`]: the interactive numbered menu of the original design.
@@ -17,11 +19,13 @@
 //! - [`discovery`]: which registry: `--server`, `P2P_SERVER`, one found by mDNS, or 127.0.0.1:9000.
 //! - [`ui`]: the control UI: a page and a JSON API on loopback to search, download, watch progress.
 //! - [`config`]: the plain configuration every mode takes (the binary builds it from its command line).
+pub mod batch;
 pub mod config;
 pub mod discovery;
 pub mod download;
 pub mod files;
 pub mod hashcache;
+pub mod find;
 pub mod http;
 pub mod menu;
 pub mod pieces;

@@ -7,7 +7,9 @@
 //! - [`protocol`]: request and reply lines, the name rules, the filename hash. Pure, no I/O.
 //! - [`client`]: a blocking client of the registry protocol over one TCP connection.
 //! - [`mdns`]: the DNS-SD service type and TXT keys a registry is announced under.
+//! - [`units`]: sizes in human units (`1.5 MiB`), one function for every program.
 
 pub mod client;
 pub mod mdns;
 pub mod protocol;
+pub mod units;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use p2p_peer::batch::{DEFAULT_JOBS, MAX_JOBS};
 use p2p_peer::config::PeerConfig;
 use p2p_peer::discovery::{self, Origin};
 use p2p_peer::download::{Options, DEFAULT_MAX_SOURCES, MAX_SOURCES_LIMIT};
@@ -57,6 +58,11 @@ Examples:
   peer serve --port 0 --heartbeat 10s    any free port; prints `listening on HOST:PORT`
   peer search 'holiday photos.zip'       prints `HOST:PORT SIZE SHA256` per source
   peer get 'holiday photos.zip'          into ./downloads, verified; resumes a .part
+  peer find holiday pho                  names with words starting `holiday` and `pho`
+  peer find --json holiday               the same as one JSON array, for scripts
+  peer get a.txt b.txt c.txt --jobs 8    a batch: 8 files at a time, one summary
+  peer get --find holiday                every file FIND holiday finds
+  ls | peer get --from-file -            one name per line from stdin
   peer get big.iso --max-sources 8       from up to 8 peers at once, piece by piece
   peer serve --port 4000 --max-upload-rate 20MiB
                                          send at most 20 MiB/s, all downloaders together
@@ -67,7 +73,8 @@ Examples:
   peer serve --port 4000 --ui 127.0.0.1:8400
                                          the control UI there (prints `ui on http://...`); --ui off: none
 
-Exit status: 0 success; 1 the name has no live source (search, get); 2 any other failure.";
+Exit status: 0 success; 1 the name has no live source (search, get), no hit (find), or
+every failure of a batch is a name nobody shares (get); 2 any other failure.";
 
 /// A peer of the p2p file sharing system.
 #[derive(Debug, Parser)]
@@ -276,7 +283,7 @@ pub enum Command {
         /// The exact file name
         name: String,
     },
-    /// Download NAME into the downloads folder, verified
+    /// Download NAME (or several names) into the downloads folder, verified
     ///
     /// Fetches pieces from up to --max-sources sources at once (those that
     /// registered the same size and SHA-256), checks every piece against the
@@ -289,9 +296,42 @@ pub enum Command {
     /// with the same content is not fetched again; one with other content is
     /// never overwritten. Exit 0 on success, 1 when no peer shares NAME, 2
     /// otherwise, with a one-line reason on stderr.
+    ///
+    /// Several names (or --find WORDS, or --from-file FILE) make a batch:
+    /// the registry lookups go over one connection, --jobs files are
+    /// fetched at once, each line of a failed file goes to stderr, and one
+    /// summary (downloaded, already present, failed) ends the output. A
+    /// batch exits 0 when every file is there and verified, 1 when every
+    /// failure is a name nobody shares, 2 otherwise.
     Get {
-        /// The exact file name
-        name: String,
+        /// The exact file names (with --find: words of the names)
+        #[arg(required_unless_present = "from_file", value_name = "NAME")]
+        names: Vec<String>,
+        /// Fetch every file whose name matches all the words given (FIND)
+        #[arg(long, conflicts_with = "from_file")]
+        find: bool,
+        /// Read the names from FILE, one per line (`-`: standard input;
+        /// blank lines skipped, CRLF accepted)
+        #[arg(long, value_name = "FILE", conflicts_with = "names")]
+        from_file: Option<PathBuf>,
+        /// Most files fetched at once in a batch
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_JOBS, value_parser = parse_jobs)]
+        jobs: usize,
+    },
+    /// Find files by words of their names (FIND over the registry)
+    ///
+    /// Every word must match the start of a word of the name, case
+    /// insensitively (`hol pho` finds `Holiday Photos.zip`); at most 100
+    /// hits, most sources first. One hit per line: name, size, sources,
+    /// short SHA-256. Exit 0 with at least one hit, 1 with none, 2 when the
+    /// registry cannot be asked.
+    Find {
+        /// Words of the file name
+        #[arg(required = true, value_name = "WORD")]
+        words: Vec<String>,
+        /// Print one JSON array of objects with the keys name, size, sha256, sources
+        #[arg(long)]
+        json: bool,
     },
     /// Register one shared file for the file server on --port
     ///
@@ -301,6 +341,13 @@ pub enum Command {
         /// A file name in the shared folder
         name: String,
     },
+}
+
+fn parse_jobs(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_JOBS).contains(&n) => Ok(n),
+        _ => Err(format!("must be a number from 1 to {MAX_JOBS}")),
+    }
 }
 
 fn parse_max_sources(text: &str) -> Result<usize, String> {
@@ -350,6 +397,7 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
     use p2p_peer::registration::DEFAULT_HEARTBEAT;
+    use std::path::Path;
 
     #[test]
     fn the_command_line_is_consistent() {
@@ -367,7 +415,7 @@ mod tests {
             assert!(matches!(cli.command, Some(Command::Serve)));
         }
         let cli = Cli::try_parse_from(["peer", "get", "a b é", "--downloads", "d"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Get { name }) if name == "a b é"));
+        assert!(matches!(cli.command, Some(Command::Get { names, .. }) if names == ["a b é"]));
         assert_eq!(cli.common.downloads, PathBuf::from("d"));
     }
 
@@ -419,6 +467,35 @@ mod tests {
             UiAddr::At("127.0.0.1:0".parse().unwrap())
         );
         assert!(Cli::try_parse_from(["peer", "--ui", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn batch_and_find_arguments() {
+        let cli = Cli::try_parse_from(["peer", "get", "a", "b", "--jobs", "8"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Get { names, jobs: 8, find: false, from_file: None }) if names == ["a", "b"])
+        );
+        let cli = Cli::try_parse_from(["peer", "get", "--from-file", "-"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Get { from_file: Some(f), jobs: DEFAULT_JOBS, .. }) if f == Path::new("-"))
+        );
+        let cli = Cli::try_parse_from(["peer", "get", "--find", "hol", "pho"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Get { find: true, names, .. }) if names == ["hol", "pho"])
+        );
+        for bad in [
+            &["peer", "get"][..],
+            &["peer", "get", "a", "--from-file", "x"],
+            &["peer", "get", "--find", "--from-file", "x"],
+            &["peer", "get", "a", "--jobs", "0"],
+            &["peer", "find"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["peer", "find", "--json", "hol"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Find { json: true, words }) if words == ["hol"])
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The `peer` binary: parses the command line and hands each mode to the
 //! library. Errors become one line on stderr and an exit status
-//! (0 success, 1 no source for the name, 2 any other failure).
+//! (0 success, 1 no source for the name / no FIND hit / a batch whose
+//! every failure is "not found", 2 any other failure).
 
-use std::io::{self, IsTerminal, Write};
+use std::fs::File;
+use std::io::{self, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,11 +13,12 @@ use clap::Parser;
 mod cli;
 
 use cli::{Cli, Command, EXIT_FAILURE, EXIT_NOT_FOUND};
+use p2p_peer::batch::{self, BatchConfig, Verdict};
 use p2p_peer::config::PeerConfig;
 use p2p_peer::download::{self, DownloadError};
 use p2p_peer::menu::{self, Console};
 use p2p_peer::progress::Reporter;
-use p2p_peer::{files::SharedDir, registration, serve};
+use p2p_peer::{files::SharedDir, find, progress, registration, serve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -57,7 +61,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Search { name }) => search(&common, &name),
-        Some(Command::Get { name }) => get(&common, &name, &reporter),
+        Some(Command::Get {
+            names,
+            find,
+            from_file,
+            jobs,
+        }) => {
+            let batch = Batch {
+                names,
+                find,
+                from_file,
+                jobs,
+            };
+            get(&common, batch, &reporter)
+        }
+        Some(Command::Find { words, json }) => find_cmd(&common, &words, json),
         Some(Command::Register { name }) => register(&common, &name, &reporter),
     }
 }
@@ -76,7 +94,72 @@ fn search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn get(common: &PeerConfig, name: &str, reporter: &Reporter) -> anyhow::Result<ExitCode> {
+/// What `peer get` was asked for.
+struct Batch {
+    names: Vec<String>,
+    find: bool,
+    from_file: Option<PathBuf>,
+    jobs: usize,
+}
+
+/// `peer get`: one name as ever; several names, `--find` or `--from-file`
+/// as a batch.
+fn get(common: &PeerConfig, batch: Batch, reporter: &Reporter) -> anyhow::Result<ExitCode> {
+    let names = if batch.find {
+        let words = find::words_of(&batch.names);
+        let hits = find::find(&common.server, &words)?;
+        if hits.is_empty() {
+            let _ = writeln!(
+                io::stderr(),
+                "peer: no file matches {:?} (the registry at {} knows no live source)",
+                words.join(" "),
+                common.server
+            );
+            return Ok(ExitCode::from(EXIT_NOT_FOUND));
+        }
+        hits.into_iter().map(|h| h.name).collect()
+    } else if let Some(path) = &batch.from_file {
+        read_list(path)?
+    } else if let [name] = batch.names.as_slice() {
+        return get_one(common, name, reporter);
+    } else {
+        batch.names
+    };
+    let config = BatchConfig {
+        registry: common.server.clone(),
+        downloads: common.downloads.clone(),
+        download: common.download,
+        jobs: batch.jobs,
+    };
+    let summary = batch::run(&config, names, reporter);
+    {
+        let mut err = io::stderr().lock();
+        for (name, error) in summary.failures() {
+            let _ = writeln!(err, "peer: {}", batch::describe_failure(name, error));
+        }
+    }
+    progress::say(summary.line());
+    Ok(match summary.verdict() {
+        Verdict::AllThere => ExitCode::SUCCESS,
+        Verdict::OnlyNotFound => ExitCode::from(EXIT_NOT_FOUND),
+        Verdict::Failed => ExitCode::from(EXIT_FAILURE),
+    })
+}
+
+/// The names of a `--from-file` list (`-`: standard input).
+fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
+    if path == Path::new("-") {
+        return Ok(batch::read_names(io::stdin().lock(), "standard input")?);
+    }
+    let file = File::open(path).with_context(|| format!("opening the list {}", path.display()))?;
+    Ok(batch::read_names(
+        BufReader::new(file),
+        &path.display().to_string(),
+    )?)
+}
+
+/// `peer get NAME`: exit 0, 1 (with the closest FIND hits on stderr) or 2.
+fn get_one(common: &PeerConfig, name: &str, reporter: &Reporter) -> anyhow::Result<ExitCode> {
     match download::download(
         &common.server,
         name,
@@ -88,8 +171,42 @@ fn get(common: &PeerConfig, name: &str, reporter: &Reporter) -> anyhow::Result<E
             reporter.note(menu::describe(&outcome));
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => not_found_or(e),
+        Err(e) if e.is_not_found() => {
+            let mut err = io::stderr().lock();
+            let _ = writeln!(err, "peer: {e}");
+            let hits = find::suggest(&common.server, name);
+            if !hits.is_empty() {
+                let _ = writeln!(err, "peer: did you mean one of these?");
+                for hit in &hits {
+                    let _ = writeln!(err, "  {}", find::describe_hit(hit));
+                }
+            }
+            Ok(ExitCode::from(EXIT_NOT_FOUND))
+        }
+        Err(e) => Err(e.into()),
     }
+}
+
+/// `peer find WORDS...`: one hit per line, or one JSON array.
+fn find_cmd(common: &PeerConfig, words: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let words = find::words_of(words);
+    let hits = find::find(&common.server, &words)?;
+    let mut out = io::stdout().lock();
+    if json {
+        writeln!(out, "{}", find::to_json(&hits)).context("writing to stdout")?;
+    } else {
+        for hit in &hits {
+            writeln!(out, "{}", find::describe_hit(hit)).context("writing to stdout")?;
+        }
+    }
+    out.flush().context("writing to stdout")?;
+    if hits.is_empty() {
+        if !json {
+            let _ = writeln!(io::stderr(), "peer: no file matches {:?}", words.join(" "));
+        }
+        return Ok(ExitCode::from(EXIT_NOT_FOUND));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// "No source" is exit 1 with its line; anything else is a failure.

@@ -1,0 +1,643 @@
+//! Many files in one call: `peer get NAME...`, `peer get --find WORDS...`
+//! and `peer get --from-file FILE`. The registry lookups of the whole batch
+//! go over one connection, [`LOOKUP_PIPELINE_DEPTH`] `SEARCH`es written at
+//! a time before their replies are read; a bounded pool of `jobs` threads
+//! fetches the files, each with [`download::download_from`] (verified,
+//! resumable, multi-source, as a single `peer get`). One display shows the
+//! whole batch (files and bytes done, the files in flight), and a
+//! [`Summary`] says what happened to every name.
+//!
+//! Threads: one looks names up and feeds a bounded channel; `jobs` workers
+//! take names from it; the caller's thread waits for them (scoped threads,
+//! so nothing outlives [`run`]).
+//!
+//! This module must not: fetch one name twice at once (names are
+//! de-duplicated first: two fetches would share one `.part`), decide
+//! anything about a single transfer (that is [`download`]'s), or print the
+//! failures itself (the binary decides where they go).
+
+use std::collections::HashSet;
+use std::io::{self, BufRead, Read};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Sender};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use p2p_proto::client::{Client, ClientError, Reply};
+use p2p_proto::protocol::{check_name, Request, Source};
+use p2p_proto::units::human_size;
+
+use crate::download::{self, choose_content, DownloadError, Options, Outcome};
+use crate::find::printable;
+use crate::progress::Reporter;
+
+/// Default for `--jobs`: a few files in flight hide each one's round trips
+/// (lookup, connect, verify, fsync) without crowding a 2-core machine.
+pub const DEFAULT_JOBS: usize = 4;
+
+/// Largest `--jobs`: each job is a thread with its own connections (and,
+/// for a multi-source file, up to `--max-sources` more).
+pub const MAX_JOBS: usize = 64;
+
+/// `SEARCH` requests written before their replies are read. The requests
+/// of one round (at most 4 KiB each, usually ~50 bytes) and their replies
+/// fit the sockets' buffers, so neither side can block on a full buffer
+/// while the other waits; and one round trip serves 64 names.
+pub const LOOKUP_PIPELINE_DEPTH: usize = 64;
+
+/// Most names one batch takes: far above a folder's worth of files, it
+/// bounds what a runaway list (or `yes | peer get --from-file -`) costs.
+pub const MAX_BATCH_NAMES: usize = 1_000_000;
+
+/// Longest line of a name list, with its ending. A name is at most 255
+/// bytes; a longer line is not a list of names.
+pub const MAX_LIST_LINE_BYTES: usize = 4096;
+
+/// How often the batch display is redrawn at most.
+const BAR_REFRESH_PER_SECOND: u8 = 10;
+
+/// Batch display: bytes done of those looked up so far, then files and the
+/// files in flight (cut to the terminal's width, never wrapped).
+const BAR_TEMPLATE: &str = "[{bar:20.cyan/blue}] {binary_bytes}/{binary_total_bytes} {wide_msg}";
+
+/// Most names of files in flight the display shows.
+const BAR_MAX_CURRENT: usize = 3;
+
+/// What a batch is given: plain values, no command-line types.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Address of the registry, `host:port`.
+    pub registry: String,
+    /// Folder the files are written to.
+    pub downloads: PathBuf,
+    /// How each file is downloaded.
+    pub download: Options,
+    /// Most files fetched at once (1 to [`MAX_JOBS`]).
+    pub jobs: usize,
+}
+
+/// Why a list of names could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("cannot read the list of names {source_name}: {error}")]
+    Read {
+        source_name: String,
+        error: io::Error,
+    },
+    #[error(
+        "line {line} of {source_name} is longer than {MAX_LIST_LINE_BYTES} bytes: not a file name"
+    )]
+    LineTooLong { source_name: String, line: usize },
+    #[error("line {line} of {source_name} is not UTF-8")]
+    NotUtf8 { source_name: String, line: usize },
+    #[error("{source_name} has more than {MAX_BATCH_NAMES} names")]
+    TooMany { source_name: String },
+}
+
+/// Reads one name per line from `input` (named `source_name` in errors):
+/// line endings LF or CRLF, blank lines skipped, nothing else trimmed (a
+/// name with a leading space is refused later, by name, not silently
+/// changed).
+pub fn read_names(mut input: impl BufRead, source_name: &str) -> Result<Vec<String>, ListError> {
+    let mut names = Vec::new();
+    let mut line = Vec::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        number += 1;
+        let read = (&mut input)
+            .take(MAX_LIST_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|error| ListError::Read {
+                source_name: source_name.to_owned(),
+                error,
+            })?;
+        if read == 0 {
+            return Ok(names);
+        }
+        if line.len() > MAX_LIST_LINE_BYTES {
+            return Err(ListError::LineTooLong {
+                source_name: source_name.to_owned(),
+                line: number,
+            });
+        }
+        let text = std::str::from_utf8(&line).map_err(|_| ListError::NotUtf8 {
+            source_name: source_name.to_owned(),
+            line: number,
+        })?;
+        let name = text.strip_suffix('\n').unwrap_or(text);
+        let name = name.strip_suffix('\r').unwrap_or(name);
+        if name.trim().is_empty() {
+            continue;
+        }
+        if names.len() == MAX_BATCH_NAMES {
+            return Err(ListError::TooMany {
+                source_name: source_name.to_owned(),
+            });
+        }
+        names.push(name.to_owned());
+    }
+}
+
+/// What happened to one name of the batch.
+#[derive(Debug)]
+pub struct FileReport {
+    pub name: String,
+    pub result: Result<Outcome, DownloadError>,
+}
+
+/// What happened to every name, in the order given (duplicates once).
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub files: Vec<FileReport>,
+}
+
+/// How a batch ended, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every file is in the downloads folder, verified.
+    AllThere,
+    /// Some files failed, every one of them because no peer shares it.
+    OnlyNotFound,
+    /// Some file failed for another reason.
+    Failed,
+}
+
+impl Summary {
+    /// Files fetched and verified by this batch.
+    pub fn downloaded(&self) -> usize {
+        self.count(|r| matches!(r, Ok(Outcome::Downloaded { .. })))
+    }
+
+    /// Files that were already there with the same content.
+    pub fn already_present(&self) -> usize {
+        self.count(|r| matches!(r, Ok(Outcome::AlreadyPresent { .. })))
+    }
+
+    /// The failures, in order.
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &DownloadError)> {
+        self.files.iter().filter_map(|f| match &f.result {
+            Err(e) => Some((f.name.as_str(), e)),
+            Ok(_) => None,
+        })
+    }
+
+    pub fn failed(&self) -> usize {
+        self.count(Result::is_err)
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        let mut failures = self.failures().peekable();
+        if failures.peek().is_none() {
+            return Verdict::AllThere;
+        }
+        if failures.all(|(_, e)| e.is_not_found()) {
+            Verdict::OnlyNotFound
+        } else {
+            Verdict::Failed
+        }
+    }
+
+    /// The one summary line: `batch of 6 files: 3 downloaded, 1 already present, 2 failed (1 not found)`.
+    pub fn line(&self) -> String {
+        let not_found = self.failures().filter(|(_, e)| e.is_not_found()).count();
+        let total = self.files.len();
+        format!(
+            "batch of {total} file{}: {} downloaded, {} already present, {} failed ({not_found} not found)",
+            if total == 1 { "" } else { "s" },
+            self.downloaded(),
+            self.already_present(),
+            self.failed(),
+        )
+    }
+
+    fn count(&self, which: impl Fn(&Result<Outcome, DownloadError>) -> bool) -> usize {
+        self.files.iter().filter(|f| which(&f.result)).count()
+    }
+}
+
+/// One line for a failed file: its name (escaped) and why.
+pub fn describe_failure(name: &str, error: &DownloadError) -> String {
+    format!("failed {:?}: {error}", printable(name))
+}
+
+/// The names once each, in their first order.
+pub fn dedup(names: Vec<String>) -> Vec<String> {
+    let mut seen = HashSet::with_capacity(names.len());
+    names
+        .into_iter()
+        .filter(|n| seen.insert(n.clone()))
+        .collect()
+}
+
+/// Fetches every name of `names` (de-duplicated) into the downloads folder.
+/// Never fails as a whole: a registry that cannot be reached makes every
+/// name fail with that reason, so the summary still covers them all.
+pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Summary {
+    let names = dedup(names);
+    let jobs = config.jobs.clamp(1, MAX_JOBS);
+    let display = BatchDisplay::new(reporter, names.len());
+    let mut results: Vec<Option<Result<Outcome, DownloadError>>> =
+        names.iter().map(|_| None).collect();
+    // Each file's own transfer display would fight the batch's for the
+    // terminal (and print two lines per file): the batch display says it all.
+    let quiet = Reporter::quiet();
+    let (work_tx, work_rx) = bounded::<(usize, Vec<Source>)>(2 * LOOKUP_PIPELINE_DEPTH);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    std::thread::scope(|scope| {
+        let lookup_done = done_tx.clone();
+        let names_ref = &names;
+        let display_ref = &display;
+        scope.spawn(move || {
+            look_up(
+                &config.registry,
+                names_ref,
+                &work_tx,
+                &lookup_done,
+                display_ref,
+            )
+        });
+        for _ in 0..jobs {
+            let work_rx = work_rx.clone();
+            let done_tx = done_tx.clone();
+            let names = &names;
+            let display = &display;
+            scope.spawn(move || {
+                for (index, sources) in work_rx {
+                    let name = &names[index];
+                    display.started(name);
+                    let result = download::download_from(
+                        &sources,
+                        name,
+                        &config.downloads,
+                        &config.download,
+                        &quiet,
+                    );
+                    display.finished(name, &result);
+                    if done_tx.send((index, result)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        drop(work_rx);
+        for (index, result) in done_rx {
+            results[index] = Some(result);
+        }
+    });
+    display.finish();
+    let files = names
+        .into_iter()
+        .zip(results)
+        .map(|(name, result)| {
+            let result = result.unwrap_or_else(|| {
+                Err(DownloadError::Thread(io::Error::other(
+                    "the batch ended before this file was handled",
+                )))
+            });
+            FileReport { name, result }
+        })
+        .collect();
+    Summary { files }
+}
+
+/// A copy of `error` for one more name: every name still waiting when the
+/// batch's registry connection failed gets its own error, with the same
+/// message (`ClientError` holds an `io::Error`, which is not `Clone`).
+fn replicate(error: &ClientError) -> ClientError {
+    let copy = |source: &io::Error| io::Error::new(source.kind(), source.to_string());
+    match error {
+        ClientError::Resolve { addr, source } => ClientError::Resolve {
+            addr: addr.clone(),
+            source: copy(source),
+        },
+        ClientError::Connect { addr, source } => ClientError::Connect {
+            addr: addr.clone(),
+            source: copy(source),
+        },
+        ClientError::Io { addr, source } => ClientError::Io {
+            addr: addr.clone(),
+            source: copy(source),
+        },
+        ClientError::Closed { addr } => ClientError::Closed { addr: addr.clone() },
+        other => ClientError::Io {
+            addr: String::new(),
+            source: io::Error::other(other.to_string()),
+        },
+    }
+}
+
+/// Looks every name up over one registry connection, pipelined, and sends
+/// each name with sources to the workers; a name without them (bad name,
+/// not found, registry unreachable) is a result at once.
+fn look_up(
+    registry: &str,
+    names: &[String],
+    work: &Sender<(usize, Vec<Source>)>,
+    done: &Sender<(usize, Result<Outcome, DownloadError>)>,
+    display: &BatchDisplay,
+) {
+    let fail = |index: usize, error: DownloadError| {
+        display.finished(&names[index], &Err::<Outcome, _>(()));
+        let _ = done.send((index, Err(error)));
+    };
+    let registry_error = |index: usize, source: ClientError| DownloadError::Registry {
+        name: names[index].clone(),
+        source,
+    };
+    let (mut client, mut lost) = match Client::connect(registry) {
+        Ok(client) => (Some(client), None),
+        Err(e) => (None, Some(e)),
+    };
+    let mut batch = String::new();
+    let indices: Vec<usize> = (0..names.len()).collect();
+    for chunk in indices.chunks(LOOKUP_PIPELINE_DEPTH) {
+        batch.clear();
+        let mut asked = Vec::with_capacity(chunk.len());
+        for &index in chunk {
+            let name = &names[index];
+            match check_name(name) {
+                Ok(()) => {
+                    Request::Search { name }.write_line(&mut batch);
+                    asked.push(index);
+                }
+                Err(reason) => fail(
+                    index,
+                    DownloadError::BadName {
+                        name: name.clone(),
+                        reason,
+                    },
+                ),
+            }
+        }
+        if asked.is_empty() {
+            continue;
+        }
+        if let (None, Some(conn)) = (&lost, client.as_mut()) {
+            if let Err(e) = conn.send_raw(&batch) {
+                lost = Some(e);
+            }
+        }
+        for (position, &index) in asked.iter().enumerate() {
+            let conn = match (&lost, client.as_mut()) {
+                (None, Some(conn)) => conn,
+                (Some(error), _) => {
+                    for &index in &asked[position..] {
+                        fail(index, registry_error(index, replicate(error)));
+                    }
+                    break;
+                }
+                (None, None) => break,
+            };
+            let name = &names[index];
+            match conn.read_reply() {
+                Ok(Reply::Found(sources)) if !sources.is_empty() => {
+                    display.looked_up(&sources);
+                    if work.send((index, sources)).is_err() {
+                        return;
+                    }
+                }
+                Ok(Reply::Found(_) | Reply::NotFound) => fail(
+                    index,
+                    DownloadError::NotFound {
+                        name: name.clone(),
+                        registry: registry.to_owned(),
+                    },
+                ),
+                Ok(Reply::Err(code, message)) => fail(
+                    index,
+                    registry_error(
+                        index,
+                        ClientError::Refused {
+                            addr: registry.to_owned(),
+                            code,
+                            message,
+                        },
+                    ),
+                ),
+                Ok(reply) => fail(
+                    index,
+                    registry_error(
+                        index,
+                        ClientError::Unexpected {
+                            addr: registry.to_owned(),
+                            request: "SEARCH",
+                            reply,
+                        },
+                    ),
+                ),
+                Err(e) => {
+                    // The connection is out of step now: the rest fail with this reason.
+                    fail(index, registry_error(index, replicate(&e)));
+                    lost = Some(e);
+                }
+            }
+        }
+    }
+    if let Some(client) = client {
+        if lost.is_none() {
+            let _ = client.quit();
+        }
+    }
+}
+
+/// The whole batch's progress: one bar on a terminal (bytes done, files
+/// done of all, the files in flight), else one line per file finished.
+struct BatchDisplay {
+    bar: Option<ProgressBar>,
+    reporter: Reporter,
+    state: Mutex<BatchState>,
+}
+
+#[derive(Default)]
+struct BatchState {
+    total_files: usize,
+    finished: usize,
+    bytes_total: u64,
+    bytes_done: u64,
+    current: Vec<String>,
+}
+
+impl BatchDisplay {
+    fn new(reporter: &Reporter, total_files: usize) -> BatchDisplay {
+        let bar = reporter.draws_bars().then(|| {
+            let bar = ProgressBar::with_draw_target(
+                Some(0),
+                ProgressDrawTarget::stderr_with_hz(BAR_REFRESH_PER_SECOND),
+            );
+            if let Ok(style) = ProgressStyle::with_template(BAR_TEMPLATE) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar
+        });
+        BatchDisplay {
+            bar,
+            reporter: *reporter,
+            state: Mutex::new(BatchState {
+                total_files,
+                ..BatchState::default()
+            }),
+        }
+    }
+
+    fn with_state(&self, change: impl FnOnce(&mut BatchState)) {
+        // A worker that panicked while holding the lock leaves numbers
+        // that are still good enough to display.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut state);
+        if let Some(bar) = &self.bar {
+            bar.set_length(state.bytes_total);
+            bar.set_position(state.bytes_done);
+            bar.set_message(state.message());
+        }
+    }
+
+    fn looked_up(&self, sources: &[Source]) {
+        let size = choose_content(sources).first().map_or(0, |s| s.size);
+        self.with_state(|s| s.bytes_total += size);
+    }
+
+    fn started(&self, name: &str) {
+        self.with_state(|s| s.current.push(printable(name)));
+    }
+
+    fn finished<E>(&self, name: &str, result: &Result<Outcome, E>) {
+        let shown = printable(name);
+        let mut line = None;
+        self.with_state(|s| {
+            if let Some(at) = s.current.iter().position(|c| *c == shown) {
+                s.current.swap_remove(at);
+            }
+            s.finished += 1;
+            if let Ok(outcome) = result {
+                let size = match outcome {
+                    Outcome::Downloaded { size, .. } => *size,
+                    Outcome::AlreadyPresent { path, .. } => {
+                        std::fs::metadata(path).map_or(0, |m| m.len())
+                    }
+                };
+                s.bytes_done += size;
+                let what = match outcome {
+                    Outcome::Downloaded { .. } => "downloaded",
+                    Outcome::AlreadyPresent { .. } => "already present",
+                };
+                line = Some(format!(
+                    "[{}/{}] {what} {shown} ({})",
+                    s.finished,
+                    s.total_files,
+                    human_size(size)
+                ));
+            }
+        });
+        // Lines only without a bar: with one, the bar shows the progress.
+        if self.bar.is_none() {
+            if let Some(line) = line {
+                self.reporter.note(line);
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl BatchState {
+    fn message(&self) -> String {
+        let mut message = format!("files {}/{}", self.finished, self.total_files);
+        if !self.current.is_empty() {
+            message.push_str(" · ");
+            let shown: Vec<&str> = self
+                .current
+                .iter()
+                .take(BAR_MAX_CURRENT)
+                .map(String::as_str)
+                .collect();
+            message.push_str(&shown.join(", "));
+            if self.current.len() > BAR_MAX_CURRENT {
+                message.push_str(&format!(" +{}", self.current.len() - BAR_MAX_CURRENT));
+            }
+        }
+        message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn lists_take_lf_and_crlf_and_skip_blank_lines() {
+        let names = read_names(Cursor::new("a\r\n\nb c\n  \r\nlast"), "list").unwrap();
+        assert_eq!(names, ["a", "b c", "last"]);
+        assert!(read_names(Cursor::new(""), "list").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_lists_are_refused_by_line() {
+        let long = format!("ok\n{}\n", "x".repeat(MAX_LIST_LINE_BYTES + 5));
+        let err = read_names(Cursor::new(long), "names.txt").unwrap_err();
+        assert!(
+            matches!(err, ListError::LineTooLong { line: 2, .. }),
+            "{err}"
+        );
+        let err = read_names(Cursor::new(b"a\n\xff\n".to_vec()), "names.txt").unwrap_err();
+        assert_eq!(err.to_string(), "line 2 of names.txt is not UTF-8");
+    }
+
+    #[test]
+    fn names_are_fetched_once() {
+        let names = dedup(vec!["b".into(), "a".into(), "b".into()]);
+        assert_eq!(names, ["b", "a"]);
+    }
+
+    #[test]
+    fn an_unreachable_registry_fails_every_name_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BatchConfig {
+            registry: "127.0.0.1:1".to_owned(),
+            downloads: dir.path().join("d"),
+            download: Options::default(),
+            jobs: 2,
+        };
+        let names = vec!["a".to_owned(), "b/c".to_owned(), "a".to_owned()];
+        let summary = run(&config, names, &Reporter::quiet());
+        assert_eq!(summary.files.len(), 2);
+        assert_eq!(summary.failed(), 2);
+        assert_eq!(summary.verdict(), Verdict::Failed);
+        let lines: Vec<String> = summary
+            .failures()
+            .map(|(n, e)| describe_failure(n, e))
+            .collect();
+        assert!(
+            lines[0].contains("cannot search the registry for \"a\""),
+            "{lines:?}"
+        );
+        assert!(lines[1].contains("bad file name"), "{lines:?}");
+        assert_eq!(
+            summary.line(),
+            "batch of 2 files: 0 downloaded, 0 already present, 2 failed (0 not found)"
+        );
+    }
+
+    #[test]
+    fn only_not_found_is_its_own_verdict() {
+        let summary = Summary {
+            files: vec![FileReport {
+                name: "x".into(),
+                result: Err(DownloadError::NotFound {
+                    name: "x".into(),
+                    registry: "r".into(),
+                }),
+            }],
+        };
+        assert_eq!(summary.verdict(), Verdict::OnlyNotFound);
+        assert_eq!(Summary::default().verdict(), Verdict::AllThere);
+    }
+}

@@ -1,0 +1,379 @@
+//! `peer find` and the batch forms of `peer get` (several names,
+//! `--find`, `--from-file`, stdin), with the real binaries: exit codes,
+//! the JSON shape, the per-file failure lines and the summary, and that
+//! every file that ends up in the downloads folder is the registered one.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use p2p_tests::{bin, pseudo_random_bytes, run, sha256_hex, Peer, Registry, WAIT_TIMEOUT};
+
+fn peer(args: &[&str]) -> Output {
+    run(&bin("peer"), args, WAIT_TIMEOUT)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A downloading peer's folders and the common options pointing at them.
+struct Client {
+    _dir: tempfile::TempDir,
+    downloads: std::path::PathBuf,
+    args: Vec<String>,
+}
+
+impl Client {
+    fn new(registry: &Registry) -> Client {
+        let (dir, shared, downloads) = Peer::folders();
+        let args = vec![
+            "--server".to_owned(),
+            registry.addr_string(),
+            "--shared".to_owned(),
+            shared.display().to_string(),
+            "--downloads".to_owned(),
+            downloads.display().to_string(),
+        ];
+        Client {
+            _dir: dir,
+            downloads,
+            args,
+        }
+    }
+
+    fn run(&self, extra: &[&str]) -> Output {
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        peer(&args)
+    }
+
+    /// Runs `peer` with `input` on its stdin.
+    fn run_with_stdin(&self, extra: &[&str], input: &str) -> Output {
+        let mut child = Command::new(bin("peer"))
+            .args(&self.args)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start peer");
+        let mut stdin = child.stdin.take().expect("piped");
+        let input = input.to_owned();
+        let writer = thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        // wait_with_output has no deadline; the run itself is bounded by
+        // the peer's own timeouts, and the registry and sources are local.
+        let output = child.wait_with_output().expect("peer ran");
+        writer.join().expect("stdin writer");
+        output
+    }
+
+    fn file(&self, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.downloads.join(name)).ok()
+    }
+}
+
+/// A source that answers every request for its one file with 200, the
+/// registered length and ETag, and the wrong bytes: a corrupt peer.
+fn corrupt_source(length: usize, etag: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { break };
+            let etag = etag.clone();
+            thread::spawn(move || answer_corrupt(stream, length, &etag));
+        }
+    });
+    port
+}
+
+fn answer_corrupt(stream: TcpStream, length: usize, etag: &str) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+            head.push(line);
+        }
+        let is_head = head.first().is_some_and(|l| l.starts_with("HEAD "));
+        let reply =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nETag: \"{etag}\"\r\n\r\n");
+        if writer.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+        if !is_head && writer.write_all(&vec![b'X'; length]).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn find_exit_codes_and_json() {
+    let registry = Registry::start();
+    let server = registry.addr_string();
+    let content = b"holiday bytes".as_slice();
+    let _source = Peer::serve(
+        &registry,
+        &[
+            ("Holiday Photos 2024.zip", content),
+            ("holiday.txt", b"h"),
+            ("other.bin", b"o"),
+        ],
+        &[],
+    );
+
+    let out = peer(&["--server", &server, "find", "holi", "pho"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("Holiday Photos 2024.zip"), "{stdout}");
+    assert!(stdout.contains("13 B"), "{stdout}");
+
+    // One argument may carry several words.
+    let out = peer(&["--server", &server, "find", "--json", "HOLIDAY"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON value");
+    let hits = json.as_array().expect("a JSON array");
+    assert_eq!(hits.len(), 2, "{json}");
+    for hit in hits {
+        let object = hit.as_object().expect("objects");
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["name", "sha256", "size", "sources"], "{json}");
+        assert!(
+            object["size"].is_u64() && object["sources"].is_u64(),
+            "{json}"
+        );
+    }
+    let photos = hits
+        .iter()
+        .find(|h| h["name"] == "Holiday Photos 2024.zip")
+        .expect("the zip is a hit");
+    assert_eq!(photos["size"], 13);
+    assert_eq!(photos["sources"], 1);
+    assert_eq!(photos["sha256"], sha256_hex(content).as_str());
+
+    let out = peer(&["--server", &server, "find", "nothing-like-it"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    let out = peer(&["--server", &server, "find", "--json", "nothing-like-it"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout).trim(), "[]");
+
+    // Nobody listens on port 1.
+    let out = peer(&["--server", "127.0.0.1:1", "find", "holiday"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("127.0.0.1:1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_batch_reports_every_file_and_fetches_the_good_ones_verified() {
+    let registry = Registry::start();
+    let good_a = pseudo_random_bytes(100_000, 1);
+    let good_b = pseudo_random_bytes(4096, 2);
+    let same = pseudo_random_bytes(5000, 3);
+    let theirs = pseudo_random_bytes(6000, 4);
+    let source = Peer::serve(
+        &registry,
+        &[
+            ("good a.bin", &good_a),
+            ("good-b.bin", &good_b),
+            ("same.bin", &same),
+            ("conflict.bin", &theirs),
+        ],
+        &[],
+    );
+    // A source that serves the registered length with the wrong bytes.
+    let corrupt = pseudo_random_bytes(3000, 5);
+    let port = corrupt_source(corrupt.len(), sha256_hex(&corrupt));
+    registry
+        .client()
+        .register(
+            port,
+            corrupt.len() as u64,
+            &sha256_hex(&corrupt),
+            "corrupt.bin",
+        )
+        .expect("register the corrupt source");
+
+    let client = Client::new(&registry);
+    std::fs::write(client.downloads.join("same.bin"), &same).unwrap();
+    let mine = b"my own conflict.bin, not theirs".to_vec();
+    std::fs::write(client.downloads.join("conflict.bin"), &mine).unwrap();
+
+    let out = client.run(&[
+        "get",
+        "good a.bin",
+        "missing.bin",
+        "same.bin",
+        "conflict.bin",
+        "corrupt.bin",
+        "good-b.bin",
+        "good a.bin",
+        "--jobs",
+        "3",
+    ]);
+    let stderr = text(&out.stderr);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    let failures: Vec<&str> = stderr.lines().filter(|l| l.contains("failed")).collect();
+    assert_eq!(failures.len(), 3, "{stderr}");
+    assert!(
+        failures
+            .iter()
+            .any(|l| l.contains("missing.bin") && l.contains("no peer shares")),
+        "{stderr}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|l| l.contains("conflict.bin") && l.contains("other content")),
+        "{stderr}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|l| l.contains("corrupt.bin") && l.contains("not the registered")),
+        "{stderr}"
+    );
+    assert!(
+        stdout
+            .contains("batch of 6 files: 2 downloaded, 1 already present, 3 failed (1 not found)"),
+        "{stdout}"
+    );
+
+    assert_eq!(client.file("good a.bin"), Some(good_a));
+    assert_eq!(client.file("good-b.bin"), Some(good_b));
+    assert_eq!(client.file("same.bin"), Some(same));
+    assert_eq!(client.file("conflict.bin"), Some(mine), "never overwritten");
+    assert_eq!(
+        client.file("corrupt.bin"),
+        None,
+        "never under its final name"
+    );
+    assert_eq!(client.file("missing.bin"), None);
+
+    // Everything there now: the same batch minus the failures is a success.
+    let out = client.run(&["get", "good a.bin", "good-b.bin", "same.bin"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("3 already present, 0 failed"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A batch whose only failures are names nobody shares exits 1.
+    let out = client.run(&["get", "good-b.bin", "nope-1", "nope-2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        2,
+        "{}",
+        text(&out.stderr)
+    );
+    drop(source);
+}
+
+#[test]
+fn names_from_a_file_from_stdin_and_from_find() {
+    let registry = Registry::start();
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| (format!("track {i:02}.ogg"), pseudo_random_bytes(4096, i)))
+        .collect();
+    let listed: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), c.as_slice()))
+        .collect();
+    let mut shared = listed.clone();
+    shared.push(("notes.txt", b"notes"));
+    let _source = Peer::serve(&registry, &shared, &[]);
+
+    // Standard input, CRLF and blank lines.
+    let client = Client::new(&registry);
+    let mut input = String::new();
+    for (name, _) in &files[..6] {
+        input.push_str(name);
+        input.push_str("\r\n\n");
+    }
+    let out = client.run_with_stdin(&["get", "--from-file", "-", "--jobs", "2"], &input);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("batch of 6 files: 6 downloaded"),
+        "{}",
+        text(&out.stdout)
+    );
+    for (name, content) in &files[..6] {
+        assert_eq!(client.file(name).as_ref(), Some(content), "{name}");
+    }
+
+    // A list file.
+    let client = Client::new(&registry);
+    let list = client.downloads.parent().unwrap().join("names.txt");
+    let names: Vec<&str> = files[6..].iter().map(|(n, _)| n.as_str()).collect();
+    std::fs::write(&list, names.join("\n")).unwrap();
+    let out = client.run(&["get", "--from-file", list.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for (name, content) in &files[6..] {
+        assert_eq!(client.file(name).as_ref(), Some(content), "{name}");
+    }
+    let missing = Path::new("/nonexistent/names.txt");
+    let out = client.run(&["get", "--from-file", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("names.txt"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Every FIND hit, and nothing else.
+    let client = Client::new(&registry);
+    let out = client.run(&["get", "--find", "track"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for (name, content) in &files {
+        assert_eq!(client.file(name).as_ref(), Some(content), "{name}");
+    }
+    assert_eq!(client.file("notes.txt"), None);
+    let out = client.run(&["get", "--find", "no-such-word"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_single_name_not_found_suggests_find_hits() {
+    let registry = Registry::start();
+    let _source = Peer::serve(&registry, &[("big.bin", b"big")], &[]);
+    let client = Client::new(&registry);
+    let out = client.run(&["get", "big"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("no peer shares \"big\""), "{stderr}");
+    assert!(stderr.contains("big.bin"), "{stderr}");
+    let out = client.run(&["get", "big.bin"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut content = Vec::new();
+    std::fs::File::open(client.downloads.join("big.bin"))
+        .unwrap()
+        .read_to_end(&mut content)
+        .unwrap();
+    assert_eq!(content, b"big");
+}
