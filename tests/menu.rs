@@ -261,3 +261,55 @@ fn a_registry_that_is_down_is_one_line_and_the_menu_goes_on() {
     let (status, stderr) = menu.wait_exit();
     assert!(status.success(), "{status}: {stderr}");
 }
+
+#[test]
+fn a_name_without_exact_source_lists_find_matches_to_choose_from() {
+    let registry = Registry::start();
+    let server = registry.addr_string();
+    let content = b"photos of the holiday".as_slice();
+    let _source = Peer::serve(
+        &registry,
+        &[("Holiday Photos.zip", content), ("holiday notes.txt", b"n")],
+        &[],
+    );
+    let (_dir, shared, downloads) = Peer::folders();
+    let mut menu = Menu::for_folders(&server, &shared, &downloads, &["--port", "0"]);
+    menu.expect_line("listening on ");
+
+    // A number out of range is asked again; empty input cancels.
+    menu.send("2\nholi pho\n");
+    menu.expect_line("no peer shares \"holi pho\"; 1 file matches:");
+    let row = menu.expect_line("1) Holiday Photos.zip");
+    assert!(row.contains("21 B") && row.contains("1 source"), "{row}");
+    menu.expect_line("Download which (1-1, empty cancels)");
+    menu.send("7\n");
+    menu.expect_line("\"7\" is not one of the numbers 1 to 1");
+    menu.send("\n");
+    menu.expect_line("cancelled");
+    menu.expect_line("Choose 1-4");
+    assert!(!downloads.join("Holiday Photos.zip").exists());
+
+    // Both hits of one word; the number typed is downloaded, verified.
+    menu.send("2\nHOLIDAY\n");
+    menu.expect_line("2 files match:");
+    let second = menu.expect_line("2) ");
+    menu.expect_line("Download which (1-2, empty cancels)");
+    menu.send("2\n");
+    menu.expect_line("sha256 verified");
+    let chosen = if second.contains("Holiday Photos.zip") {
+        ("Holiday Photos.zip", content)
+    } else {
+        ("holiday notes.txt", b"n".as_slice())
+    };
+    assert_eq!(std::fs::read(downloads.join(chosen.0)).unwrap(), chosen.1);
+
+    // An exact name still downloads directly; nothing matching is one line.
+    menu.send("2\nholiday notes.txt\n");
+    menu.expect_line("found 1 source of holiday notes.txt");
+    menu.expect_line("holiday notes.txt");
+    menu.send("2\nzzz-nothing\n");
+    menu.expect_line("no peer shares \"zzz-nothing\"");
+    menu.send("3\n");
+    let (status, stderr) = menu.wait_exit();
+    assert!(status.success(), "{status}: {stderr}");
+}

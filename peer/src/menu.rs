@@ -16,11 +16,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use comfy_table::{presets, ContentArrangement, Table};
-use indicatif::HumanBytes;
+use p2p_proto::protocol::{FindHit, Source};
+use p2p_proto::units::human_size;
 
 use crate::config::PeerConfig;
 use crate::download::{self, Outcome};
 use crate::files::HashCache;
+use crate::find;
 use crate::progress::Reporter;
 use crate::registration::{short_sha, Heartbeat, RegisterError, Registrar};
 use crate::serve::{self, ServeError};
@@ -280,7 +282,9 @@ fn register(
     Ok(true)
 }
 
-/// `2`: asks for a name, searches, downloads. `false` at end of input.
+/// `2`: asks for a name, searches, downloads. When no live source has that
+/// exact name, lists the FIND matches of its words numbered and downloads
+/// the one chosen (empty input cancels). `false` at end of input.
 fn download(
     common: &PeerConfig,
     console: &mut Console<'_>,
@@ -295,27 +299,95 @@ fn download(
     }
     let sources = match download::search(&common.server, &name) {
         Ok(sources) => sources,
+        Err(e) if e.is_not_found() => {
+            let hits = find::find(&common.server, &find::name_words(&name)).unwrap_or_default();
+            if hits.is_empty() {
+                console.say(e)?;
+                return Ok(true);
+            }
+            return match choose_hit(console, &name, &hits)? {
+                Choice::Hit(chosen) => {
+                    let chosen = chosen.to_owned();
+                    match download::search(&common.server, &chosen) {
+                        Ok(sources) => fetch(common, console, &chosen, &sources, reporter)?,
+                        Err(e) => console.say(e)?,
+                    }
+                    Ok(true)
+                }
+                Choice::Cancelled => Ok(true),
+                Choice::EndOfInput => Ok(false),
+            };
+        }
         Err(e) => {
             console.say(e)?;
             return Ok(true);
         }
     };
+    fetch(common, console, &name, &sources, reporter)?;
+    Ok(true)
+}
+
+/// What the person chose among FIND hits.
+enum Choice<'h> {
+    Hit(&'h str),
+    Cancelled,
+    EndOfInput,
+}
+
+/// Lists `hits` numbered and asks for one, until a number in range or an
+/// empty answer (cancel).
+fn choose_hit<'h>(
+    console: &mut Console<'_>,
+    name: &str,
+    hits: &'h [FindHit],
+) -> Result<Choice<'h>, MenuError> {
+    console.say(format_args!(
+        "no peer shares {:?}; {} file{} match{}:",
+        find::printable(name),
+        hits.len(),
+        if hits.len() == 1 { "" } else { "s" },
+        if hits.len() == 1 { "es" } else { "" },
+    ))?;
+    for (number, hit) in hits.iter().enumerate() {
+        console.say(format_args!("{}) {}", number + 1, find::describe_hit(hit)))?;
+    }
+    let question = format!("Download which (1-{}, empty cancels)", hits.len());
+    loop {
+        let Some(answer) = console.ask(&question)? else {
+            return Ok(Choice::EndOfInput);
+        };
+        if answer.is_empty() {
+            console.say("cancelled")?;
+            return Ok(Choice::Cancelled);
+        }
+        match answer.parse::<usize>() {
+            Ok(n) if (1..=hits.len()).contains(&n) => return Ok(Choice::Hit(&hits[n - 1].name)),
+            _ => console.say(format_args!(
+                "{:?} is not one of the numbers 1 to {}",
+                find::printable(&answer),
+                hits.len()
+            ))?,
+        }
+    }
+}
+
+/// Downloads `name` from `sources`, one line for the result.
+fn fetch(
+    common: &PeerConfig,
+    console: &mut Console<'_>,
+    name: &str,
+    sources: &[Source],
+    reporter: &Reporter,
+) -> Result<(), MenuError> {
     console.say(format_args!(
         "found {} source{} of {name}",
         sources.len(),
         if sources.len() == 1 { "" } else { "s" }
     ))?;
-    match download::download_from(
-        &sources,
-        &name,
-        &common.downloads,
-        &common.download,
-        reporter,
-    ) {
-        Ok(outcome) => console.say(describe(&outcome))?,
-        Err(e) => console.say(format_args!("download failed: {e}"))?,
+    match download::download_from(sources, name, &common.downloads, &common.download, reporter) {
+        Ok(outcome) => console.say(describe(&outcome)),
+        Err(e) => console.say(format_args!("download failed: {e}")),
     }
-    Ok(true)
 }
 
 /// One line for a finished download.
@@ -329,13 +401,15 @@ pub fn describe(outcome: &Outcome) -> String {
             ..
         } => {
             let resumed = if *resumed_at > 0 {
+                // A byte offset, not a size: scripts compare it with the `.part` length.
                 format!(", resumed at {resumed_at}")
             } else {
                 String::new()
             };
             format!(
-                "downloaded {} ({size} bytes from {from}{resumed}, sha256 verified)",
-                path.display()
+                "downloaded {} ({} from {from}{resumed}, sha256 verified)",
+                path.display(),
+                human_size(*size)
             )
         }
         Outcome::AlreadyPresent { path, .. } => {
@@ -383,7 +457,7 @@ fn list(
         };
         table.add_row([
             file.name.clone(),
-            HumanBytes(file.size).to_string(),
+            human_size(file.size),
             sha,
             state.to_owned(),
         ]);
