@@ -35,11 +35,17 @@ pub const MAX_INPUT_LINE_BYTES: usize = 4096;
 /// Exit status after SIGINT/SIGTERM/SIGHUP in the menu (128 + SIGINT).
 pub const EXIT_INTERRUPTED: i32 = 130;
 
+/// Answers to `Choose 1-4` that exit like `3` (any case).
+pub const EXIT_WORDS: [&str; 3] = ["q", "quit", "exit"];
+
+/// Names kept in the line editor's history (this session only, never on disk).
+pub const HISTORY_ENTRIES: usize = 200;
+
 /// The numbered choices, as shown.
 const MENU: &str = "\
 1) register a file from the shared folder
 2) download a file
-3) exit
+3) exit (or q)
 4) list shared files";
 
 /// Why the menu stopped other than by the user's choice.
@@ -63,6 +69,9 @@ pub struct Console<'a> {
     /// prompt's line; otherwise the menu ends it itself, so that every
     /// output line (notably `listening on`) starts on a line of its own.
     terminal: bool,
+    /// Line editing, history and completion when a person types at a
+    /// terminal; `None` for pipes, where input is read as plain lines.
+    editor: Option<LineEditor>,
 }
 
 impl<'a> Console<'a> {
@@ -71,6 +80,20 @@ impl<'a> Console<'a> {
             input,
             out,
             terminal,
+            editor: None,
+        }
+    }
+
+    /// Reads answers through `editor` (a terminal) instead of the input stream.
+    pub fn with_editor(mut self, editor: LineEditor) -> Console<'a> {
+        self.editor = Some(editor);
+        self
+    }
+
+    /// Whether tab completes the names of the shared folder's files.
+    fn complete_shared_names(&mut self, on: bool) {
+        if let Some(helper) = self.editor.as_mut().and_then(|e| e.editor.helper_mut()) {
+            helper.active = on;
         }
     }
 
@@ -83,6 +106,9 @@ impl<'a> Console<'a> {
 
     /// Shows `question: ` and reads the answer, trimmed; `None` at end of input.
     fn ask(&mut self, question: &str) -> Result<Option<String>, MenuError> {
+        if let Some(editor) = &mut self.editor {
+            return editor.read(question);
+        }
         let ending = if self.terminal { "" } else { "\n" };
         write!(self.out, "{question}: {ending}")
             .and_then(|()| self.out.flush())
@@ -115,6 +141,112 @@ impl<'a> Console<'a> {
         }
     }
 }
+
+/// Line editing for a person at a terminal (rustyline): arrows move in the
+/// line, Up and Down walk the names typed before, Tab completes the names
+/// of the shared folder's files at `1`. Never used when the input is a pipe:
+/// scripts see the plain prompts.
+pub struct LineEditor {
+    editor: rustyline::Editor<SharedNames, rustyline::history::DefaultHistory>,
+}
+
+/// Prints a line above the prompt being edited, then draws the prompt
+/// again; the `peer` binary sends its log lines through it while the menu
+/// runs on a terminal.
+pub type LinePrinter = Box<dyn rustyline::ExternalPrinter + Send>;
+
+impl LineEditor {
+    /// An editor completing names from `shared`, and its printer.
+    pub fn new(shared: &Path) -> Result<(LineEditor, LinePrinter), MenuError> {
+        let config = rustyline::Config::builder()
+            .max_history_size(HISTORY_ENTRIES)
+            .map_err(|e| MenuError::Input(io::Error::other(e)))?
+            .auto_add_history(false)
+            // Like a shell: Tab completes the common prefix, a second Tab lists.
+            .completion_type(rustyline::CompletionType::List)
+            .build();
+        let mut editor = rustyline::Editor::with_config(config)
+            .map_err(|e| MenuError::Input(io::Error::other(e)))?;
+        editor.set_helper(Some(SharedNames {
+            folder: shared.to_owned(),
+            active: false,
+        }));
+        let printer = editor
+            .create_external_printer()
+            .map_err(|e| MenuError::Input(io::Error::other(e)))?;
+        Ok((LineEditor { editor }, Box::new(printer)))
+    }
+
+    /// Shows `question: `, reads the answer, trimmed; `None` at end of
+    /// input or Ctrl-C (both exit the menu cleanly, as `3` does).
+    fn read(&mut self, question: &str) -> Result<Option<String>, MenuError> {
+        use rustyline::error::ReadlineError;
+        match self.editor.readline(&format!("{question}: ")) {
+            Ok(line) => {
+                let answer = line.trim().to_owned();
+                if answer.chars().count() > 1 {
+                    // History is for names; single-key menu choices would bury them.
+                    let _ = self.editor.add_history_entry(answer.as_str());
+                }
+                Ok(Some(answer))
+            }
+            Err(ReadlineError::Eof | ReadlineError::Interrupted) => Ok(None),
+            Err(ReadlineError::Io(e)) => Err(MenuError::Input(e)),
+            Err(e) => Err(MenuError::Input(io::Error::other(e))),
+        }
+    }
+}
+
+/// Tab completion of the shared folder's file names, while `active`.
+pub struct SharedNames {
+    folder: std::path::PathBuf,
+    active: bool,
+}
+
+impl SharedNames {
+    /// The regular files of the folder whose names start with `prefix`, sorted.
+    fn matching(&self, prefix: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.folder) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl rustyline::completion::Completer for SharedNames {
+    type Candidate = String;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
+        if !self.active {
+            return Ok((0, Vec::new()));
+        }
+        // The whole line is one name (names may hold spaces).
+        let prefix = line.get(..pos).unwrap_or(line);
+        Ok((0, self.matching(prefix)))
+    }
+}
+
+impl rustyline::hint::Hinter for SharedNames {
+    type Hint = String;
+}
+
+impl rustyline::highlight::Highlighter for SharedNames {}
+
+impl rustyline::validate::Validator for SharedNames {}
+
+impl rustyline::Helper for SharedNames {}
 
 /// Runs the menu until `3`, end of input, or a failure of the menu's own streams.
 pub fn run(
@@ -214,14 +346,26 @@ fn choose_until_exit(
             return Ok(());
         };
         let go_on = match choice.as_str() {
-            "1" => register(console, registrar, reporter)?,
+            "1" => {
+                console.complete_shared_names(true);
+                let go_on = register(console, registrar, reporter);
+                console.complete_shared_names(false);
+                go_on?
+            }
             "2" => download(common, console, reporter)?,
             "3" => false,
+            other if EXIT_WORDS.contains(&other.to_lowercase().as_str()) => false,
             "4" => {
                 list(console, registrar, reporter)?;
                 true
             }
             "" => true,
+            other if other.contains('\u{1b}') => {
+                console.say(
+                    "arrow keys and other special keys are not choices: type 1, 2, 3 or 4, then Enter",
+                )?;
+                true
+            }
             other => {
                 console.say(format_args!(
                     "{other:?} is not a choice: enter 1, 2, 3 or 4"
@@ -555,6 +699,41 @@ mod tests {
             .unwrap_or_else(|| panic!("{out}"));
         assert!(table.contains(" no "), "{table}");
         assert!(out.trim_end().ends_with("Choose 1-4:"), "{out}");
+    }
+
+    #[test]
+    fn exit_words_and_escape_sequences() {
+        let dir = tempfile::tempdir().unwrap();
+        let common = common(dir.path(), Some(0));
+        for word in ["q", "Q", "exit", "quit"] {
+            let out = drive(&common, &format!("{word}\n4\n"));
+            assert!(
+                !out.contains("the shared folder"),
+                "{word} must exit: {out}"
+            );
+        }
+        let out = drive(&common, "\u{1b}[A\n3\n");
+        assert!(
+            out.contains("arrow keys and other special keys are not choices"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn tab_completes_shared_names_only_when_asked_to() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("alpha.txt"), b"a").unwrap();
+        std::fs::write(dir.path().join("alpine.bin"), b"b").unwrap();
+        std::fs::create_dir(dir.path().join("alps")).unwrap();
+        let mut names = SharedNames {
+            folder: dir.path().to_owned(),
+            active: false,
+        };
+        assert_eq!(names.matching("alp"), ["alpha.txt", "alpine.bin"]);
+        assert_eq!(names.matching("alpi"), ["alpine.bin"]);
+        assert!(names.matching("zzz").is_empty());
+        names.active = true;
+        assert_eq!(names.matching(""), ["alpha.txt", "alpine.bin"]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{self, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use anyhow::Context;
 use clap::Parser;
@@ -16,7 +17,7 @@ use cli::{Cli, Command, EXIT_FAILURE, EXIT_NOT_FOUND};
 use p2p_peer::batch::{self, BatchConfig, Verdict};
 use p2p_peer::config::PeerConfig;
 use p2p_peer::download::{self, DownloadError};
-use p2p_peer::menu::{self, Console};
+use p2p_peer::menu::{self, Console, LineEditor, LinePrinter};
 use p2p_peer::progress::Reporter;
 use p2p_peer::{files::SharedDir, find, progress, registration, serve};
 
@@ -33,14 +34,53 @@ fn main() -> ExitCode {
 }
 
 /// Warnings (registry down, files skipped) go to stderr; `RUST_LOG` shows more.
+/// While the menu reads from a terminal they go through its line editor,
+/// which prints them above the prompt and draws the prompt again, so a
+/// warning from the heartbeat thread never lands inside what is typed.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr)
+        .with_writer(LogLine::default)
         .with_target(false)
         .init();
+}
+
+/// Where log lines go while the menu edits a line on a terminal.
+static LOG_PRINTER: Mutex<Option<LinePrinter>> = Mutex::new(None);
+
+/// One log event, collected, then written whole when dropped (the
+/// subscriber takes a fresh writer per event): to the menu's printer when
+/// one is installed, else to stderr.
+#[derive(Default)]
+struct LogLine(Vec<u8>);
+
+impl Write for LogLine {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut printer = LOG_PRINTER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(printer) = printer.as_mut() {
+            let line = String::from_utf8_lossy(&self.0).into_owned();
+            if printer.print(line).is_ok() {
+                return;
+            }
+        }
+        let _ = io::stderr().write_all(&self.0);
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -53,7 +93,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut input = stdin.lock();
             let mut output = io::stdout();
             let mut console = Console::new(&mut input, &mut output, terminal);
-            menu::run(&common, &mut console, &reporter).context("menu")?;
+            if terminal {
+                match LineEditor::new(&common.shared) {
+                    Ok((editor, printer)) => {
+                        console = console.with_editor(editor);
+                        *LOG_PRINTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(printer);
+                    }
+                    Err(e) => tracing::warn!("no line editing: {e}"),
+                }
+            }
+            let result = menu::run(&common, &mut console, &reporter).context("menu");
+            *LOG_PRINTER.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Serve) => {
