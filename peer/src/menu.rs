@@ -708,7 +708,7 @@ mod tests {
         for word in ["q", "Q", "exit", "quit"] {
             let out = drive(&common, &format!("{word}\n4\n"));
             assert!(
-                !out.contains("the shared folder"),
+                !out.contains("has no files to share"),
                 "{word} must exit: {out}"
             );
         }
