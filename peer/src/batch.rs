@@ -23,14 +23,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget};
 use p2p_proto::client::{Client, ClientError, Reply};
 use p2p_proto::protocol::{check_name, Request, Source};
 use p2p_proto::units::human_size;
 
 use crate::download::{self, choose_content, DownloadError, Options, Outcome};
 use crate::find::printable;
-use crate::progress::Reporter;
+use crate::progress::{self, Reporter};
 
 /// Default for `--jobs`: a few files in flight hide each one's round trips
 /// (lookup, connect, verify, fsync) without crowding a 2-core machine.
@@ -58,8 +58,11 @@ pub const MAX_LIST_LINE_BYTES: usize = 4096;
 const BAR_REFRESH_PER_SECOND: u8 = 10;
 
 /// Batch display: bytes done of those looked up so far, then files and the
-/// files in flight (cut to the terminal's width, never wrapped).
-const BAR_TEMPLATE: &str = "[{bar:20.cyan/blue}] {binary_bytes}/{binary_total_bytes} {wide_msg}";
+/// files in flight (the message is cut to the terminal's width).
+const BAR_TEMPLATE: &str = "[{bar:20.cyan/blue}] {done}/{size} {wide_msg}";
+
+/// Batch display below [`progress::MEDIUM_COLUMNS`].
+const BAR_TEMPLATE_NARROW: &str = "{percent:>3}% {wide_msg}";
 
 /// Most names of files in flight the display shows.
 const BAR_MAX_CURRENT: usize = 3;
@@ -467,8 +470,14 @@ impl BatchDisplay {
                 Some(0),
                 ProgressDrawTarget::stderr_with_hz(BAR_REFRESH_PER_SECOND),
             );
-            if let Ok(style) = ProgressStyle::with_template(BAR_TEMPLATE) {
-                bar.set_style(style.progress_chars("=> "));
+            let narrow = progress::terminal_width().is_some_and(|c| c < progress::MEDIUM_COLUMNS);
+            let template = if narrow {
+                BAR_TEMPLATE_NARROW
+            } else {
+                BAR_TEMPLATE
+            };
+            if let Some(style) = progress::human_style(template) {
+                bar.set_style(style);
             }
             bar.enable_steady_tick(Duration::from_millis(250));
             bar

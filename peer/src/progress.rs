@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::fmt;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use p2p_proto::units::human_size;
 
 /// Files smaller than this are hashed without a bar: it would only flash.
 pub const HASH_BAR_MIN_BYTES: u64 = 16 * 1024 * 1024;
@@ -27,10 +30,58 @@ pub const HASH_BAR_MIN_BYTES: u64 = 16 * 1024 * 1024;
 /// How often a bar is redrawn at most; more is wasted terminal output.
 const BAR_REFRESH_PER_SECOND: u8 = 10;
 
-/// Bar layout: how far, how fast, how long still, then what (cut to the
-/// terminal's width, so the bar never wraps onto a second line).
-const BAR_TEMPLATE: &str =
-    "[{bar:25.cyan/blue}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}";
+/// Bar layout on a terminal of at least [`WIDE_COLUMNS`]: how far, how
+/// fast, how long still, then what (the message is cut to what is left).
+const BAR_TEMPLATE: &str = "[{bar:25.cyan/blue}] {done}/{size} {rate} ETA {eta} {wide_msg}";
+
+/// Bar layout from [`MEDIUM_COLUMNS`] to [`WIDE_COLUMNS`]: ~45 columns of numbers.
+const BAR_TEMPLATE_MEDIUM: &str = "[{bar:10.cyan/blue}] {done}/{size} {rate} {wide_msg}";
+
+/// Bar layout below [`MEDIUM_COLUMNS`]: ~16 columns of numbers.
+const BAR_TEMPLATE_NARROW: &str = "{percent:>3}% {done} {wide_msg}";
+
+/// Columns from which [`BAR_TEMPLATE`] fits with room for the file's name.
+pub const WIDE_COLUMNS: u16 = 100;
+
+/// Columns from which [`BAR_TEMPLATE_MEDIUM`] fits with room for the name.
+pub const MEDIUM_COLUMNS: u16 = 60;
+
+/// The width of the terminal on stderr (where bars go), if it is one.
+pub fn terminal_width() -> Option<u16> {
+    rustix::termios::tcgetwinsize(io::stderr())
+        .ok()
+        .map(|size| size.ws_col)
+        .filter(|&cols| cols > 0)
+}
+
+/// The transfer bar's layout for a terminal `width` columns wide (unknown: wide).
+pub fn template_for_width(width: Option<u16>) -> &'static str {
+    match width {
+        Some(cols) if cols < MEDIUM_COLUMNS => BAR_TEMPLATE_NARROW,
+        Some(cols) if cols < WIDE_COLUMNS => BAR_TEMPLATE_MEDIUM,
+        _ => BAR_TEMPLATE,
+    }
+}
+
+/// A bar style from `template`, whose `{done}`, `{size}` and `{rate}` are
+/// in the units of [`human_size`] (the ones the menu and `p2p-admin` use).
+/// `None` if the template is rejected (the default style still works).
+pub fn human_style(template: &str) -> Option<ProgressStyle> {
+    let style = ProgressStyle::with_template(template).ok()?;
+    Some(
+        style
+            .with_key("done", |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = w.write_str(&human_size(s.pos()));
+            })
+            .with_key("size", |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = w.write_str(&human_size(s.len().unwrap_or(0)));
+            })
+            .with_key("rate", |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = write!(w, "{}/s", human_size(s.per_sec() as u64));
+            })
+            .progress_chars("=> "),
+    )
+}
 
 /// Where progress goes. Copy it freely: it holds no state of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,11 +205,11 @@ impl Reporter {
             if already > 0 {
                 say(format_args!(
                     "resuming {what} at {} of {}",
-                    HumanBytes(already),
-                    HumanBytes(total)
+                    human_size(already),
+                    human_size(total)
                 ));
             } else {
-                say(format_args!("downloading {what} ({})", HumanBytes(total)));
+                say(format_args!("downloading {what} ({})", human_size(total)));
             }
         }
         Progress::new(*self, "received", what, total, already, true)
@@ -236,8 +287,8 @@ impl Progress {
             );
             // The template is a constant; should it ever be rejected, the
             // default style still shows the numbers.
-            if let Ok(style) = ProgressStyle::with_template(BAR_TEMPLATE) {
-                bar.set_style(style.progress_chars("=> "));
+            if let Some(style) = human_style(template_for_width(terminal_width())) {
+                bar.set_style(style);
             }
             bar.set_message(what.clone());
             bar.set_position(already);
@@ -313,9 +364,9 @@ impl Progress {
                 "{} {}: {} in {:.2}s ({}/s)",
                 self.done_verb,
                 self.what,
-                HumanBytes(moved),
+                human_size(moved),
                 elapsed.as_secs_f64(),
-                HumanBytes(rate(moved, elapsed)),
+                human_size(rate(moved, elapsed)),
             ));
         }
     }
@@ -344,6 +395,17 @@ mod tests {
         assert_eq!(rate(1000, Duration::ZERO), 1_000_000);
         assert_eq!(rate(1000, Duration::from_secs(2)), 500);
         assert_eq!(rate(u64::MAX, Duration::from_millis(1)), u64::MAX);
+    }
+
+    #[test]
+    fn bars_fit_the_terminal() {
+        assert_eq!(template_for_width(None), BAR_TEMPLATE);
+        assert_eq!(template_for_width(Some(120)), BAR_TEMPLATE);
+        assert_eq!(template_for_width(Some(80)), BAR_TEMPLATE_MEDIUM);
+        assert_eq!(template_for_width(Some(40)), BAR_TEMPLATE_NARROW);
+        for template in [BAR_TEMPLATE, BAR_TEMPLATE_MEDIUM, BAR_TEMPLATE_NARROW] {
+            assert!(human_style(template).is_some(), "{template}");
+        }
     }
 
     #[test]
