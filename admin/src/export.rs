@@ -66,7 +66,9 @@ pub fn export<W: Write>(
         source,
     })?;
     let mut writer =
-        RowWriter::new(opts.format, BufWriter::new(temp), clock).map_err(output_err)?;
+        // A file gets whole names, whatever the terminal's width.
+        RowWriter::with_width(opts.format, BufWriter::new(temp), clock, None)
+            .map_err(output_err)?;
     stream(&conn, &settings.db, &all, &mut writer, WHAT, &target)?;
     let rows = writer.rows();
     let temp = writer

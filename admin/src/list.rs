@@ -53,8 +53,14 @@ pub fn list<W: Write>(settings: &Settings, opts: &ListOptions, out: W) -> Result
     )?;
     let rows = writer.rows();
     let mut out = writer.finish().map_err(output_err)?;
-    if rows == 0 && opts.format == Format::Table {
-        writeln!(out, "no registrations match").map_err(output_err)?;
+    if opts.format == Format::Table {
+        match rows {
+            0 => writeln!(out, "no registrations match"),
+            1 => writeln!(out, "1 registration"),
+            n => writeln!(out, "{n} registrations"),
+        }
+        .and_then(|()| out.flush())
+        .map_err(output_err)?;
     }
     Ok(rows)
 }

@@ -3,8 +3,12 @@
 //! small formatters for sizes, times and ages.
 //!
 //! Rows are written as they come: CSV and JSON hold one row at a time, a
-//! table at most [`TABLE_PAGE_ROWS`]. This module never opens the database
-//! and never decides which rows to show.
+//! table at most [`TABLE_PAGE_ROWS`] (to size its columns), then prints the
+//! rest in the same columns: one table, one header, however many rows.
+//! A table fits the width it is given (the terminal's, or `COLUMNS`):
+//! no word or hash is broken across lines; a cell too long for its column
+//! is cut with `…` (CSV and JSON always carry every character). This module
+//! never opens the database and never decides which rows to show.
 
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,10 +19,35 @@ use serde::Serialize;
 
 use crate::Clock;
 
-/// Rows a table holds before it is printed. A table must see every cell to
-/// size its columns, so a long listing is printed in pages of this many
-/// rows, each with its header, and memory stays bounded.
+/// Rows a table holds before it is printed: its columns are sized to these
+/// first rows, and later rows are printed in the same columns (cut with `…`
+/// if longer), so memory stays bounded and there is one header.
 pub const TABLE_PAGE_ROWS: usize = 1000;
+
+/// Columns between two table columns.
+const COLUMN_GAP: &str = "  ";
+
+/// The name column never gets narrower than this when the table is cut to
+/// the width: shorter, names would be unrecognisable.
+pub const MIN_NAME_COLUMNS: usize = 16;
+
+/// Hex digits of a SHA-256 a table shows when the full short form
+/// ([`SHORT_HASH_LEN`]) does not fit the width.
+pub const NARROW_HASH_LEN: usize = 8;
+
+/// The table's header, in column order.
+const TABLE_HEADER: [&str; 7] = [
+    "NAME",
+    "SIZE",
+    "SHA-256",
+    "PEER",
+    "REGISTERED",
+    "LAST SEEN",
+    "STATUS",
+];
+
+/// Index of the column left out first when the table is too wide.
+const REGISTERED_COLUMN: usize = 4;
 
 /// Hex digits of a SHA-256 a table shows; CSV and JSON carry all 64.
 pub const SHORT_HASH_LEN: usize = 12;
@@ -78,6 +107,10 @@ enum Sink<W: Write> {
     Table {
         out: W,
         page: Vec<Registration>,
+        /// The columns, once the first page fixed them.
+        layout: Option<Layout>,
+        /// Columns the table must fit in; `None`: no limit.
+        width: Option<usize>,
     },
     /// Boxed: the csv writer carries its own buffer state, ten times the others.
     Csv(Box<csv::Writer<W>>),
@@ -99,12 +132,25 @@ pub struct RowWriter<W: Write> {
 
 impl<W: Write> RowWriter<W> {
     /// Starts the output; CSV writes its header row at once, so even an
-    /// empty export has one.
+    /// empty export has one. A table fits [`output_width`].
     pub fn new(format: Format, out: W, clock: Clock) -> io::Result<Self> {
+        RowWriter::with_width(format, out, clock, output_width())
+    }
+
+    /// Like [`RowWriter::new`], with the table fitted to `width` columns
+    /// (`None`: as wide as its cells, e.g. for a file).
+    pub fn with_width(
+        format: Format,
+        out: W,
+        clock: Clock,
+        width: Option<usize>,
+    ) -> io::Result<Self> {
         let sink = match format {
             Format::Table => Sink::Table {
                 out,
                 page: Vec::new(),
+                layout: None,
+                width,
             },
             Format::Csv => {
                 let mut csv = csv::WriterBuilder::new()
@@ -129,12 +175,20 @@ impl<W: Write> RowWriter<W> {
     pub fn write(&mut self, r: &Registration) -> io::Result<()> {
         self.rows += 1;
         match &mut self.sink {
-            Sink::Table { out, page } => {
-                page.push(r.clone());
-                if page.len() >= TABLE_PAGE_ROWS {
-                    write_table_page(out, page, &self.clock)?;
+            Sink::Table {
+                out,
+                page,
+                layout,
+                width,
+            } => match layout {
+                Some(layout) => layout.write_row(out, &table_cells(r, &self.clock))?,
+                None => {
+                    page.push(r.clone());
+                    if page.len() >= TABLE_PAGE_ROWS {
+                        *layout = Some(write_first_page(out, page, &self.clock, *width)?);
+                    }
                 }
-            }
+            },
             Sink::Csv(csv) => csv
                 .serialize(Record::new(r, &self.clock))
                 .map_err(csv_error)?,
@@ -159,8 +213,15 @@ impl<W: Write> RowWriter<W> {
     /// Ends the output, flushes it, and returns the writer.
     pub fn finish(self) -> io::Result<W> {
         let mut out = match self.sink {
-            Sink::Table { mut out, mut page } => {
-                write_table_page(&mut out, &mut page, &self.clock)?;
+            Sink::Table {
+                mut out,
+                mut page,
+                layout,
+                width,
+            } => {
+                if layout.is_none() && !page.is_empty() {
+                    write_first_page(&mut out, &mut page, &self.clock, width)?;
+                }
                 out
             }
             Sink::Csv(csv) => (*csv).into_inner().map_err(|e| e.into_error())?,
@@ -187,42 +248,162 @@ fn csv_error(e: csv::Error) -> io::Error {
     }
 }
 
-/// Prints `page` as one table and empties it; prints nothing for no rows.
-fn write_table_page<W: Write>(
+/// Columns the table should fit in: `COLUMNS` when set to a number, else
+/// the width of the terminal on stdout, else no limit (a pipe or a file
+/// gets whole names).
+pub fn output_width() -> Option<usize> {
+    if let Some(cols) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&c| c > 0)
+    {
+        return Some(cols);
+    }
+    rustix::termios::tcgetwinsize(io::stdout())
+        .ok()
+        .map(|size| usize::from(size.ws_col))
+        .filter(|&cols| cols > 0)
+}
+
+/// The table's cells of one registration, in [`TABLE_HEADER`] order.
+fn table_cells(r: &Registration, clock: &Clock) -> [String; 7] {
+    [
+        r.name.clone(),
+        human_size(r.size),
+        short_hash(&r.sha256),
+        r.peer(),
+        ago(clock.now_ms, r.registered_at_ms),
+        ago(clock.now_ms, r.last_seen_ms),
+        if clock.is_live(r.last_seen_ms) {
+            "live"
+        } else {
+            "expired"
+        }
+        .to_owned(),
+    ]
+}
+
+/// Sizes the columns to `page` (and `width`), prints the header and the
+/// page, empties it, and returns the columns for the rows after it.
+fn write_first_page<W: Write>(
     out: &mut W,
     page: &mut Vec<Registration>,
     clock: &Clock,
-) -> io::Result<()> {
-    if page.is_empty() {
-        return Ok(());
+    width: Option<usize>,
+) -> io::Result<Layout> {
+    let rows: Vec<[String; 7]> = page.drain(..).map(|r| table_cells(&r, clock)).collect();
+    let layout = Layout::fit(&rows, width);
+    layout.write_row(out, &TABLE_HEADER.map(str::to_owned))?;
+    for row in &rows {
+        layout.write_row(out, row)?;
     }
-    let mut table = new_table(&[
-        "NAME",
-        "SIZE",
-        "SHA-256",
-        "PEER",
-        "REGISTERED",
-        "LAST SEEN",
-        "STATUS",
-    ]);
-    for r in page.drain(..) {
-        table.add_row(vec![
-            r.name,
-            human_size(r.size),
-            short_hash(&r.sha256),
-            format!("{}:{}", r.host, r.port),
-            ago(clock.now_ms, r.registered_at_ms),
-            ago(clock.now_ms, r.last_seen_ms),
-            if clock.is_live(r.last_seen_ms) {
-                "live"
-            } else {
-                "expired"
+    Ok(layout)
+}
+
+/// The table's columns: which are shown, how wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Layout {
+    /// Width of each column in characters; `None`: left out.
+    widths: [Option<usize>; 7],
+    /// Hex digits shown of a hash.
+    hash_len: usize,
+    /// Whether cells longer than their column are cut (a width was given);
+    /// without one, a later row's longer cell is printed whole.
+    cut: bool,
+}
+
+impl Layout {
+    /// Columns as wide as their widest cell in `rows`; then, while wider
+    /// than `width`: leave out REGISTERED, shorten hashes, narrow NAME down
+    /// to [`MIN_NAME_COLUMNS`]. Never breaks a cell across lines.
+    fn fit(rows: &[[String; 7]], width: Option<usize>) -> Layout {
+        let mut widths = [0usize; 7];
+        for (column, header) in TABLE_HEADER.iter().enumerate() {
+            widths[column] = rows
+                .iter()
+                .map(|row| row[column].chars().count())
+                .chain([header.chars().count()])
+                .max()
+                .unwrap_or(0);
+        }
+        let mut layout = Layout {
+            widths: widths.map(Some),
+            hash_len: SHORT_HASH_LEN,
+            cut: width.is_some(),
+        };
+        let Some(width) = width else {
+            return layout;
+        };
+        if layout.total() > width {
+            layout.widths[REGISTERED_COLUMN] = None;
+        }
+        if layout.total() > width {
+            layout.hash_len = NARROW_HASH_LEN;
+            // "SHA-256" is 7 wide; 8 digits and "…" are 9.
+            layout.widths[2] = Some(NARROW_HASH_LEN + 1);
+        }
+        let over = layout.total().saturating_sub(width);
+        if let Some(name) = layout.widths[0].as_mut() {
+            *name = name.saturating_sub(over).max(MIN_NAME_COLUMNS.min(*name));
+        }
+        layout
+    }
+
+    /// Characters of a line, gaps included.
+    fn total(&self) -> usize {
+        let shown: Vec<usize> = self.widths.iter().flatten().copied().collect();
+        shown.iter().sum::<usize>() + COLUMN_GAP.len() * shown.len().saturating_sub(1)
+    }
+
+    /// One line: each shown cell cut to its column (with `…`), padded;
+    /// SIZE right-aligned; no trailing spaces.
+    fn write_row<W: Write>(&self, out: &mut W, cells: &[String; 7]) -> io::Result<()> {
+        let mut line = String::new();
+        let last = self.widths.iter().rposition(Option::is_some);
+        for (column, width) in self.widths.iter().enumerate() {
+            let Some(width) = *width else { continue };
+            if !line.is_empty() {
+                line.push_str(COLUMN_GAP);
             }
-            .to_owned(),
-        ]);
+            let cell = if column == 2 {
+                shorten_hash(&cells[column], self.hash_len)
+            } else if self.cut {
+                cut(&cells[column], width)
+            } else {
+                cells[column].clone()
+            };
+            let pad = width.saturating_sub(cell.chars().count());
+            if column == 1 {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(&cell);
+            } else {
+                line.push_str(&cell);
+                if Some(column) != last {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+        }
+        writeln!(out, "{}", line.trim_end())
     }
-    align_right(&mut table, 1);
-    writeln!(out, "{table}")
+}
+
+/// `text` in at most `width` characters: cut with `…` when longer.
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// A table's hash cell (already short) shortened to `len` hex digits.
+fn shorten_hash(cell: &str, len: usize) -> String {
+    let digits = cell.trim_end_matches('…');
+    if digits.len() <= len {
+        return cell.to_owned();
+    }
+    format!("{}…", digits.get(..len).unwrap_or(digits))
 }
 
 /// A table in the house style: condensed UTF-8 borders, columns fitted to
@@ -392,15 +573,73 @@ mod tests {
     }
 
     #[test]
-    fn tables_are_paged_with_a_header_each() {
+    fn a_long_table_is_one_table_with_one_header() {
         assert_eq!(render(Format::Table, &[]), "");
         let rows: Vec<Registration> = (0..TABLE_PAGE_ROWS + 1)
             .map(|i| reg(&format!("f{i}"), 60_000))
             .collect();
         let out = render(Format::Table, &rows);
-        assert_eq!(out.matches("LAST SEEN").count(), 2);
+        assert_eq!(out.matches("LAST SEEN").count(), 1);
+        assert_eq!(out.lines().count(), TABLE_PAGE_ROWS + 2);
         assert!(out.contains("2.0 KiB"));
         assert!(out.contains("abababababab…"));
         assert!(out.contains("f1000"));
+    }
+
+    fn render_width(rows: &[Registration], width: usize) -> String {
+        let mut w = RowWriter::with_width(Format::Table, Vec::new(), clock(), Some(width)).unwrap();
+        for r in rows {
+            w.write(r).unwrap();
+        }
+        String::from_utf8(w.finish().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn at_80_columns_nothing_is_broken_across_lines() {
+        let mut long = reg(&"very long name of a holiday video ".repeat(5), 60_000);
+        long.host = "192.168.100.200".to_owned();
+        long.port = 65000;
+        let rows = vec![reg("short.txt", 60_000), long, reg("old", 1)];
+        let out = render_width(&rows, 80);
+        assert_eq!(out.lines().count(), 4, "{out}");
+        for line in out.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "{} columns: {line}",
+                line.chars().count()
+            );
+        }
+        assert!(!out.contains("REGISTERED"), "{out}");
+        assert!(out.contains("abababab…"), "{out}");
+        assert!(out.contains("192.168.100.200:65000"), "{out}");
+        assert!(out.contains("very long name o…  2.0 KiB"), "{out}");
+        assert!(out.contains("expired") && out.contains("live"), "{out}");
+        // Without a width, everything in full.
+        let out = render_width(&rows, 1000);
+        assert!(
+            out.contains("REGISTERED") && out.contains(rows[1].name.trim_end()),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn later_rows_keep_the_first_pages_columns() {
+        let mut rows: Vec<Registration> = (0..TABLE_PAGE_ROWS)
+            .map(|i| reg(&format!("f{i}"), 60_000))
+            .collect();
+        rows.push(reg("a name longer than the column", 60_000));
+        let out = render_width(&rows, 80);
+        let last = out.lines().last().unwrap();
+        assert!(last.starts_with("a n…  "), "{last}");
+        let mut w = RowWriter::with_width(Format::Table, Vec::new(), clock(), None).unwrap();
+        for r in &rows {
+            w.write(r).unwrap();
+        }
+        let out = String::from_utf8(w.finish().unwrap()).unwrap();
+        assert!(out
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("a name longer than the column  "));
     }
 }
