@@ -473,7 +473,7 @@ mod tests {
     fn batch_and_find_arguments() {
         let cli = Cli::try_parse_from(["peer", "get", "a", "b", "--jobs", "8"]).unwrap();
         assert!(
-            matches!(cli.command, Some(Command::Get { names, jobs: 8, find: false, from_file: None }) if names == ["a", "b"])
+            matches!(cli.command, Some(Command::Get { names, jobs: 8, find: false, from_file: None, .. }) if names == ["a", "b"])
         );
         let cli = Cli::try_parse_from(["peer", "get", "--from-file", "-"]).unwrap();
         assert!(
