@@ -313,3 +313,92 @@ fn a_name_without_exact_source_lists_find_matches_to_choose_from() {
     let (status, stderr) = menu.wait_exit();
     assert!(status.success(), "{status}: {stderr}");
 }
+
+/// The menu on a terminal: `script` (util-linux) gives it a pseudo-terminal,
+/// so the line editor runs: Tab completes a shared name at `1`, Up recalls
+/// it, `q` exits. Skipped, saying why, where `script` is missing.
+#[test]
+fn on_a_terminal_tab_completes_shared_names_and_q_exits() {
+    let Ok(script) = which("script") else {
+        println!(
+            "skipped: `script` (util-linux) is not installed, no pseudo-terminal to test with"
+        );
+        return;
+    };
+    let registry = Registry::start();
+    let (_dir, shared, downloads) = Peer::folders();
+    std::fs::write(shared.join("alpha-unique.txt"), b"alpha").unwrap();
+    std::fs::write(shared.join("beta.txt"), b"beta").unwrap();
+    let command = format!(
+        "exec '{}' --server {} --shared '{}' --downloads '{}' --port 0",
+        bin("peer").display(),
+        registry.addr_string(),
+        shared.display(),
+        downloads.display()
+    );
+    let mut child = Command::new(script)
+        .args(["-q", "-e", "-f", "-c", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script");
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = std::sync::Arc::clone(&seen);
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |needle: &str, count: usize| {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            let text = seen.lock().unwrap().clone();
+            if text.matches(needle).count() >= count {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("no {count} × {needle:?} on the terminal; so far:\n{text}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("Choose 1-4: ", 1);
+    stdin.write_all(b"1\r").unwrap();
+    wait_for("File name: ", 1);
+    stdin.write_all(b"alp\t\r").unwrap();
+    wait_for("registered alpha-unique.txt", 1);
+    assert_eq!(search_exit_code(&registry, "alpha-unique.txt"), Some(0));
+    wait_for("Choose 1-4: ", 2);
+    stdin.write_all(b"q\r").unwrap();
+    wait_for("unregistered 1 files", 1);
+    let deadline = Instant::now() + WAIT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the menu did not exit on q");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}: {}", seen.lock().unwrap());
+}
+
+/// The path of `program` on PATH.
+fn which(program: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|candidate| candidate.is_file())
+        })
+        .ok_or(())
+}

@@ -156,8 +156,10 @@ pub struct LineEditor {
 pub type LinePrinter = Box<dyn rustyline::ExternalPrinter + Send>;
 
 impl LineEditor {
-    /// An editor completing names from `shared`, and its printer.
-    pub fn new(shared: &Path) -> Result<(LineEditor, LinePrinter), MenuError> {
+    /// An editor completing names from `shared`, and its printer (none
+    /// where the terminal cannot have one, e.g. `TERM=dumb`: then log lines
+    /// go to stderr as elsewhere).
+    pub fn new(shared: &Path) -> Result<(LineEditor, Option<LinePrinter>), MenuError> {
         let config = rustyline::Config::builder()
             .max_history_size(HISTORY_ENTRIES)
             .map_err(|e| MenuError::Input(io::Error::other(e)))?
@@ -171,10 +173,14 @@ impl LineEditor {
             folder: shared.to_owned(),
             active: false,
         }));
-        let printer = editor
-            .create_external_printer()
-            .map_err(|e| MenuError::Input(io::Error::other(e)))?;
-        Ok((LineEditor { editor }, Box::new(printer)))
+        let printer = match editor.create_external_printer() {
+            Ok(printer) => Some(Box::new(printer) as LinePrinter),
+            Err(e) => {
+                tracing::debug!("no printer above the prompt: {e}");
+                None
+            }
+        };
+        Ok((LineEditor { editor }, printer))
     }
 
     /// Shows `question: `, reads the answer, trimmed; `None` at end of

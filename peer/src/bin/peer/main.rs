@@ -93,11 +93,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut input = stdin.lock();
             let mut output = io::stdout();
             let mut console = Console::new(&mut input, &mut output, terminal);
-            if terminal {
+            // A dumb terminal cannot edit lines: plain reading, as from a pipe.
+            let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
+            if terminal && !dumb {
                 match LineEditor::new(&common.shared) {
                     Ok((editor, printer)) => {
                         console = console.with_editor(editor);
-                        *LOG_PRINTER.lock().unwrap_or_else(|p| p.into_inner()) = Some(printer);
+                        *LOG_PRINTER.lock().unwrap_or_else(|p| p.into_inner()) = printer;
                     }
                     Err(e) => tracing::warn!("no line editing: {e}"),
                 }
