@@ -346,6 +346,9 @@ fn on_a_terminal_tab_completes_shared_names_and_q_exits() {
         .expect("start script");
     let mut stdin = child.stdin.take().expect("piped");
     let mut stdout = child.stdout.take().expect("piped");
+    // Killed however the test ends: the pseudo-terminal closes and the menu
+    // gets SIGHUP (it unregisters and exits).
+    let mut child = KillOnDrop(child);
     let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let sink = std::sync::Arc::clone(&seen);
     thread::spawn(move || {
@@ -383,13 +386,23 @@ fn on_a_terminal_tab_completes_shared_names_and_q_exits() {
     wait_for("unregistered 1 files", 1);
     let deadline = Instant::now() + WAIT_TIMEOUT;
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "the menu did not exit on q");
         thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}: {}", seen.lock().unwrap());
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The path of `program` on PATH.

@@ -4,7 +4,8 @@
 //! a time before their replies are read; a bounded pool of `jobs` threads
 //! fetches the files, each with [`download::download_from`] (verified,
 //! resumable, multi-source, as a single `peer get`). One display shows the
-//! whole batch (files and bytes done, the files in flight), and a
+//! whole batch (files done, bytes received, the files in flight; each
+//! file's transfer reports to it through a progress [`Observer`]), and a
 //! [`Summary`] says what happened to every name.
 //!
 //! Threads: one looks names up and feeds a bounded channel; `jobs` workers
@@ -16,10 +17,10 @@
 //! anything about a single transfer (that is [`download`]'s), or print the
 //! failures itself (the binary decides where they go).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, Read};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Sender};
@@ -30,7 +31,7 @@ use p2p_proto::units::human_size;
 
 use crate::download::{self, choose_content, DownloadError, Options, Outcome};
 use crate::find::printable;
-use crate::progress::{self, Reporter};
+use crate::progress::{self, Observer, ObserverGuard, Reporter};
 
 /// Default for `--jobs`: a few files in flight hide each one's round trips
 /// (lookup, connect, verify, fsync) without crowding a 2-core machine.
@@ -244,8 +245,8 @@ pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Sum
     let mut results: Vec<Option<Result<Outcome, DownloadError>>> =
         names.iter().map(|_| None).collect();
     // Each file's own transfer display would fight the batch's for the
-    // terminal (and print two lines per file): the batch display says it all.
-    let quiet = Reporter::quiet();
+    // terminal (and print two lines per file): each file reports to the
+    // batch display instead (`BatchDisplay::file_reporter`).
     let (work_tx, work_rx) = bounded::<(usize, Vec<Source>)>(2 * LOOKUP_PIPELINE_DEPTH);
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     std::thread::scope(|scope| {
@@ -270,12 +271,13 @@ pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Sum
                 for (index, sources) in work_rx {
                     let name = &names[index];
                     display.started(name);
+                    let (file_reporter, _watching) = display.file_reporter(name);
                     let result = download::download_from(
                         &sources,
                         name,
                         &config.downloads,
                         &config.download,
-                        &quiet,
+                        &file_reporter,
                     );
                     display.finished(name, &result);
                     if done_tx.send((index, result)).is_err() {
@@ -451,7 +453,8 @@ fn look_up(
 struct BatchDisplay {
     bar: Option<ProgressBar>,
     reporter: Reporter,
-    state: Mutex<BatchState>,
+    /// Shared with the [`FileWatch`] of every file in flight.
+    state: Arc<Mutex<BatchState>>,
 }
 
 #[derive(Default)]
@@ -459,8 +462,62 @@ struct BatchState {
     total_files: usize,
     finished: usize,
     bytes_total: u64,
+    /// Bytes of the files finished.
     bytes_done: u64,
+    /// Bytes received so far of each file in flight, by name.
+    in_flight: HashMap<String, u64>,
     current: Vec<String>,
+}
+
+/// Applies `change` to the batch's numbers and redraws the bar.
+fn update(
+    state: &Mutex<BatchState>,
+    bar: Option<&ProgressBar>,
+    change: impl FnOnce(&mut BatchState),
+) {
+    // A worker that panicked while holding the lock leaves numbers that
+    // are still good enough to display.
+    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+    change(&mut state);
+    if let Some(bar) = bar {
+        let moving: u64 = state.in_flight.values().sum();
+        bar.set_length(state.bytes_total);
+        bar.set_position(state.bytes_done.saturating_add(moving));
+        bar.set_message(state.message());
+    }
+}
+
+/// Watches one file's transfer for the batch display: its bytes as they
+/// arrive, and its notes ("source X failed; trying the next"), printed
+/// above the bar or as plain lines.
+struct FileWatch {
+    name: String,
+    state: Arc<Mutex<BatchState>>,
+    bar: Option<ProgressBar>,
+    reporter: Reporter,
+}
+
+impl Observer for FileWatch {
+    fn started(&self, _what: &str, _total: u64, already: u64) {
+        update(&self.state, self.bar.as_ref(), |s| {
+            s.in_flight.insert(self.name.clone(), already);
+        });
+    }
+
+    fn position(&self, done: u64) {
+        update(&self.state, self.bar.as_ref(), |s| {
+            s.in_flight.insert(self.name.clone(), done);
+        });
+    }
+
+    fn detail(&self, _detail: &str) {}
+
+    fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| self.reporter.note(line)),
+            None => self.reporter.note(line),
+        }
+    }
 }
 
 impl BatchDisplay {
@@ -485,23 +542,27 @@ impl BatchDisplay {
         BatchDisplay {
             bar,
             reporter: *reporter,
-            state: Mutex::new(BatchState {
+            state: Arc::new(Mutex::new(BatchState {
                 total_files,
                 ..BatchState::default()
-            }),
+            })),
         }
     }
 
     fn with_state(&self, change: impl FnOnce(&mut BatchState)) {
-        // A worker that panicked while holding the lock leaves numbers
-        // that are still good enough to display.
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        change(&mut state);
-        if let Some(bar) = &self.bar {
-            bar.set_length(state.bytes_total);
-            bar.set_position(state.bytes_done);
-            bar.set_message(state.message());
-        }
+        update(&self.state, self.bar.as_ref(), change);
+    }
+
+    /// A reporter for one file's download: nothing of its own on screen,
+    /// its bytes and notes go to the batch display. Keep the guard for as
+    /// long as the download runs.
+    fn file_reporter(&self, name: &str) -> (Reporter, ObserverGuard) {
+        Reporter::quiet().observed(Arc::new(FileWatch {
+            name: name.to_owned(),
+            state: Arc::clone(&self.state),
+            bar: self.bar.clone(),
+            reporter: self.reporter,
+        }))
     }
 
     fn looked_up(&self, sources: &[Source]) {
@@ -520,6 +581,7 @@ impl BatchDisplay {
             if let Some(at) = s.current.iter().position(|c| *c == shown) {
                 s.current.swap_remove(at);
             }
+            s.in_flight.remove(name);
             s.finished += 1;
             if let Ok(outcome) = result {
                 let size = match outcome {
@@ -633,6 +695,31 @@ mod tests {
             summary.line(),
             "batch of 2 files: 0 downloaded, 0 already present, 2 failed (0 not found)"
         );
+    }
+
+    #[test]
+    fn the_display_counts_bytes_in_flight_and_finished() {
+        let display = BatchDisplay::new(&Reporter::quiet(), 2);
+        let (reporter, guard) = display.file_reporter("a");
+        display.started("a");
+        let mut progress = reporter.transfer("a from x", 100, 10);
+        progress.set(60);
+        let moving = |d: &BatchDisplay| d.state.lock().unwrap().in_flight.get("a").copied();
+        assert_eq!(moving(&display), Some(60));
+        progress.finish();
+        drop(guard);
+        let outcome = Outcome::Downloaded {
+            path: PathBuf::from("a"),
+            size: 100,
+            sha256: String::new(),
+            from: String::new(),
+            resumed_at: 0,
+        };
+        display.finished("a", &Ok::<_, ()>(outcome));
+        let state = display.state.lock().unwrap();
+        assert_eq!((state.finished, state.bytes_done), (1, 100));
+        assert!(state.in_flight.is_empty() && state.current.is_empty());
+        assert_eq!(state.message(), "files 1/2");
     }
 
     #[test]
