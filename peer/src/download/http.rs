@@ -13,22 +13,13 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::SourceError;
+use p2p_proto::protocol::Source;
 
-/// How long to wait for a peer to accept the connection: a dead source must
-/// not hold up the next one.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long one read from a peer may block (the response head or any chunk
-/// of the body); a stalled transfer is abandoned and resumed from another source.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long sending the request may block.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::error::SourceError;
+use super::limits::{CONNECT_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT};
 
 /// Largest response head accepted (status line and headers): far more than
 /// any file server sends, small enough that a hostile peer cannot make us
@@ -312,6 +303,19 @@ pub fn digits(s: &str) -> Option<u64> {
         return None;
     }
     s.parse().ok()
+}
+
+/// An `ETag` that names another digest means the peer's file changed since
+/// it registered; no `ETag` at all is left to the digest check.
+pub fn check_etag(head: &ResponseHead, source: &Source, name: &str) -> Result<(), SourceError> {
+    match (head.etag_value(), head.etag.as_deref()) {
+        (Some(value), Some(etag)) if value != source.sha256 => Err(SourceError::Changed {
+            addr: source.addr(),
+            name: name.to_owned(),
+            etag: etag.to_owned(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

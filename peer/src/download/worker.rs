@@ -16,10 +16,12 @@ use std::os::unix::fs::FileExt;
 use p2p_proto::protocol::Source;
 use sha2::{Digest, Sha256};
 
-use super::http::{file_path, get_request, parse_content_range, pieces_path, Connection};
-use super::multi::{Next, Swarm};
+use super::error::{DownloadError, SourceError};
+use super::http::{
+    check_etag, file_path, get_request, parse_content_range, pieces_path, Connection,
+};
 use super::scheduler::{Failure, SourceId, Verdict};
-use super::{check_etag, DownloadError, SourceError};
+use super::swarm::{Next, Swarm};
 use crate::pieces::{max_document_bytes, PieceList};
 
 /// Bytes read between two progress reports (and two looks at whether the

@@ -16,11 +16,12 @@ use std::time::Instant;
 use p2p_proto::protocol::{to_hex, Source};
 use sha2::{Digest, Sha256};
 
-use super::http::{file_path, get_request, parse_content_range, Connection, ResponseHead};
-use super::{
-    check_etag, hash_into, DownloadError, SourceError, COPY_BUFFER_BYTES, MIN_BYTES_PER_WINDOW,
-    SLOW_WINDOW,
+use super::error::{DownloadError, SourceError};
+use super::http::{
+    check_etag, file_path, get_request, parse_content_range, Connection, ResponseHead,
 };
+use super::limits::{COPY_BUFFER_BYTES, MIN_BYTES_PER_WINDOW, SLOW_WINDOW};
+use super::part::hash_into;
 use crate::progress::Reporter;
 
 /// How one attempt failed: because of the source (try the next) or because
