@@ -17,12 +17,12 @@
 //!    piece is written in place (`write_at`) by the first worker that has
 //!    it and recorded. A corrupt piece excludes its source (named in the
 //!    output); its piece goes back to the others.
-//! 4. Meanwhile the coordinator hashes the written pieces in file order for
-//!    the whole-file SHA-256, fsyncs now and then, and draws the progress
+//! 4. Meanwhile the coordinator fsyncs now and then and draws the progress
 //!    (bytes and active sources). When the last piece is in, the whole-file
-//!    digest decides: the registered one means done; another means the
-//!    piece list was a lie, so its bytes are dropped, its source is
-//!    excluded and the caller falls back to the sequential path.
+//!    SHA-256 of the bytes on disk decides: the registered one means done;
+//!    another means the piece list was a lie (or another program wrote into
+//!    the `.part`), so its bytes are dropped, the list's source is excluded
+//!    and the caller falls back to the sequential path.
 //!
 //! Stopping (done, failed, or a local error) shuts every worker's socket
 //! down so no thread stays blocked on a stalled source.
@@ -31,19 +31,17 @@
 //! into the `.part`; write after the download has finished; hold more than
 //! one piece buffer per worker.
 
-use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::HumanBytes;
-use p2p_proto::protocol::{to_hex, Source};
-use sha2::{Digest, Sha256};
+use p2p_proto::protocol::Source;
 
 use super::error::{DownloadError, SourceError};
-use super::limits::{COPY_BUFFER_BYTES, READ_TIMEOUT};
+use super::limits::{scaled, READ_TIMEOUT};
+use super::part::{Checked, Part};
 use super::resume::{self, Writer};
 use super::scheduler::{Failure, Scheduler};
 use super::swarm::{Swarm, PROGRESS_TICK};
@@ -95,18 +93,12 @@ pub struct Fallback {
 pub fn download(
     sources: &[Source],
     name: &str,
-    part_path: &Path,
+    part: &Part,
     max_sources: usize,
     reporter: &Reporter,
 ) -> Result<Ended, DownloadError> {
-    let part = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(part_path)
-        .map_err(DownloadError::io("open", part_path))?;
-    let swarm = Swarm::new(sources, name, &part, part_path);
+    let part_path = part.path();
+    let swarm = Swarm::new(sources, name, part.file(), part_path);
     let workers = max_sources.clamp(1, sources.len().max(1));
     let ended = thread::scope(|scope| {
         for i in 0..workers {
@@ -122,7 +114,7 @@ pub fn download(
                 return Err(DownloadError::Thread(e));
             }
         }
-        let ended = coordinate(&swarm, workers, reporter);
+        let ended = coordinate(&swarm, part, workers, reporter);
         swarm.stop();
         ended
     })?;
@@ -132,8 +124,7 @@ pub fn download(
             // The sequential path resumes a prefix: keep the verified
             // pieces that start the file, if the list deserves trust.
             if let Some(keep) = keep {
-                part.set_len(keep)
-                    .map_err(DownloadError::io("truncate", part_path))?;
+                part.truncate(keep)?;
                 let record = resume::record_path(part_path);
                 resume::remove(&record).map_err(DownloadError::io("delete", &record))?;
             }
@@ -162,11 +153,12 @@ enum Coordinated {
 /// to its end (see the module doc).
 fn coordinate(
     swarm: &Swarm<'_>,
+    part: &Part,
     workers: usize,
     reporter: &Reporter,
 ) -> Result<Coordinated, DownloadError> {
     let name = swarm.name;
-    let list_deadline = Instant::now() + LIST_TIMEOUT;
+    let list_deadline = Instant::now() + scaled(LIST_TIMEOUT);
     let (list, list_from) = loop {
         let mut state = swarm.lock();
         if let Some(local) = state.local.take() {
@@ -184,8 +176,8 @@ fn coordinate(
             }
             let reason = if late {
                 format!(
-                    "no source of {name:?} delivered a piece list within {}s",
-                    LIST_TIMEOUT.as_secs()
+                    "no source of {name:?} delivered a piece list within {:.1}s",
+                    scaled(LIST_TIMEOUT).as_secs_f32()
                 )
             } else {
                 format!("no source of {name:?} serves a piece list")
@@ -230,10 +222,9 @@ fn coordinate(
         format!("{name} from {total} sources")
     };
     let mut progress = reporter.transfer(what, list.size, reused_bytes);
-    let mut whole = Sha256::new();
+    // Pieces done in file order so far (`hashed`), for the periodic fsync.
     let mut hashed = 0usize;
     let mut unsynced = 0u64;
-    let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
     loop {
         let (finished, alive, position, active, notes, ready, seen) = {
             let mut state = swarm.lock();
@@ -268,9 +259,7 @@ fn coordinate(
         progress.set_detail(format_args!("{active} of {workers} sources active"));
         if ready > hashed {
             for index in hashed..ready {
-                let range = list.range(index);
-                hash_range(swarm, &mut whole, range.start, range.end, &mut buffer)?;
-                unsynced += range.end - range.start;
+                unsynced += list.piece_len(index);
             }
             hashed = ready;
             if unsynced >= SYNC_EVERY_BYTES {
@@ -303,9 +292,14 @@ fn coordinate(
     swarm.stop();
     progress.finish();
 
-    let actual = to_hex(&whole.finalize());
+    // The whole-file digest, from the bytes on disk once they are all
+    // there and synced: what is checked is what will be published.
+    swarm
+        .part
+        .sync_all()
+        .map_err(DownloadError::io("sync", swarm.part_path))?;
     let expected = &swarm.sources[list_from].sha256;
-    if actual != *expected {
+    if part.check(list.size, expected, reporter)? != Checked::Verified {
         let error = SourceError::ListMismatch {
             addr: swarm.sources[list_from].addr(),
             name: name.to_owned(),
@@ -322,10 +316,6 @@ fn coordinate(
             keep: Some(0),
         });
     }
-    swarm
-        .part
-        .sync_all()
-        .map_err(DownloadError::io("sync", swarm.part_path))?;
     let record_path = resume::record_path(swarm.part_path);
     resume::remove(&record_path).map_err(DownloadError::io("delete", &record_path))?;
 
@@ -376,29 +366,6 @@ fn current_len(swarm: &Swarm<'_>) -> Result<u64, DownloadError> {
         .metadata()
         .map(|m| m.len())
         .map_err(DownloadError::io("inspect", swarm.part_path))
-}
-
-/// Feeds bytes `start..end` of the `.part` into `hasher`.
-fn hash_range(
-    swarm: &Swarm<'_>,
-    hasher: &mut Sha256,
-    start: u64,
-    end: u64,
-    buffer: &mut [u8],
-) -> Result<(), DownloadError> {
-    let mut offset = start;
-    while offset < end {
-        let want = usize::try_from(end - offset)
-            .unwrap_or(usize::MAX)
-            .min(buffer.len());
-        swarm
-            .part
-            .read_exact_at(&mut buffer[..want], offset)
-            .map_err(DownloadError::io("read", swarm.part_path))?;
-        hasher.update(&buffer[..want]);
-        offset += want as u64;
-    }
-    Ok(())
 }
 
 /// Which pieces an earlier run left verified in the `.part`: the ones its

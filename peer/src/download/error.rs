@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use p2p_proto::client::ClientError;
 use p2p_proto::protocol::NameError;
 
-use super::limits::{READ_TIMEOUT, SLOW_WINDOW};
+use super::limits::{scaled, SLOW_WINDOW};
+use super::text::printable;
 
 /// Why a download did not happen. Every message names the file, path or
 /// address involved and fits on one line.
@@ -18,7 +19,7 @@ use super::limits::{READ_TIMEOUT, SLOW_WINDOW};
 pub enum DownloadError {
     #[error("bad file name {name:?}: {reason}")]
     BadName { name: String, reason: NameError },
-    #[error("cannot search the registry for {name:?}: {source}")]
+    #[error("cannot search the registry for {name:?}: {}", printable(&source.to_string()))]
     Registry { name: String, source: ClientError },
     #[error("no peer shares {name:?} (the registry at {registry} knows no live source)")]
     NotFound { name: String, registry: String },
@@ -46,6 +47,25 @@ pub enum DownloadError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("another download of {name:?} is in progress ({} is locked); wait for it to end", path.display())]
+    Busy { name: String, path: PathBuf },
+    #[error(
+        "not enough room in {} for the download: {needed} bytes needed, {free} free",
+        path.display()
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+    },
+    #[error(
+        "{} appeared during the download and is kept; the verified download stays in {}",
+        path.display(),
+        part.display()
+    )]
+    Appeared { path: PathBuf, part: PathBuf },
+    #[error("no source of {name:?} has the content with sha256 {sha256} (asked with --sha256)")]
+    NoSuchContent { name: String, sha256: String },
     #[error("cannot start a download thread: {0}")]
     Thread(io::Error),
 }
@@ -76,20 +96,23 @@ pub enum SourceError {
     Connect { addr: String, source: io::Error },
     #[error("transfer from {addr} failed: {source}")]
     Network { addr: String, source: io::Error },
-    #[error("{addr} sent nothing for {}s", READ_TIMEOUT.as_secs())]
+    #[error("{addr} sent nothing within the time limit (stalled); left out")]
     Stalled { addr: String },
-    #[error("{addr} sent only {bytes} bytes in {}s: too slow, dropped", SLOW_WINDOW.as_secs())]
+    #[error("{addr} sent only {bytes} bytes in {:.1}s: too slow, dropped", scaled(SLOW_WINDOW).as_secs_f32())]
     TooSlow { addr: String, bytes: u64 },
-    #[error("{addr} sent a malformed HTTP response: {reason}")]
+    #[error("{addr} sent a malformed HTTP response: {}", printable(reason))]
     BadResponse { addr: String, reason: String },
-    #[error("{addr} answered {status} {reason} for {name:?}")]
+    #[error("{addr} answered {status} {} for {name:?}", printable(reason))]
     Status {
         addr: String,
         status: u16,
         reason: String,
         name: String,
     },
-    #[error("{addr} no longer has the registered version of {name:?} (its ETag is {etag})")]
+    #[error(
+        "{addr} no longer has the registered version of {name:?} (its ETag is {})",
+        printable(etag)
+    )]
     Changed {
         addr: String,
         name: String,
@@ -130,7 +153,10 @@ pub enum SourceError {
         name: String,
         index: usize,
     },
-    #[error("{addr} sent an unusable piece list for {name:?}: {reason}")]
+    #[error(
+        "{addr} sent an unusable piece list for {name:?}: {}",
+        printable(reason)
+    )]
     BadPieceList {
         addr: String,
         name: String,

@@ -47,6 +47,7 @@ pub mod resume;
 pub mod scheduler;
 mod sequential;
 mod swarm;
+pub mod text;
 mod worker;
 
 #[cfg(test)]
@@ -56,22 +57,23 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use p2p_proto::client::Client;
-use p2p_proto::protocol::{check_name, Source};
+use p2p_proto::protocol::{check_name, to_hex, Source};
 
 use crate::pieces::PIECE_SIZE;
 use crate::progress::Reporter;
-use part::{check_existing, check_part, prepare_sequential, publish, remove_if_empty};
+use part::{check_existing, Part};
 use sequential::Attempt;
 
-pub use choose::choose_content;
+pub use choose::{alternatives, choose_content, is_ip_literal, parse_sha256, Alternative};
 pub use coordinator::{LIST_TIMEOUT, SYNC_EVERY_BYTES};
 pub use error::{DownloadError, SourceError};
 pub use limits::{
     CONNECT_TIMEOUT, COPY_BUFFER_BYTES, MIN_BYTES_PER_WINDOW, READ_TIMEOUT, SLOW_WINDOW,
     WRITE_TIMEOUT,
 };
-pub use part::PART_SUFFIX;
+pub use part::{part_name, MAX_FILE_NAME_BYTES, PART_SUFFIX};
 pub use swarm::PROGRESS_TICK;
+pub use text::printable;
 
 /// Default for `--max-sources`: four connections fill a LAN link from
 /// peers whose uplinks are each a fraction of it, without crowding them.
@@ -87,15 +89,25 @@ pub const MAX_SOURCES_LIMIT: usize = 16;
 pub struct Options {
     /// Most sources fetched from at once (1: one after the other).
     pub max_sources: usize,
+    /// Only the content with this SHA-256 (`peer get --sha256`; a menu or
+    /// UI lets the person choose among the alternatives). `None`: the
+    /// content the most distinct hosts registered.
+    pub sha256: Option<[u8; 32]>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             max_sources: DEFAULT_MAX_SOURCES,
+            sha256: None,
         }
     }
 }
+
+/// Most sources one download tries, whatever the registry lists: a
+/// hostile registry's hundreds of stalling sources cannot hold a download
+/// for longer than this many first-byte deadlines.
+pub const MAX_SOURCES_TRIED: usize = 20;
 
 /// What a successful [`download`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,21 +178,66 @@ pub fn download_from(
     fs::create_dir_all(downloads)
         .map_err(DownloadError::io("create downloads folder", downloads))?;
     let target = downloads.join(name);
-    let part = downloads.join(format!("{name}{PART_SUFFIX}"));
 
-    if let Some(outcome) = check_existing(&target, sources, reporter)? {
-        return Ok(outcome);
+    let usable = choose::usable(sources, reporter);
+    let mut content = match options.sha256 {
+        Some(pin) => {
+            let pin = to_hex(&pin);
+            let content = choose::pinned(&usable, &pin);
+            if content.is_empty() && !usable.is_empty() {
+                return Err(DownloadError::NoSuchContent {
+                    name: name.to_owned(),
+                    sha256: pin,
+                });
+            }
+            content
+        }
+        None => {
+            choose::report_disagreement(&usable, name, reporter);
+            choose_content(&usable)
+        }
+    };
+    content.truncate(MAX_SOURCES_TRIED);
+    // A file already there is checked against the content that may be
+    // fetched (any registered one, unless a digest was pinned).
+    let acceptable = if options.sha256.is_some() {
+        &content
+    } else {
+        &usable
+    };
+    if fs::symlink_metadata(&target).is_ok() {
+        if let Some(outcome) = check_existing(&target, acceptable, reporter)? {
+            return Ok(outcome);
+        }
     }
-    check_part(&part, reporter)?;
+    let Some(chosen) = content.first().cloned() else {
+        return Err(DownloadError::NotFound {
+            name: name.to_owned(),
+            registry: "(no usable sources given)".to_owned(),
+        });
+    };
+
+    let mut part = Part::open(downloads, name, reporter)?;
+    // Another download may have published the file while we waited.
+    if fs::symlink_metadata(&target).is_ok() {
+        let existing = check_existing(&target, acceptable, reporter);
+        part.remove_if_empty()?;
+        return existing?.ok_or_else(|| DownloadError::Appeared {
+            path: target.clone(),
+            part: downloads.join(part::part_name(name)),
+        });
+    }
+    if let Err(e) = part::check_space(downloads, chosen.size.saturating_sub(part.len()?)) {
+        part.remove_if_empty()?;
+        return Err(e);
+    }
 
     let mut failed: Vec<(String, SourceError)> = Vec::new();
-    let content = choose_content(sources);
-    let shareable = content.first().is_some_and(|s| s.size > PIECE_SIZE);
+    let shareable = chosen.size > PIECE_SIZE;
     if options.max_sources >= 2 && content.len() >= 2 && shareable {
         match coordinator::download(&content, name, &part, options.max_sources, reporter)? {
             coordinator::Ended::Done(done) => {
-                publish(&part, &target, downloads)?;
-                let chosen = &content[0];
+                part.publish(&target, downloads)?;
                 return Ok(Outcome::Downloaded {
                     path: target,
                     size: chosen.size,
@@ -198,18 +255,20 @@ pub fn download_from(
             }
         }
     }
-    prepare_sequential(&part)?;
+    part.prepare_sequential()?;
 
     let mut last = None;
-    for source in sources {
+    let mut tried = 0;
+    for source in &content {
         let addr = source.addr();
+        tried += 1;
         if let Some(index) = failed.iter().position(|(a, _)| *a == addr) {
             last = Some(failed.swap_remove(index).1);
             continue;
         }
-        match sequential::fetch(source, name, &part, reporter) {
+        match sequential::fetch(source, name, &mut part, reporter) {
             Ok(fetched) => {
-                publish(&part, &target, downloads)?;
+                part.publish(&target, downloads)?;
                 return Ok(Outcome::Downloaded {
                     path: target,
                     size: source.size,
@@ -225,11 +284,11 @@ pub fn download_from(
             }
         }
     }
-    remove_if_empty(&part)?;
+    part.remove_if_empty()?;
     match last {
         Some(last) => Err(DownloadError::AllSourcesFailed {
             name: name.to_owned(),
-            tried: sources.len(),
+            tried,
             last: Box::new(last),
         }),
         None => Err(DownloadError::NotFound {

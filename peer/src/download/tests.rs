@@ -474,8 +474,9 @@ fn one_source_resumes_the_prefix_of_a_multi_source_part() {
 
 #[test]
 fn the_content_most_sources_have_is_chosen() {
-    let at = |port, sha: &str| Source {
-        host: "127.0.0.1".into(),
+    // Each source on its own host (issue 11.3: hosts are counted, not ports).
+    let at = |port: u16, sha: &str| Source {
+        host: format!("10.0.0.{port}"),
         port,
         size: 10,
         sha256: sha.into(),
@@ -490,6 +491,67 @@ fn the_content_most_sources_have_is_chosen() {
         .collect();
     assert_eq!(chosen, [1, 4]);
     assert!(choose_content(&[]).is_empty());
+}
+
+#[test]
+fn three_ports_of_one_host_are_one_vote() {
+    let at = |host: &str, port: u16, sha: &str| Source {
+        host: host.into(),
+        port,
+        size: 10,
+        sha256: sha.into(),
+    };
+    // The poisoner is the most recent and has three ports; the honest
+    // content has two hosts.
+    let sources = [
+        at("10.0.0.9", 1, "evil"),
+        at("10.0.0.9", 2, "evil"),
+        at("10.0.0.9", 3, "evil"),
+        at("10.0.0.1", 4, "good"),
+        at("10.0.0.2", 4, "good"),
+    ];
+    let chosen: Vec<String> = choose_content(&sources)
+        .iter()
+        .map(|s| s.sha256.clone())
+        .collect();
+    assert_eq!(chosen, ["good", "good"]);
+    let alts = alternatives(&sources);
+    assert_eq!(alts.len(), 2);
+    assert_eq!((alts[1].hosts.len(), alts[1].sources), (1, 3));
+}
+
+#[test]
+fn only_ip_literals_are_hosts() {
+    for ok in ["127.0.0.1", "10.1.2.3", "[::1]", "[fe80::1]"] {
+        assert!(is_ip_literal(ok), "{ok}");
+    }
+    for bad in [
+        "localhost",
+        "0x7f.0.0.1",
+        "2130706433",
+        "127.1",
+        "::1",
+        "[localhost]",
+        "example.com",
+        "",
+    ] {
+        assert!(!is_ip_literal(bad), "{bad}");
+    }
+}
+
+#[test]
+fn long_names_get_partial_names_that_fit() {
+    assert_eq!(part_name("short.txt"), "short.txt.part");
+    let longest_plain = "a".repeat(MAX_FILE_NAME_BYTES - ".part.pieces".len());
+    assert_eq!(part_name(&longest_plain), format!("{longest_plain}.part"));
+    for len in [244, 250, 255] {
+        let name = "é".repeat(len / 2) + &"x".repeat(len % 2);
+        let part = part_name(&name);
+        assert!(part.len() + ".pieces".len() <= MAX_FILE_NAME_BYTES, "{len}");
+        assert!(part.ends_with(".part"));
+        assert_eq!(part, part_name(&name), "stable");
+        assert_ne!(part, part_name(&(name.clone() + "y")));
+    }
 }
 
 #[test]

@@ -300,7 +300,10 @@ fn fetch_piece(
             return Ok(Fetched::Dropped);
         }
     }
-    if conn.has_stray_bytes() {
+    let ended = conn
+        .body_ended()
+        .map_err(|e| classify(read_error(e, &addr, name, filled as u64, len)))?;
+    if !ended || conn.has_stray_bytes() {
         return Err(fatal(SourceError::TooLong {
             addr,
             name: name.to_owned(),
