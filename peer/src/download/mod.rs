@@ -104,6 +104,10 @@ impl Default for Options {
     }
 }
 
+/// How long the registry may take to accept the connection, and then to
+/// send each whole reply.
+pub const REGISTRY_TIMEOUT: std::time::Duration = p2p_proto::client::DEFAULT_TIMEOUT;
+
 /// Most sources one download tries, whatever the registry lists: a
 /// hostile registry's hundreds of stalling sources cannot hold a download
 /// for longer than this many first-byte deadlines.
@@ -147,7 +151,9 @@ pub fn search(registry: &str, name: &str) -> Result<Vec<Source>, DownloadError> 
         name: name.to_owned(),
         reason,
     })?;
-    let sources = Client::connect(registry)
+    // One deadline for connecting and one for each reply (the client's),
+    // shortened with the other limits in tests.
+    let sources = Client::connect_timeout(registry, limits::scaled(REGISTRY_TIMEOUT))
         .and_then(|mut client| client.search(name))
         .map_err(|source| DownloadError::Registry {
             name: name.to_owned(),

@@ -321,16 +321,30 @@ impl<'a> Swarm<'a> {
             Some(scheduler) => scheduler.failed(id, Some(index), failure),
             None => Verdict::Excluded,
         };
+        // A piece that fails against a list another source sent says as
+        // much about that list as about this source: it is left out here,
+        // but not blamed, so the sequential path (which checks the whole
+        // file against the registered SHA-256) still tries it.
+        let disputed = failure == Failure::Corrupt && state.list_from != Some(id);
+        let list_from = state
+            .list_from
+            .map(|from| self.sources[from].addr())
+            .unwrap_or_default();
         if !self.stopping() {
             match verdict {
                 Verdict::Retry => state.notes.push(format!("{error}; connecting again")),
+                Verdict::Excluded if disputed => state.notes.push(format!(
+                    "{error}; {} is left out of the piece-by-piece download (its pieces disagree with the list from {}; one of the two lies)",
+                    self.sources[id].addr(),
+                    list_from
+                )),
                 Verdict::Excluded => state.notes.push(format!(
                     "{error}; {} is left out, its pieces go to the other sources",
                     self.sources[id].addr()
                 )),
             }
         }
-        if verdict == Verdict::Excluded {
+        if verdict == Verdict::Excluded && !disputed {
             state.failures.push((id, error));
         }
         self.bump(&mut state);
