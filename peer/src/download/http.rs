@@ -533,6 +533,42 @@ pub fn check_etag(head: &ResponseHead, source: &Source, name: &str) -> Result<()
     }
 }
 
+/// A response whose head has been read; its body is read from `conn`.
+#[derive(Debug)]
+pub struct Response {
+    pub conn: Connection,
+    pub head: ResponseHead,
+}
+
+impl std::ops::Deref for Response {
+    type Target = ResponseHead;
+
+    fn deref(&self) -> &ResponseHead {
+        &self.head
+    }
+}
+
+/// Connects to the source and sends `GET /files/<name>`, with a guarded
+/// range when resuming at `range`; reads the response head.
+pub fn request_file(
+    source: &Source,
+    name: &str,
+    range: Option<u64>,
+) -> Result<Response, SourceError> {
+    let addr = source.addr();
+    let mut conn = Connection::open(&addr)?;
+    let extra = match range {
+        Some(first) => format!(
+            "Range: bytes={first}-\r\nIf-Range: \"{}\"\r\n",
+            source.sha256
+        ),
+        None => String::new(),
+    };
+    conn.send(&get_request(&addr, &file_path(name), true, &extra))?;
+    let head = conn.read_head()?;
+    Ok(Response { conn, head })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

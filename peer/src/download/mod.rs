@@ -40,6 +40,7 @@
 mod choose;
 mod coordinator;
 mod error;
+mod hedge;
 pub mod http;
 pub mod limits;
 mod part;
@@ -263,32 +264,61 @@ pub fn download_from(
     }
     part.prepare_sequential()?;
 
+    // One source at a time, but asked hedged (see `hedge`): a stalling
+    // source costs the next one a short delay, not its whole deadline.
     let mut last = None;
     let mut tried = 0;
+    let mut remaining: Vec<&Source> = Vec::new();
     for source in &content {
         let addr = source.addr();
-        tried += 1;
-        if let Some(index) = failed.iter().position(|(a, _)| *a == addr) {
-            last = Some(failed.swap_remove(index).1);
-            continue;
-        }
-        match sequential::fetch(source, name, &mut part, reporter) {
-            Ok(fetched) => {
-                part.publish(&target, downloads)?;
-                return Ok(Outcome::Downloaded {
-                    path: target,
-                    size: source.size,
-                    sha256: source.sha256.clone(),
-                    from: addr,
-                    resumed_at: fetched.resumed_at,
-                });
+        match failed.iter().position(|(a, _)| *a == addr) {
+            Some(index) => {
+                tried += 1;
+                last = Some(failed.swap_remove(index).1);
             }
-            Err(Attempt::Local(e)) => return Err(e),
-            Err(Attempt::Source(e)) => {
-                reporter.note(format_args!("{e}; trying the next source"));
-                last = Some(e);
+            None => remaining.push(source),
+        }
+    }
+    while let Some(&first) = remaining.first() {
+        let have = sequential::existing_prefix(&part, first, reporter)?;
+        let raced = hedge::race(&remaining, name, (have > 0).then_some(have));
+        let mut gone: Vec<usize> = Vec::new();
+        for (index, error) in raced.failed {
+            reporter.note(format_args!("{error}; trying the next source"));
+            tried += 1;
+            gone.push(index);
+            last = Some(error);
+        }
+        if let Some((index, response)) = raced.winner {
+            let source = remaining[index];
+            tried += 1;
+            gone.push(index);
+            match sequential::fetch(source, name, &mut part, reporter, Some(response)) {
+                Ok(fetched) => {
+                    part.publish(&target, downloads)?;
+                    return Ok(Outcome::Downloaded {
+                        path: target,
+                        size: source.size,
+                        sha256: source.sha256.clone(),
+                        from: source.addr(),
+                        resumed_at: fetched.resumed_at,
+                    });
+                }
+                Err(Attempt::Local(e)) => return Err(e),
+                Err(Attempt::Source(e)) => {
+                    reporter.note(format_args!("{e}; trying the next source"));
+                    last = Some(e);
+                }
             }
         }
+        if gone.is_empty() {
+            break;
+        }
+        let mut index = 0;
+        remaining.retain(|_| {
+            index += 1;
+            !gone.contains(&(index - 1))
+        });
     }
     part.remove_if_empty()?;
     match last {

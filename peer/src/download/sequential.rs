@@ -16,9 +16,7 @@ use std::time::Instant;
 use p2p_proto::protocol::Source;
 
 use super::error::{DownloadError, SourceError};
-use super::http::{
-    check_etag, file_path, get_request, parse_content_range, Connection, ResponseHead,
-};
+use super::http::{check_etag, parse_content_range, request_file, Response};
 use super::limits::{scaled, COPY_BUFFER_BYTES, MIN_BYTES_PER_WINDOW, SLOW_WINDOW};
 use super::part::{Checked, Part};
 use crate::progress::Reporter;
@@ -62,6 +60,7 @@ pub(super) fn fetch(
     name: &str,
     part: &mut Part,
     reporter: &Reporter,
+    mut first: Option<Response>,
 ) -> Result<Fetched, Attempt> {
     let mut allow_resume = true;
     loop {
@@ -71,7 +70,9 @@ pub(super) fn fetch(
             part.truncate(0)?;
             0
         };
-        let result = transfer(part, have, source, name, reporter);
+        // The answer to a request already sent (for the bytes after
+        // `have`) is used for the first transfer only.
+        let result = transfer(part, have, source, name, reporter, first.take());
         match result {
             Ok(resumed_at) => return Ok(Fetched { resumed_at }),
             Err(Transfer::Mismatch(e, resumed)) => {
@@ -136,7 +137,7 @@ impl From<DownloadError> for Transfer {
 /// How much of the `.part` can be resumed: all of it, unless it is longer
 /// than the source's file (then it cannot belong to it and is emptied).
 /// Its bytes are checked with the rest once the transfer is complete.
-fn existing_prefix(
+pub(super) fn existing_prefix(
     part: &Part,
     source: &Source,
     reporter: &Reporter,
@@ -164,12 +165,16 @@ fn transfer(
     source: &Source,
     name: &str,
     reporter: &Reporter,
+    answered: Option<Response>,
 ) -> Result<u64, Transfer> {
     let addr = source.addr();
     let size = source.size;
     if have < size {
         let range = (have > 0).then_some(have);
-        let mut response = request(source, name, range)?;
+        let mut response = match answered {
+            Some(response) => response,
+            None => request_file(source, name, range)?,
+        };
         if matches!(response.status, 200 | 206) {
             check_etag(&response, source, name)?;
         }
@@ -448,36 +453,4 @@ fn check_content_range(
         }
     }
     Ok(())
-}
-
-/// A response whose head has been read; its body is read from `conn`.
-#[derive(Debug)]
-struct Response {
-    conn: Connection,
-    head: ResponseHead,
-}
-
-impl std::ops::Deref for Response {
-    type Target = ResponseHead;
-
-    fn deref(&self) -> &ResponseHead {
-        &self.head
-    }
-}
-
-/// Connects to the source and sends `GET /files/<name>`, with a guarded
-/// range when resuming at `range`; reads the response head.
-fn request(source: &Source, name: &str, range: Option<u64>) -> Result<Response, SourceError> {
-    let addr = source.addr();
-    let mut conn = Connection::open(&addr)?;
-    let extra = match range {
-        Some(first) => format!(
-            "Range: bytes={first}-\r\nIf-Range: \"{}\"\r\n",
-            source.sha256
-        ),
-        None => String::new(),
-    };
-    conn.send(&get_request(&addr, &file_path(name), true, &extra))?;
-    let head = conn.read_head()?;
-    Ok(Response { conn, head })
 }
