@@ -1,7 +1,8 @@
 //! Downloading one file by name: ask the registry for its sources, fetch it
-//! from them over HTTP/1.1 into `<downloads>/<name>.part`, check size and
-//! SHA-256 against what the sources registered, then fsync and rename it
-//! atomically to `<downloads>/<name>`.
+//! from them over HTTP/1.1 into `<downloads>/<name>.part` (locked for the
+//! whole download), fsync it, check the bytes on disk against the size and
+//! SHA-256 the sources registered, then rename it, never replacing a file,
+//! to `<downloads>/<name>`.
 //!
 //! # Layout
 //! - this module: the entry points ([`download`], [`search`],

@@ -38,7 +38,7 @@ pub const MAX_FILE_NAME_BYTES: usize = 255;
 
 /// Bytes of the name's SHA-256 (in hex digits) that tell shortened partial
 /// names apart.
-const SHORT_HASH_HEX: usize = 16;
+pub const SHORT_HASH_HEX: usize = 16;
 
 /// How often opening the `.part` is tried again when its path changed
 /// between the open and the lock (another download just published it).

@@ -1,6 +1,9 @@
 //! The sequential path: one source at a time, the whole file in one
-//! `GET`, appended to the `.part` while hashing, resumed with
-//! `Range: bytes=<len>-` guarded by `If-Range: "<sha256>"`.
+//! `GET`, appended to the `.part`, resumed with `Range: bytes=<len>-`
+//! guarded by `If-Range: "<sha256>"`; once complete, the `.part` is synced
+//! and its bytes on disk are checked against the registered size and
+//! SHA-256 ([`Part::check`]). The first answer may come from `hedge`,
+//! which asked several sources at once.
 //!
 //! Used when there is a single source, when `--max-sources 1`, when the
 //! file is too small to share out, and as the fallback of a multi-source
