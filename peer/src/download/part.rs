@@ -114,6 +114,14 @@ impl Part {
                         path,
                     })
                 }
+                // A file system without locks (some network ones): going
+                // on unlocked beats not downloading at all.
+                Err(e) if e == rustix::io::Errno::NOLCK || e == rustix::io::Errno::OPNOTSUPP => {
+                    reporter.note(format_args!(
+                        "cannot lock {} ({e}); another download of it at the same time would not be noticed",
+                        path.display()
+                    ));
+                }
                 Err(e) => return Err(DownloadError::io("lock", &path)(e.into())),
             }
             let part = Part {
@@ -260,6 +268,12 @@ impl Part {
                             path: target.to_owned(),
                             part: self.path.clone(),
                         })
+                    }
+                    // No hard links either (FAT, some FUSE): a plain
+                    // rename, after one more look at the target.
+                    Err(_) if fs::symlink_metadata(target).is_err() => {
+                        fs::rename(&self.path, target)
+                            .map_err(DownloadError::io("rename the verified download to", target))?
                     }
                     Err(e) => {
                         return Err(DownloadError::io("rename the verified download to", target)(e))
