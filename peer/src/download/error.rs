@@ -66,6 +66,8 @@ pub enum DownloadError {
     Appeared { path: PathBuf, part: PathBuf },
     #[error("no source of {name:?} has the content with sha256 {sha256} (asked with --sha256)")]
     NoSuchContent { name: String, sha256: String },
+    #[error("no usable source of {name:?}: the {left_out} sources the registry gave are not IP addresses")]
+    NoUsableSource { name: String, left_out: usize },
     #[error("cannot start a download thread: {0}")]
     Thread(io::Error),
 }
@@ -73,7 +75,10 @@ pub enum DownloadError {
 impl DownloadError {
     /// Whether the name simply has no source (as opposed to a failure).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, DownloadError::NotFound { .. })
+        matches!(
+            self,
+            DownloadError::NotFound { .. } | DownloadError::NoUsableSource { .. }
+        )
     }
 
     pub(super) fn io<'a>(

@@ -219,9 +219,15 @@ pub fn download_from(
         }
     }
     let Some(chosen) = content.first().cloned() else {
+        if !sources.is_empty() && usable.is_empty() {
+            return Err(DownloadError::NoUsableSource {
+                name: name.to_owned(),
+                left_out: sources.len(),
+            });
+        }
         return Err(DownloadError::NotFound {
             name: name.to_owned(),
-            registry: "(no usable sources given)".to_owned(),
+            registry: "(no sources given)".to_owned(),
         });
     };
 
