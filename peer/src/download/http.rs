@@ -13,7 +13,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -245,6 +245,16 @@ impl Connection {
     /// the call, however the source paces its bytes. Body bytes that came
     /// with it stay buffered for [`read_body`](Self::read_body).
     pub fn read_head(&mut self) -> Result<ResponseHead, SourceError> {
+        self.read_head_within(FIRST_BYTE_TIMEOUT, HEAD_TIMEOUT)
+    }
+
+    /// [`read_head`](Self::read_head) with other deadlines (both scaled),
+    /// for answers a source may have to compute first (a piece list).
+    pub fn read_head_within(
+        &mut self,
+        first_byte: Duration,
+        whole_head: Duration,
+    ) -> Result<ResponseHead, SourceError> {
         // Whatever is buffered now arrived before the request was answered.
         if self.start < self.end {
             return Err(self.bad("bytes before the response head"));
@@ -253,10 +263,7 @@ impl Connection {
         self.end = 0;
         self.chunked = None;
         let asked = Instant::now();
-        let result = self.read_head_by(
-            asked + scaled(FIRST_BYTE_TIMEOUT),
-            asked + scaled(HEAD_TIMEOUT),
-        );
+        let result = self.read_head_by(asked + scaled(first_byte), asked + scaled(whole_head));
         let restored = self
             .stream
             .set_read_timeout(Some(scaled(READ_TIMEOUT)))

@@ -20,6 +20,7 @@ use super::error::{DownloadError, SourceError};
 use super::http::{
     check_etag, file_path, get_request, parse_content_range, pieces_path, Connection,
 };
+use super::limits::READ_TIMEOUT;
 use super::scheduler::{Failure, SourceId, Verdict};
 use super::swarm::{Next, Swarm};
 use crate::pieces::{max_document_bytes, PieceList};
@@ -166,7 +167,11 @@ fn fetch_list(
     let addr = source.addr();
     let c = connection(swarm, id, source, conn)?;
     c.send(&get_request(&addr, &pieces_path(name), false, ""))?;
-    let head = c.read_head().map_err(|e| stalled(e, &addr))?;
+    // A peer may hash the file for its list before it answers: the list
+    // gets the read timeout, not the short first-byte deadline.
+    let head = c
+        .read_head_within(READ_TIMEOUT, READ_TIMEOUT)
+        .map_err(|e| stalled(e, &addr))?;
     let bad = |reason: String| SourceError::BadPieceList {
         addr: addr.clone(),
         name: name.to_owned(),
