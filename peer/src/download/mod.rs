@@ -9,21 +9,27 @@
 //!   [`download_from`]), [`Options`] and [`Outcome`]; it picks the path.
 //! - `error`: [`DownloadError`] (the download fails) and [`SourceError`]
 //!   (one source is left out).
-//! - [`limits`]: every time limit and buffer size.
-//! - `choose`: which content to fetch when sources disagree.
-//! - `part`: the `.part` file's life: check, prepare, publish; the file
-//!   already under the final name.
+//! - [`limits`]: every time limit and buffer size (and the test scale).
+//! - [`text`]: control characters from the network escaped for printing.
+//! - `choose`: usable sources (IP literals), which content to fetch when
+//!   sources disagree (distinct hosts), `--sha256`.
+//! - `part`: the `.part` file's life: name, open and lock, check the bytes
+//!   on disk, publish without replacing; the file already under the final
+//!   name.
 //! - `coordinator`: several sources at once, piece by piece, each piece
 //!   checked against the `/pieces` list as it arrives; `swarm` is the state
 //!   its workers share, `worker` one source's worker, [`scheduler`] decides
 //!   who fetches what, [`resume`] the record of verified pieces that lets an
 //!   interrupted download go on.
 //! - `sequential`: one source after the other, the whole file per `GET`,
-//!   resumed from a `.part` prefix (the original design; also the fallback).
-//! - [`http`]: the client side of HTTP/1.1 (connections, heads, bodies).
+//!   resumed from a `.part` prefix (the original design; also the fallback);
+//!   `hedge` asks the next source too when one is slow to answer.
+//! - [`http`]: the client side of HTTP/1.1 (connections, heads with
+//!   deadlines, bodies, chunked).
 //!
-//! Imports go one way: `limits` ← `error` ← `http` ← (`part`, `swarm`) ←
-//! `worker` ← `coordinator`, `sequential` ← this module.
+//! Imports go one way: (`limits`, `text`) ← `error` ← `http` ← (`part`,
+//! `swarm`, `choose`, `hedge`) ← `worker` ← `coordinator`, `sequential` ←
+//! this module.
 //!
 //! # Which path
 //! The multi-source path runs when `--max-sources` is at least 2, at least
