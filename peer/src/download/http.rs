@@ -15,8 +15,6 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-
 use p2p_proto::protocol::Source;
 
 use super::error::SourceError;
@@ -37,23 +35,12 @@ pub const MAX_RESPONSE_HEADERS: usize = 64;
 /// trailer field).
 pub const MAX_CHUNK_LINE_BYTES: usize = 4096;
 
-/// What is escaped in a name placed in a URL path: everything except the
-/// unreserved characters of RFC 3986.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// The URL path of a shared file.
-pub fn file_path(name: &str) -> String {
-    format!("/files/{}", utf8_percent_encode(name, PATH_SEGMENT))
-}
+/// The URL path of a shared file: the file server's own scheme, one
+/// place for both sides.
+pub use crate::http::handler::file_url as file_path;
 
 /// The URL path of a shared file's piece list (a peer extension).
-pub fn pieces_path(name: &str) -> String {
-    format!("/pieces/{}", utf8_percent_encode(name, PATH_SEGMENT))
-}
+pub use crate::http::handler::pieces_url as pieces_path;
 
 /// A `GET` request head for `path` on `addr`, ending with the blank line;
 /// `extra` holds further header lines, each ending in CRLF.
