@@ -244,6 +244,7 @@ impl Common {
     pub fn download_options(&self) -> Options {
         Options {
             max_sources: self.max_sources,
+            ..Options::default()
         }
     }
 
@@ -292,6 +293,10 @@ pub enum Command {
     Get {
         /// The exact file name
         name: String,
+        /// Fetch only the content with this SHA-256 (64 hex digits), e.g.
+        /// one of the versions listed when the sources of NAME disagree
+        #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+        sha256: Option<[u8; 32]>,
     },
     /// Register one shared file for the file server on --port
     ///
@@ -301,6 +306,10 @@ pub enum Command {
         /// A file name in the shared folder
         name: String,
     },
+}
+
+fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
+    p2p_peer::download::parse_sha256(text).ok_or_else(|| "must be 64 hex digits".to_owned())
 }
 
 fn parse_max_sources(text: &str) -> Result<usize, String> {
@@ -367,7 +376,7 @@ mod tests {
             assert!(matches!(cli.command, Some(Command::Serve)));
         }
         let cli = Cli::try_parse_from(["peer", "get", "a b é", "--downloads", "d"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Get { name }) if name == "a b é"));
+        assert!(matches!(cli.command, Some(Command::Get { name, .. }) if name == "a b é"));
         assert_eq!(cli.common.downloads, PathBuf::from("d"));
     }
 

@@ -57,7 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Search { name }) => search(&common, &name),
-        Some(Command::Get { name }) => get(&common, &name, &reporter),
+        Some(Command::Get { name, sha256 }) => get(&common, &name, sha256, &reporter),
         Some(Command::Register { name }) => register(&common, &name, &reporter),
     }
 }
@@ -69,21 +69,30 @@ fn search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
     };
     let mut out = io::stdout().lock();
     for source in &sources {
-        writeln!(out, "{} {} {}", source.addr(), source.size, source.sha256)
-            .context("writing to stdout")?;
+        writeln!(
+            out,
+            "{} {} {}",
+            download::printable(&source.addr()),
+            source.size,
+            source.sha256
+        )
+        .context("writing to stdout")?;
     }
     out.flush().context("writing to stdout")?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn get(common: &PeerConfig, name: &str, reporter: &Reporter) -> anyhow::Result<ExitCode> {
-    match download::download(
-        &common.server,
-        name,
-        &common.downloads,
-        &common.download,
-        reporter,
-    ) {
+fn get(
+    common: &PeerConfig,
+    name: &str,
+    sha256: Option<[u8; 32]>,
+    reporter: &Reporter,
+) -> anyhow::Result<ExitCode> {
+    let options = download::Options {
+        sha256,
+        ..common.download
+    };
+    match download::download(&common.server, name, &common.downloads, &options, reporter) {
         Ok(outcome) => {
             reporter.note(menu::describe(&outcome));
             Ok(ExitCode::SUCCESS)
