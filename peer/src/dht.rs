@@ -542,25 +542,35 @@ pub fn search_with_dht(
         name: name.to_owned(),
         reason,
     })?;
-    let node = config.start_node()?;
     let deadline = Instant::now() + LOOKUP_TIMEOUT;
-    // The registry is asked while the DHT query runs.
-    let registry_sources = std::thread::scope(|scope| {
+    // The registry is asked while the DHT node starts and its query runs.
+    let (from_registry, registry_reachable, dht) = std::thread::scope(|scope| {
         let asked = scope.spawn(|| crate::download::search(registry, name));
-        let dht = find_sources(&node, name, deadline, Wait::Settle(SETTLE_AFTER_FIRST));
-        let from_registry = match asked.join() {
-            Ok(Ok(sources)) => sources,
-            Ok(Err(e)) if e.is_not_found() => Vec::new(),
+        let dht = config
+            .start_node()
+            .and_then(|node| find_sources(&node, name, deadline, Wait::Settle(SETTLE_AFTER_FIRST)));
+        let (sources, reachable) = match asked.join() {
+            Ok(Ok(sources)) => (sources, true),
+            Ok(Err(e)) if e.is_not_found() => (Vec::new(), true),
             Ok(Err(e)) => {
                 tracing::warn!("{e}; using the DHT only");
-                Vec::new()
+                (Vec::new(), false)
             }
-            Err(_) => Vec::new(),
+            Err(_) => (Vec::new(), false),
         };
-        dht.map(|found| (from_registry, found))
-    })?;
-    let (from_registry, found) = registry_sources;
-    Ok(group_by_content(merge(from_registry, found.sources)))
+        (sources, reachable, dht)
+    });
+    let found = match dht {
+        Ok(found) => found.sources,
+        // The DHT failing is an error only when the registry could not
+        // stand in for it.
+        Err(e) if registry_reachable => {
+            tracing::warn!("cannot use the DHT ({e}); using the registry only");
+            Vec::new()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(group_by_content(merge(from_registry, found)))
 }
 
 /// Why [`search`] found no source.
