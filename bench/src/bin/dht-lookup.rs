@@ -213,6 +213,8 @@ fn main() -> anyhow::Result<()> {
             "0",
             "--bind",
             "127.0.0.1",
+            "--ui",
+            "off",
             "--dht",
             "--bootstrap",
             &bootstrap,
