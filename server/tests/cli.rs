@@ -12,7 +12,14 @@ fn help_names_the_contract_options() {
     let out = Command::new(DHT_SERVER).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for option in ["--db", "--listen", "--workers", "--ttl", "--http", "--no-mdns"] {
+    for option in [
+        "--db",
+        "--listen",
+        "--workers",
+        "--ttl",
+        "--http",
+        "--no-mdns",
+    ] {
         assert!(help.contains(option), "--help lacks {option}:\n{help}");
     }
 }

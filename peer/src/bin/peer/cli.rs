@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use p2p_peer::config::PeerConfig;
+use p2p_peer::dht::DhtConfig;
 use p2p_peer::discovery::{self, Origin};
 use p2p_peer::download::{Options, DEFAULT_MAX_SOURCES, MAX_SOURCES_LIMIT};
 use p2p_peer::http::throttle::parse_rate;
@@ -63,6 +64,10 @@ Examples:
   peer register notes.txt --port 4000    one registration, for scripts
   peer serve --port 4000 --share-downloads
                                          also share what was downloaded (never a .part)
+  peer serve --port 4000 --dht --bootstrap 10.0.0.1:6881
+                                         also announce on a (private) Mainline DHT
+  peer get notes.txt --dht --bootstrap 10.0.0.1:6881
+                                         sources from the DHT too; no registry needed
   curl -OJ http://HOST:PORT/files/notes.txt
   peer serve --port 4000 --ui 127.0.0.1:8400
                                          the control UI there (prints `ui on http://...`); --ui off: none
@@ -204,6 +209,42 @@ pub struct Common {
     /// download files
     #[arg(long, global = true, value_name = "ADDR")]
     pub ui: Option<UiAddr>,
+    /// Also use the BitTorrent Mainline DHT: serve and the menu announce
+    /// every shared file there (under the SHA-256 of its name and of its
+    /// content: your IP and port become public with them, unless
+    /// --bootstrap points to a private DHT); search and get look sources up
+    /// there as well as in the registry, and work without a registry
+    #[arg(long, global = true)]
+    pub dht: bool,
+
+    /// DHT nodes to join through, HOST:PORT[,HOST:PORT...] (default: the
+    /// public bootstrap nodes; a registry's `dht-server --dht-port` for a
+    /// private DHT)
+    #[arg(long, global = true, value_name = "HOST:PORT,...", requires = "dht",
+          value_parser = parse_bootstrap_list)]
+    pub bootstrap: Option<BootstrapList>,
+
+    /// Hidden, for tests and benchmarks: the DHT node's request timeout
+    /// (default: mainline's 2 s); a loopback testnet answers in microseconds.
+    #[arg(long, global = true, hide = true, value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    pub dht_request_timeout: Option<Duration>,
+
+    /// Hidden, for tests: time between announcements of everything shared
+    /// (default 15 min).
+    #[arg(long, global = true, hide = true, value_name = "DURATION",
+          value_parser = parse_heartbeat)]
+    pub dht_announce_interval: Option<Duration>,
+}
+
+/// A parsed `--bootstrap` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapList(pub Vec<String>);
+
+fn parse_bootstrap_list(text: &str) -> Result<BootstrapList, String> {
+    p2p_dht::parse_bootstrap(text)
+        .map(BootstrapList)
+        .map_err(|e| e.to_string())
 }
 
 impl Common {
@@ -227,7 +268,25 @@ impl Common {
                 notify: !self.no_watch,
             },
             ui: self.ui.unwrap_or_default(),
+            dht: self.dht_config(),
         }
+    }
+
+    /// `--dht` and its bootstrap nodes; `None` without `--dht`.
+    pub fn dht_config(&self) -> Option<DhtConfig> {
+        self.dht.then(|| {
+            let bootstrap = match &self.bootstrap {
+                Some(list) => list.0.clone(),
+                None => p2p_dht::PUBLIC_BOOTSTRAP.map(String::from).to_vec(),
+            };
+            DhtConfig {
+                request_timeout: self.dht_request_timeout,
+                announce_interval: self
+                    .dht_announce_interval
+                    .unwrap_or(p2p_peer::dht::DEFAULT_ANNOUNCE_INTERVAL),
+                ..DhtConfig::new(bootstrap)
+            }
+        })
     }
 
     /// `--server`, `P2P_SERVER`, a registry found by mDNS, or the default
@@ -428,6 +487,32 @@ mod tests {
             UiAddr::At("127.0.0.1:0".parse().unwrap())
         );
         assert!(Cli::try_parse_from(["peer", "--ui", "localhost"]).is_err());
+    }
+
+    #[test]
+    fn dht_and_bootstrap() {
+        let cli = Cli::try_parse_from(["peer", "search", "x"]).unwrap();
+        assert_eq!(cli.common.dht_config(), None);
+        let cli = Cli::try_parse_from(["peer", "get", "x", "--dht"]).unwrap();
+        let config = cli.common.dht_config().unwrap();
+        assert_eq!(config.bootstrap.len(), p2p_dht::PUBLIC_BOOTSTRAP.len());
+        let cli = Cli::try_parse_from([
+            "peer",
+            "serve",
+            "--dht",
+            "--bootstrap",
+            "127.0.0.1:5,127.0.0.1:6",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.common.config().dht.unwrap().bootstrap,
+            ["127.0.0.1:5", "127.0.0.1:6"]
+        );
+        for bad in ["127.0.0.1", "h:0", ""] {
+            assert!(Cli::try_parse_from(["peer", "--dht", "--bootstrap", bad]).is_err());
+        }
+        // --bootstrap alone would silently do nothing.
+        assert!(Cli::try_parse_from(["peer", "--bootstrap", "h:1"]).is_err());
     }
 
     #[test]

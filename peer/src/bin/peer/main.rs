@@ -11,6 +11,7 @@ mod cli;
 
 use cli::{Cli, Command, EXIT_FAILURE, EXIT_NOT_FOUND};
 use p2p_peer::config::PeerConfig;
+use p2p_peer::dht;
 use p2p_peer::download::{self, DownloadError};
 use p2p_peer::menu::{self, Console};
 use p2p_peer::progress::Reporter;
@@ -63,6 +64,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
+    if common.dht.is_some() {
+        return dht_search(common, name);
+    }
     let sources = match download::search(&common.server, name) {
         Ok(sources) => sources,
         Err(e) => return not_found_or(e),
@@ -92,6 +96,9 @@ fn get(
         sha256,
         ..common.download
     };
+    if common.dht.is_some() {
+        return dht_get(common, name, &options, reporter);
+    }
     match download::download(&common.server, name, &common.downloads, &options, reporter) {
         Ok(outcome) => {
             reporter.note(menu::describe(&outcome));
@@ -99,6 +106,50 @@ fn get(
         }
         Err(e) => not_found_or(e),
     }
+}
+
+/// `search --dht`: the registry's and the DHT's sources, merged, grouped by content.
+fn dht_search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
+    let sources = match dht::search(common, name) {
+        Ok(sources) => sources,
+        Err(e) => return dht_not_found_or(e),
+    };
+    let mut out = io::stdout().lock();
+    for source in &sources {
+        writeln!(out, "{} {} {}", source.addr(), source.size, source.sha256)
+            .context("writing to stdout")?;
+    }
+    out.flush().context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `get --dht`: the same sources, then the usual verified download.
+fn dht_get(
+    common: &PeerConfig,
+    name: &str,
+    options: &download::Options,
+    reporter: &Reporter,
+) -> anyhow::Result<ExitCode> {
+    let sources = match dht::search(common, name) {
+        Ok(sources) => sources,
+        Err(e) => return dht_not_found_or(e),
+    };
+    match download::download_from(&sources, name, &common.downloads, options, reporter) {
+        Ok(outcome) => {
+            reporter.note(menu::describe(&outcome));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => not_found_or(e),
+    }
+}
+
+/// Like [`not_found_or`], for a `--dht` search.
+fn dht_not_found_or(e: dht::SearchError) -> anyhow::Result<ExitCode> {
+    if e.is_not_found() {
+        let _ = writeln!(io::stderr(), "peer: {e}");
+        return Ok(ExitCode::from(EXIT_NOT_FOUND));
+    }
+    Err(e.into())
 }
 
 /// "No source" is exit 1 with its line; anything else is a failure.
