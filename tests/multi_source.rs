@@ -10,13 +10,9 @@
 //! fetches only the pieces it is missing. No fixed sleeps: every wait polls
 //! a condition with a deadline.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use p2p_peer::pieces::{PieceList, PIECE_SIZE};
@@ -104,129 +100,45 @@ enum Fake {
     Silent,
 }
 
-/// A fake source: a raw HTTP/1.1 server in the test process that speaks
-/// keep-alive and single byte ranges. Counts the file requests it answers.
+/// A fake source: tests/support's scripted [`p2p_tests::FakeSource`]
+/// (keep-alive, single byte ranges) with one of the behaviours above.
+/// Counts the file requests it answers.
 struct FakeSource {
-    addr: SocketAddr,
-    file_requests: Arc<AtomicUsize>,
+    inner: p2p_tests::FakeSource,
+    addr: std::net::SocketAddr,
 }
 
 impl FakeSource {
     fn start(behaviour: Fake) -> FakeSource {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let file_requests = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&file_requests);
-        // Silent connections are kept open here until the process ends.
-        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                match &behaviour {
-                    Fake::Silent => held.lock().expect("lock").push(stream),
-                    Fake::Serve { body, sha256, list } => {
-                        let (body, sha256, list) = (Arc::clone(body), sha256.clone(), list.clone());
-                        let counter = Arc::clone(&counter);
-                        thread::spawn(move || {
-                            serve_fake(stream, &body, &sha256, list.as_deref(), &counter)
-                        });
-                    }
-                }
-            }
+        let inner = p2p_tests::FakeSource::start(move |request, stream| match &behaviour {
+            Fake::Silent => p2p_tests::hold_open(stream),
+            Fake::Serve { body, sha256, list } => p2p_tests::serve_content_as(
+                request,
+                stream,
+                body,
+                sha256,
+                list.as_deref().map(str::as_bytes),
+            ),
         });
-        FakeSource {
-            addr,
-            file_requests,
-        }
+        let addr = inner.addr;
+        FakeSource { inner, addr }
+    }
+
+    /// Requests for the file (not its piece list) received so far.
+    fn file_requests(&self) -> usize {
+        self.inner
+            .requests()
+            .iter()
+            .filter(|r| !r.is_pieces())
+            .count()
     }
 
     /// Registers this fake at the registry as a source of `name` with
     /// `content`'s size and digest (the registry records 127.0.0.1 and its
     /// port). It is then the most recently seen source.
     fn register(&self, registry: &Registry, name: &str, content: &[u8]) {
-        registry
-            .client()
-            .register(
-                self.addr.port(),
-                content.len() as u64,
-                &sha256_hex(content),
-                name,
-            )
-            .expect("register the fake source");
-    }
-}
-
-/// One keep-alive connection of a serving fake.
-fn serve_fake(
-    mut stream: TcpStream,
-    body: &[u8],
-    sha: &str,
-    list: Option<&str>,
-    files: &AtomicUsize,
-) {
-    loop {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match stream.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => return,
-            }
-        }
-        let head = String::from_utf8_lossy(&head).into_owned();
-        let target = head.split(' ').nth(1).unwrap_or("").to_owned();
-        let reply = if target.starts_with("/pieces/") {
-            match list {
-                Some(doc) => {
-                    let mut out =
-                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", doc.len())
-                            .into_bytes();
-                    out.extend_from_slice(doc.as_bytes());
-                    out
-                }
-                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
-            }
-        } else {
-            files.fetch_add(1, Ordering::SeqCst);
-            let range = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Range: bytes="))
-                .and_then(|r| r.split_once('-'))
-                .and_then(|(a, b)| {
-                    let first = a.parse::<usize>().ok()?;
-                    let last = if b.is_empty() {
-                        body.len() - 1
-                    } else {
-                        b.parse::<usize>().ok()?
-                    };
-                    Some((first, last.min(body.len() - 1)))
-                });
-            match range {
-                Some((first, last)) if first <= last => {
-                    let mut out = format!(
-                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-                         Content-Range: bytes {first}-{last}/{}\r\nETag: \"{sha}\"\r\n\r\n",
-                        last - first + 1,
-                        body.len()
-                    )
-                    .into_bytes();
-                    out.extend_from_slice(&body[first..=last]);
-                    out
-                }
-                _ => {
-                    let mut out = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"{sha}\"\r\n\r\n",
-                        body.len()
-                    )
-                    .into_bytes();
-                    out.extend_from_slice(body);
-                    out
-                }
-            }
-        };
-        if stream.write_all(&reply).is_err() {
-            return;
-        }
+        self.inner
+            .register(registry, name, content.len() as u64, &sha256_hex(content));
     }
 }
 
@@ -325,10 +237,7 @@ fn a_corrupt_source_is_named_left_out_and_its_pieces_fetched_elsewhere() {
     let out = ok(&get(&registry, &downloads, name, &[]));
     assert_same(&downloads.join(name), &content);
     no_leftovers(&downloads);
-    assert!(
-        liar.file_requests.load(Ordering::SeqCst) >= 1,
-        "never asked the liar:\n{out}"
-    );
+    assert!(liar.file_requests() >= 1, "never asked the liar:\n{out}");
     let named = out
         .lines()
         .any(|l| l.contains(&liar.addr.to_string()) && l.contains("corrupt piece"));
@@ -414,10 +323,7 @@ fn sources_without_piece_lists_are_used_one_after_the_other() {
     assert!(out.contains("serves a piece list"), "{out}");
     assert_same(&downloads.join(name), &content);
     no_leftovers(&downloads);
-    let asked: usize = fakes
-        .iter()
-        .map(|f| f.file_requests.load(Ordering::SeqCst))
-        .sum();
+    let asked: usize = fakes.iter().map(|f| f.file_requests()).sum();
     assert_eq!(asked, 1, "one whole-file request was enough:\n{out}");
 }
 

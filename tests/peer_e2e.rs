@@ -7,8 +7,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Output;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -70,34 +68,19 @@ fn no_part_files(dir: &Path) {
     }
 }
 
-/// A stand-in for a dishonest or broken peer: answers every request with
-/// `200` and `body`, counting the requests.
-fn raw_http_server(body: Vec<u8>) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&hits);
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            counter.fetch_add(1, Ordering::SeqCst);
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(reply.as_bytes());
-            let _ = stream.write_all(&body);
-        }
+/// A stand-in for a dishonest or broken peer (tests/support's scripted
+/// source): answers every request with `200` and `body`, and logs them.
+fn raw_http_server(body: Vec<u8>) -> (SocketAddr, p2p_tests::FakeSource) {
+    let fake = p2p_tests::FakeSource::start(move |_, stream| {
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = stream.write_all(reply.as_bytes());
+        let _ = stream.write_all(&body);
+        false
     });
-    (addr, hits)
+    (fake.addr, fake)
 }
 
 #[test]
@@ -213,7 +196,7 @@ fn a_corrupted_source_beside_a_good_one_yields_the_good_content() {
     let (_dir, _shared, downloads) = Peer::folders();
     let out = ok(&peer_in(&registry, &downloads, &["get", "doc.bin"]));
     assert!(
-        hits.load(Ordering::SeqCst) >= 1,
+        !hits.requests().is_empty(),
         "the bad source was never tried"
     );
     assert!(

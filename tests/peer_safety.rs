@@ -15,16 +15,14 @@
 
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use p2p_peer::download::READ_TIMEOUT;
-use p2p_tests::{bin, pseudo_random_bytes, run_in, sha256_hex, Peer, Registry};
+use p2p_tests::{bin, pseudo_random_bytes, run_with, sha256_hex, Peer, Registry};
 use tempfile::TempDir;
 
 /// Room on top of the peer's own timeouts for starting the process, asking
@@ -32,83 +30,53 @@ use tempfile::TempDir;
 const SLACK: Duration = Duration::from_secs(20);
 
 /// The bound for a download with one source that stalls: the peer gives up
-/// on it after [`READ_TIMEOUT`], so twice that plus slack is generous.
+/// on it after its (scaled) read timeout, so twice that plus slack is
+/// generous.
 fn stall_bound() -> Duration {
-    READ_TIMEOUT * 2 + SLACK
+    read_timeout() * 2 + SLACK
 }
 
 /// A download where no source stalls: generous for a debug build.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a fake source waits for a request head before giving up on
-/// the connection (keeps its threads from outliving a test for long).
-const FAKE_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Bigger than the peer's 256 KiB copy buffer, so bodies arrive in pieces.
 const SIZE: usize = 300_000 + 17;
 
-/// What a fake source does once it has read a request head.
-type Behaviour = dyn Fn(&str, &mut TcpStream) + Send + Sync;
+/// The factor on the downloader's time limits in these runs
+/// (`P2P_TEST_TIMEOUT_SCALE`): a stall costs 3 s, not 30.
+const TIME_SCALE: f64 = 0.1;
 
-/// A raw HTTP server in the test process with one scripted behaviour.
+/// The downloader's read timeout in these runs.
+fn read_timeout() -> Duration {
+    READ_TIMEOUT.mul_f64(TIME_SCALE)
+}
+
+/// A fake source with one behaviour per connection: tests/support's
+/// scripted [`p2p_tests::FakeSource`], one request per connection.
 struct FakeSource {
+    inner: p2p_tests::FakeSource,
     addr: SocketAddr,
-    /// Every request head it received, in order.
-    requests: Arc<Mutex<Vec<String>>>,
-    /// Connections accepted (also those that never sent a complete head).
-    connections: Arc<AtomicUsize>,
 }
 
 impl FakeSource {
     fn start(behaviour: impl Fn(&str, &mut TcpStream) + Send + Sync + 'static) -> FakeSource {
-        let behaviour: Arc<Behaviour> = Arc::new(behaviour);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a fake source");
-        let addr = listener.local_addr().expect("fake source address");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let (seen, count) = (Arc::clone(&requests), Arc::clone(&connections));
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                count.fetch_add(1, Ordering::SeqCst);
-                let (seen, behaviour) = (Arc::clone(&seen), Arc::clone(&behaviour));
-                thread::spawn(move || {
-                    let Some(head) = read_request_head(&mut stream) else {
-                        return;
-                    };
-                    seen.lock().expect("request log").push(head.clone());
-                    let _ = stream.set_read_timeout(None);
-                    behaviour(&head, &mut stream);
-                });
-            }
+        let inner = p2p_tests::FakeSource::start(move |request, stream| {
+            behaviour(&request.head, stream);
+            false
         });
-        FakeSource {
-            addr,
-            requests,
-            connections,
-        }
+        let addr = inner.addr;
+        FakeSource { inner, addr }
     }
 
+    /// Every request head it received, in order.
     fn requests(&self) -> Vec<String> {
-        self.requests.lock().expect("request log").clone()
+        self.inner.requests().into_iter().map(|r| r.head).collect()
     }
 
+    /// Connections accepted (also those that never sent a complete head).
     fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        self.inner.connections()
     }
-}
-
-fn read_request_head(stream: &mut TcpStream) -> Option<String> {
-    stream.set_read_timeout(Some(FAKE_HEAD_TIMEOUT)).ok()?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    Some(String::from_utf8_lossy(&head).into_owned())
 }
 
 /// Blocks until the client closes the connection (or it breaks): "stalls
@@ -267,8 +235,15 @@ impl Download {
             &self.name,
         ];
         let started = Instant::now();
-        // `run_in` panics when the deadline passes: that is the bound.
-        let output = run_in(&bin("peer"), &args, Some(&self.home), timeout);
+        // `run_with` panics when the deadline passes: that is the bound.
+        let scale = TIME_SCALE.to_string();
+        let output = run_with(
+            &bin("peer"),
+            &args,
+            Some(&self.home),
+            &[("P2P_TEST_TIMEOUT_SCALE", &scale)],
+            timeout,
+        );
         self.elapsed = started.elapsed();
         self.output = Some(output);
         self
@@ -666,8 +641,10 @@ fn check_stall(
     }
     println!(
         "{what}: moved to the next source after {:?}, failed alone after {:?} \
-         (bound {bound:?} = 2 x READ_TIMEOUT {READ_TIMEOUT:?} + {SLACK:?})",
-        moved_on.elapsed, failed.elapsed
+         (bound {bound:?} = 2 x the scaled read timeout {:?} + {SLACK:?})",
+        moved_on.elapsed,
+        failed.elapsed,
+        read_timeout()
     );
 }
 

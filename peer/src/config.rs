@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::dht::DhtConfig;
 use crate::download::Options;
 use crate::http::FileServerConfig;
 use crate::ui::UiAddr;
@@ -40,4 +41,6 @@ pub struct PeerConfig {
     pub watch: WatchConfig,
     /// Where the control UI listens (`--ui`), or that it is off.
     pub ui: UiAddr,
+    /// `--dht`: announce on and look up in the Mainline DHT too; `None`: registry only.
+    pub dht: Option<DhtConfig>,
 }

@@ -283,6 +283,7 @@ pub fn run(
         console.say(line)?;
     }
 
+    let _dht = crate::dht::announce_or_warn(common.dht.as_ref(), addr.port(), &shared, &hashes);
     let registrar = Arc::new(
         Registrar::new(&common.server, addr.port(), shared, hashes).with_bind(common.bind),
     );
@@ -447,7 +448,7 @@ fn download(
         console.say("no name given")?;
         return Ok(true);
     }
-    let sources = match download::search(&common.server, &name) {
+    let sources = match crate::dht::search(common, &name) {
         Ok(sources) => sources,
         Err(e) if e.is_not_found() => {
             let hits = find::find(&common.server, &find::name_words(&name)).unwrap_or_default();
@@ -639,6 +640,7 @@ mod tests {
             state: None,
             watch: crate::watch::WatchConfig::default(),
             ui: crate::ui::UiAddr::Off,
+            dht: None,
         }
     }
 

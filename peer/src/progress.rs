@@ -197,6 +197,15 @@ impl Reporter {
         }
     }
 
+    /// A warning for a person, on stderr (e.g. sources that disagree on a
+    /// file's content): printed whenever notes are.
+    pub fn warn(&self, line: impl Display) {
+        if self.lines {
+            let mut err = io::stderr().lock();
+            let _ = writeln!(err, "{line}");
+        }
+    }
+
     /// Progress of a transfer of `total` bytes of which `already` are done
     /// (a resumed download). `what` names it, e.g. `report.pdf from 10.0.0.2:4000`.
     pub fn transfer(&self, what: impl Into<String>, total: u64, already: u64) -> Progress {

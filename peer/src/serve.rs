@@ -246,12 +246,13 @@ pub fn run(common: &PeerConfig, reporter: &Reporter) -> Result<(), ServeError> {
         prepared.from_cache
     );
     store.save(&prepared.files, &hashes, &pieces);
+    let dht = crate::dht::announce_or_warn(common.dht.as_ref(), addr.port(), &shared, &hashes);
     let registrar = Arc::new(
         Registrar::new(&common.server, addr.port(), shared, hashes.clone()).with_bind(common.bind),
     );
     let store = Arc::new(Mutex::new(store));
 
-    if register_until_done(&registrar, reporter, &stop) {
+    if register_until_done(&registrar, reporter, &stop, dht.is_some()) {
         announce(addr)?;
         if let Some(line) = reachable_line(addr) {
             say(&line)?;
@@ -310,8 +311,15 @@ fn say(line: &str) -> Result<(), ServeError> {
 }
 
 /// Registers the shared folder, retrying with back-off while the registry
-/// is unreachable. Returns `false` when a signal arrived first.
-fn register_until_done(registrar: &Registrar, reporter: &Reporter, stop: &Receiver<()>) -> bool {
+/// is unreachable (with `dht_only_ok`, when the files are announced on the
+/// DHT, one try is enough: the peer then shares over the DHT only). Returns
+/// `false` when a signal arrived first.
+fn register_until_done(
+    registrar: &Registrar,
+    reporter: &Reporter,
+    stop: &Receiver<()>,
+    dht_only_ok: bool,
+) -> bool {
     let mut retry = RETRY_MIN;
     loop {
         match registrar.register_all(reporter) {
@@ -319,6 +327,10 @@ fn register_until_done(registrar: &Registrar, reporter: &Reporter, stop: &Receiv
                 for line in &summary.skipped {
                     tracing::warn!("{line}");
                 }
+                return true;
+            }
+            Err(e) if dht_only_ok => {
+                tracing::warn!("{e}; sharing on the DHT only");
                 return true;
             }
             Err(e) => {

@@ -5,9 +5,9 @@
 //! the caller does with them. One `Client` keeps its connection open for any
 //! number of requests.
 
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use crate::protocol::Reply;
 use crate::protocol::{
@@ -21,6 +21,14 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest reply line the client reads: a source line or a find line with a
 /// maximal name fits well inside.
 const MAX_REPLY_LINE: usize = 2 * MAX_LINE_BYTES;
+
+/// Most source lines accepted after `FOUND`: the registry answers a SEARCH
+/// with at most this many (the most recently seen). More is a broken or
+/// hostile registry, refused before a line of it is buffered.
+pub const MAX_SEARCH_SOURCES: usize = 200;
+
+/// Most lines accepted after `RESULTS`: the registry's own cap on FIND.
+pub const MAX_FIND_HITS: usize = crate::protocol::MAX_FIND_RESULTS;
 
 /// What can go wrong talking to the registry.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +61,9 @@ pub enum ClientError {
 /// One open connection to the registry.
 pub struct Client {
     addr: String,
+    /// How long a whole reply may take (status line and items), however
+    /// the registry paces its bytes.
+    timeout: Duration,
     reader: BufReader<TcpStream>,
     writer: BufWriter<TcpStream>,
     line: String,
@@ -144,6 +155,7 @@ impl Client {
         let write_half = stream.try_clone().map_err(io_err)?;
         Ok(Client {
             addr: addr.to_owned(),
+            timeout,
             reader: BufReader::new(stream),
             writer: BufWriter::new(write_half),
             line: String::new(),
@@ -181,32 +193,49 @@ impl Client {
             })
     }
 
-    /// Reads one whole reply: its status line and any item lines.
+    /// Reads one whole reply: its status line and any item lines, all
+    /// within the client's timeout (one deadline for the whole reply), and
+    /// no more items than the registry may send ([`MAX_SEARCH_SOURCES`],
+    /// [`MAX_FIND_HITS`]).
     pub fn read_reply(&mut self) -> Result<Reply, ClientError> {
-        let status =
-            protocol::parse_status(self.read_line()?).map_err(|source| ClientError::BadReply {
+        let deadline = Instant::now() + self.timeout;
+        let status = protocol::parse_status(self.read_line(deadline)?).map_err(|source| {
+            ClientError::BadReply {
                 addr: self.addr.clone(),
                 source,
-            })?;
+            }
+        })?;
         match status {
             Status::Done(reply) => Ok(reply),
             Status::Found(n) => {
-                let mut sources = Vec::with_capacity(n.min(1024));
+                self.check_count(n, MAX_SEARCH_SOURCES, "FOUND")?;
+                let mut sources = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let source = protocol::parse_source(self.read_line()?);
+                    let source = protocol::parse_source(self.read_line(deadline)?);
                     sources.push(source.map_err(|source| self.bad_reply(source))?);
                 }
                 Ok(Reply::Found(sources))
             }
             Status::Results(n) => {
-                let mut hits = Vec::with_capacity(n.min(1024));
+                self.check_count(n, MAX_FIND_HITS, "RESULTS")?;
+                let mut hits = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let hit = protocol::parse_find_hit(self.read_line()?);
+                    let hit = protocol::parse_find_hit(self.read_line(deadline)?);
                     hits.push(hit.map_err(|source| self.bad_reply(source))?);
                 }
                 Ok(Reply::Results(hits))
             }
         }
+    }
+
+    fn check_count(&self, n: usize, cap: usize, what: &'static str) -> Result<(), ClientError> {
+        if n > cap {
+            return Err(self.bad_reply(ReplyError {
+                line: format!("{what} {n}"),
+                reason: "more items than a registry sends",
+            }));
+        }
+        Ok(())
     }
 
     fn bad_reply(&self, source: ReplyError) -> ClientError {
@@ -216,23 +245,66 @@ impl Client {
         }
     }
 
-    /// One line without its ending; an over-long line is a bad reply.
-    fn read_line(&mut self) -> Result<&str, ClientError> {
-        self.line.clear();
-        let limit = (MAX_REPLY_LINE + 1) as u64;
-        let n = (&mut self.reader)
-            .take(limit)
-            .read_line(&mut self.line)
-            .map_err(|source| ClientError::Io {
-                addr: self.addr.clone(),
-                source,
-            })?;
-        if n == 0 {
-            return Err(ClientError::Closed {
-                addr: self.addr.clone(),
-            });
+    /// One line without its ending, by `deadline`; an over-long line is a
+    /// bad reply.
+    fn read_line(&mut self, deadline: Instant) -> Result<&str, ClientError> {
+        let io_err = |addr: &str, source| ClientError::Io {
+            addr: addr.to_owned(),
+            source,
+        };
+        let late = |addr: &str, timeout: Duration| {
+            io_err(
+                addr,
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no whole reply within {:.1}s", timeout.as_secs_f32()),
+                ),
+            )
+        };
+        let mut bytes = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(late(&self.addr, self.timeout));
+            }
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .map_err(|e| io_err(&self.addr, e))?;
+            let available = match self.reader.fill_buf() {
+                Ok(available) => available,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(late(&self.addr, self.timeout))
+                }
+                Err(e) => return Err(io_err(&self.addr, e)),
+            };
+            if available.is_empty() {
+                if bytes.is_empty() {
+                    return Err(ClientError::Closed {
+                        addr: self.addr.clone(),
+                    });
+                }
+                break;
+            }
+            let (take, done) = match available.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (available.len(), false),
+            };
+            let room = MAX_REPLY_LINE + 1 - bytes.len();
+            bytes.extend_from_slice(&available[..take.min(room)]);
+            self.reader.consume(take.min(room));
+            if done || bytes.len() > MAX_REPLY_LINE {
+                break;
+            }
         }
-        if !self.line.ends_with('\n') {
+        self.line = String::from_utf8_lossy(&bytes).into_owned();
+        if !self.line.ends_with('\n') || bytes.len() > MAX_REPLY_LINE {
             return Err(self.bad_reply(ReplyError {
                 line: self.line.chars().take(80).collect(),
                 reason: "line too long or cut short",

@@ -336,6 +336,18 @@ pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Output {
 
 /// Like [`run`], in a working directory.
 pub fn run_in(program: &Path, args: &[&str], cwd: Option<&Path>, timeout: Duration) -> Output {
+    run_with(program, args, cwd, &[], timeout)
+}
+
+/// Like [`run_in`], with environment variables set for the program (e.g.
+/// `P2P_TEST_TIMEOUT_SCALE`, which shortens the downloader's time limits).
+pub fn run_with(
+    program: &Path,
+    args: &[&str],
+    cwd: Option<&Path>,
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> Output {
     let mut command = Command::new(program);
     command
         .args(args)
@@ -344,6 +356,9 @@ pub fn run_in(program: &Path, args: &[&str], cwd: Option<&Path>, timeout: Durati
         .stderr(Stdio::piped());
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
+    }
+    for (key, value) in env {
+        command.env(key, value);
     }
     let mut child = command
         .spawn()
@@ -573,6 +588,269 @@ impl Wire {
             Err(e) => {
                 panic!("the server did not close the connection within {WIRE_TIMEOUT:?}: {e}")
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One scripted fake HTTP source, for every download test that needs a source
+// that lies, stalls or speaks HTTP differently from our peers.
+// ---------------------------------------------------------------------------
+
+/// How long a [`FakeSource`] waits for a request head before it gives up on
+/// the connection (keeps its threads from outliving a test for long).
+pub const FAKE_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One request a [`FakeSource`] received.
+#[derive(Debug, Clone)]
+pub struct FakeRequest {
+    /// The whole request head, CRLFs included.
+    pub head: String,
+    pub method: String,
+    pub path: String,
+    /// `Range: bytes=FIRST-[LAST]`, when sent.
+    pub range: Option<(u64, Option<u64>)>,
+}
+
+impl FakeRequest {
+    fn parse(head: String) -> FakeRequest {
+        let mut words = head.split(' ');
+        let method = words.next().unwrap_or_default().to_owned();
+        let path = words.next().unwrap_or_default().to_owned();
+        let range = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Range: bytes="))
+            .and_then(|r| {
+                let (first, last) = r.trim().split_once('-')?;
+                let first = first.parse().ok()?;
+                let last = if last.is_empty() {
+                    None
+                } else {
+                    Some(last.parse().ok()?)
+                };
+                Some((first, last))
+            });
+        FakeRequest {
+            head,
+            method,
+            path,
+            range,
+        }
+    }
+
+    /// Whether it asks for a file's piece list (`/pieces/...`).
+    pub fn is_pieces(&self) -> bool {
+        self.path.starts_with("/pieces/")
+    }
+}
+
+/// What a script does with one request: answers it on the stream and says
+/// whether the connection may carry another request.
+pub type Script = dyn Fn(&FakeRequest, &mut TcpStream) -> bool + Send + Sync;
+
+/// A raw HTTP server in the test process that answers with a script.
+pub struct FakeSource {
+    pub addr: SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<FakeRequest>>>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeSource {
+    /// Listens on `127.0.0.1:0`.
+    pub fn start(
+        script: impl Fn(&FakeRequest, &mut TcpStream) -> bool + Send + Sync + 'static,
+    ) -> FakeSource {
+        FakeSource::start_on("127.0.0.1", script)
+    }
+
+    /// Listens on port 0 of `ip` (any 127.0.0.x works on Linux without
+    /// setup, which lets a test play several hosts).
+    pub fn start_on(
+        ip: &str,
+        script: impl Fn(&FakeRequest, &mut TcpStream) -> bool + Send + Sync + 'static,
+    ) -> FakeSource {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let script: Arc<Script> = Arc::new(script);
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind a fake source");
+        let addr = listener.local_addr().expect("fake source address");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (seen, count) = (Arc::clone(&requests), Arc::clone(&connections));
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let (seen, script) = (Arc::clone(&seen), Arc::clone(&script));
+                thread::spawn(move || loop {
+                    let Some(head) = read_request_head(&mut stream) else {
+                        return;
+                    };
+                    let request = FakeRequest::parse(head);
+                    seen.lock().expect("request log").push(request.clone());
+                    let _ = stream.set_read_timeout(None);
+                    if !script(&request, &mut stream) {
+                        return;
+                    }
+                });
+            }
+        });
+        FakeSource {
+            addr,
+            requests,
+            connections,
+        }
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<FakeRequest> {
+        self.requests.lock().expect("request log").clone()
+    }
+
+    /// Connections accepted (also those that never sent a whole head).
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Registers this source with `registry` as holding `name` with this
+    /// size and digest, from the fake's own IP (so the registry records it
+    /// as the host); the registration is the most recent one.
+    pub fn register(&self, registry: &Registry, name: &str, size: u64, sha256: &str) {
+        let mut client = client_from(registry, self.addr.ip());
+        client
+            .register(self.addr.port(), size, sha256, name)
+            .expect("register the fake source");
+    }
+}
+
+/// A registry client whose connection comes from `ip` (one of 127.0.0.x),
+/// so what it registers is recorded for that host.
+pub fn client_from(registry: &Registry, ip: std::net::IpAddr) -> p2p_proto::client::Client {
+    let stream = connect_from(ip, registry.addr);
+    p2p_proto::client::Client::from_stream(&registry.addr_string(), stream, WAIT_TIMEOUT)
+        .expect("registry client")
+}
+
+/// A TCP connection to `to` whose local end is `from:0` (std cannot bind
+/// before connecting; socket2 can, and Linux lets any 127.0.0.x be a
+/// source address).
+pub fn connect_from(from: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let domain = if from.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::new(from, 0).into())
+        .expect("bind to a loopback address");
+    socket
+        .connect_timeout(&to.into(), WAIT_TIMEOUT)
+        .expect("connect to the registry");
+    socket.into()
+}
+
+/// Reads one request head, at most 64 KiB, within [`FAKE_HEAD_TIMEOUT`].
+pub fn read_request_head(stream: &mut TcpStream) -> Option<String> {
+    stream.set_read_timeout(Some(FAKE_HEAD_TIMEOUT)).ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 64 * 1024 {
+            return None;
+        }
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Answers as our file server does: `/files/...` with `200` or a `206` for
+/// a range (with `ETag` of `content`), `/pieces/...` with `pieces` when
+/// given (else `404`). Keeps the connection.
+pub fn serve_content(
+    request: &FakeRequest,
+    stream: &mut TcpStream,
+    content: &[u8],
+    pieces: Option<&[u8]>,
+) -> bool {
+    serve_content_as(request, stream, content, &sha256_hex(content), pieces)
+}
+
+/// [`serve_content`] with `etag` in the `ETag` (a liar names the registered
+/// digest while it serves other bytes).
+pub fn serve_content_as(
+    request: &FakeRequest,
+    stream: &mut TcpStream,
+    content: &[u8],
+    etag: &str,
+    pieces: Option<&[u8]>,
+) -> bool {
+    if request.is_pieces() {
+        let reply = match pieces {
+            Some(doc) => {
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n",
+                    doc.len()
+                )
+                .into_bytes();
+                out.extend_from_slice(doc);
+                out
+            }
+            None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+        };
+        return stream.write_all(&reply).is_ok();
+    }
+    let len = content.len() as u64;
+    let head_only = request.method == "HEAD";
+    let (status, first, last) = match request.range {
+        Some((first, last)) if first < len => {
+            let last = last.map_or(len - 1, |l| l.min(len - 1));
+            ("206 Partial Content", first, last)
+        }
+        Some(_) => {
+            return stream
+                .write_all(
+                    format!(
+                        "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .is_ok()
+        }
+        None => ("200 OK", 0, len.saturating_sub(1)),
+    };
+    let body: &[u8] = if len == 0 {
+        &[]
+    } else {
+        &content[first as usize..=last as usize]
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: \"{etag}\"\r\n",
+        body.len()
+    );
+    if status.starts_with("206") {
+        out.push_str(&format!("Content-Range: bytes {first}-{last}/{len}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if !head_only {
+        bytes.extend_from_slice(body);
+    }
+    stream.write_all(&bytes).is_ok()
+}
+
+/// Blocks until the client closes the connection (or it breaks): "stalls
+/// forever" from the downloader's point of view, without outliving it.
+pub fn hold_open(stream: &mut TcpStream) -> bool {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+    let mut scratch = [0u8; 1024];
+    loop {
+        match stream.read(&mut scratch) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
         }
     }
 }

@@ -12,49 +12,35 @@
 //! response.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use p2p_proto::protocol::Source;
 
-use super::SourceError;
-
-/// How long to wait for a peer to accept the connection: a dead source must
-/// not hold up the next one.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long one read from a peer may block (the response head or any chunk
-/// of the body); a stalled transfer is abandoned and resumed from another source.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long sending the request may block.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+use super::error::SourceError;
+use super::limits::{
+    scaled, CONNECT_TIMEOUT, FIRST_BYTE_TIMEOUT, HEAD_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT,
+};
 
 /// Largest response head accepted (status line and headers): far more than
 /// any file server sends, small enough that a hostile peer cannot make us
 /// buffer much.
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 16 * 1024;
 
-/// Most response headers parsed.
+/// Most response headers parsed (and most trailer fields after a chunked
+/// body).
 pub const MAX_RESPONSE_HEADERS: usize = 64;
 
-/// What is escaped in a name placed in a URL path: everything except the
-/// unreserved characters of RFC 3986.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+/// Longest line of a chunked body's framing (chunk size with extensions,
+/// trailer field).
+pub const MAX_CHUNK_LINE_BYTES: usize = 4096;
 
-/// The URL path of a shared file.
-pub fn file_path(name: &str) -> String {
-    format!("/files/{}", utf8_percent_encode(name, PATH_SEGMENT))
-}
+/// The URL path of a shared file: the file server's own scheme, one
+/// place for both sides.
+pub use crate::http::handler::file_url as file_path;
 
 /// The URL path of a shared file's piece list (a peer extension).
-pub fn pieces_path(name: &str) -> String {
-    format!("/pieces/{}", utf8_percent_encode(name, PATH_SEGMENT))
-}
+pub use crate::http::handler::pieces_url as pieces_path;
 
 /// A `GET` request head for `path` on `addr`, ending with the blank line;
 /// `extra` holds further header lines, each ending in CRLF.
@@ -78,6 +64,9 @@ pub struct ResponseHead {
     /// The source closes the connection after this response
     /// (`Connection: close`, or HTTP/1.0 without keep-alive).
     pub close: bool,
+    /// The body comes with `Transfer-Encoding: chunked` (any
+    /// `Content-Length` is then ignored, as RFC 9112 requires).
+    pub chunked: bool,
 }
 
 impl ResponseHead {
@@ -90,6 +79,7 @@ impl ResponseHead {
             content_range: None,
             etag: None,
             close: parsed.version == Some(0),
+            chunked: false,
         };
         for header in parsed.headers.iter() {
             let value = std::str::from_utf8(header.value)
@@ -115,11 +105,18 @@ impl ResponseHead {
                         head.close = parsed.version != Some(0);
                     }
                 }
-            } else if name.eq_ignore_ascii_case("transfer-encoding")
-                && !value.eq_ignore_ascii_case("identity")
-            {
-                return Err(format!("unsupported Transfer-Encoding {value:?}"));
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                for coding in value.split(',').map(str::trim) {
+                    if coding.eq_ignore_ascii_case("chunked") {
+                        head.chunked = true;
+                    } else if !coding.eq_ignore_ascii_case("identity") {
+                        return Err(format!("unsupported Transfer-Encoding {value:?}"));
+                    }
+                }
             }
+        }
+        if head.chunked {
+            head.content_length = None;
         }
         Ok(head)
     }
@@ -144,35 +141,47 @@ pub struct Connection {
     buffer: Box<[u8]>,
     start: usize,
     end: usize,
+    /// Where a chunked body is, when the response has one.
+    chunked: Option<Chunked>,
+}
+
+/// The decoder's place in a `Transfer-Encoding: chunked` body.
+#[derive(Debug, Clone, Copy, Default)]
+struct Chunked {
+    /// Data bytes left in the current chunk.
+    left: u64,
+    /// The current chunk's data is complete; its CRLF comes next.
+    after_data: bool,
+    /// The last chunk and the trailers have been read.
+    done: bool,
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) within [`CONNECT_TIMEOUT`] and sets
+    /// Connects to `addr` (`ip:port` or `[ipv6]:port`: never a host name,
+    /// which would have to be resolved) within [`CONNECT_TIMEOUT`] and sets
     /// the read and write timeouts.
     pub fn open(addr: &str) -> Result<Connection, SourceError> {
         let err = |source| SourceError::Connect {
             addr: addr.to_owned(),
             source,
         };
-        let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(err)?.collect();
-        let mut last = io::Error::new(ErrorKind::NotFound, "the address resolves to nothing");
-        let mut connected = None;
-        for sa in addrs {
-            match TcpStream::connect_timeout(&sa, CONNECT_TIMEOUT) {
-                Ok(stream) => {
-                    connected = Some(stream);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let stream = connected.ok_or_else(|| err(last))?;
+        let sa: SocketAddr = addr.parse().map_err(|_| {
+            err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "not an IP address and port; host names are not resolved",
+            ))
+        })?;
+        let stream = TcpStream::connect_timeout(&sa, scaled(CONNECT_TIMEOUT)).map_err(err)?;
         let net = |source| SourceError::Network {
             addr: addr.to_owned(),
             source,
         };
-        stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(net)?;
-        stream.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(net)?;
+        stream
+            .set_read_timeout(Some(scaled(READ_TIMEOUT)))
+            .map_err(net)?;
+        stream
+            .set_write_timeout(Some(scaled(WRITE_TIMEOUT)))
+            .map_err(net)?;
         // Requests are small and wait for their answer: no Nagle delay.
         stream.set_nodelay(true).map_err(net)?;
         Ok(Connection {
@@ -181,6 +190,7 @@ impl Connection {
             buffer: vec![0u8; MAX_RESPONSE_HEAD_BYTES].into_boxed_slice(),
             start: 0,
             end: 0,
+            chunked: None,
         })
     }
 
@@ -216,45 +226,125 @@ impl Connection {
     }
 
     /// Reads until the blank line that ends the head, at most
-    /// [`MAX_RESPONSE_HEAD_BYTES`], and parses it. Body bytes that came
+    /// [`MAX_RESPONSE_HEAD_BYTES`], and parses it; interim `1xx` answers
+    /// (`100 Continue`) are skipped. The first byte must come within
+    /// [`FIRST_BYTE_TIMEOUT`] and the whole head within [`HEAD_TIMEOUT`] of
+    /// the call, however the source paces its bytes. Body bytes that came
     /// with it stay buffered for [`read_body`](Self::read_body).
     pub fn read_head(&mut self) -> Result<ResponseHead, SourceError> {
+        self.read_head_within(FIRST_BYTE_TIMEOUT, HEAD_TIMEOUT)
+    }
+
+    /// [`read_head`](Self::read_head) with other deadlines (both scaled),
+    /// for answers a source may have to compute first (a piece list).
+    pub fn read_head_within(
+        &mut self,
+        first_byte: Duration,
+        whole_head: Duration,
+    ) -> Result<ResponseHead, SourceError> {
         // Whatever is buffered now arrived before the request was answered.
         if self.start < self.end {
             return Err(self.bad("bytes before the response head"));
         }
         self.start = 0;
         self.end = 0;
+        self.chunked = None;
+        let asked = Instant::now();
+        let result = self.read_head_by(asked + scaled(first_byte), asked + scaled(whole_head));
+        let restored = self
+            .stream
+            .set_read_timeout(Some(scaled(READ_TIMEOUT)))
+            .map_err(|e| self.network(e));
+        let head = result?;
+        restored?;
+        Ok(head)
+    }
+
+    fn read_head_by(
+        &mut self,
+        first_byte_by: Instant,
+        head_by: Instant,
+    ) -> Result<ResponseHead, SourceError> {
+        let mut received = false;
         loop {
+            if self.start < self.end {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+                let mut parsed = httparse::Response::new(&mut headers);
+                match parsed.parse(&self.buffer[self.start..self.end]) {
+                    Ok(httparse::Status::Complete(head_len)) => {
+                        let head = ResponseHead::from_parsed(&parsed).map_err(|r| self.bad(&r))?;
+                        self.start += head_len;
+                        if head.status == 101 {
+                            return Err(self.bad("101 Switching Protocols to a GET"));
+                        }
+                        if (100..200).contains(&head.status) {
+                            // An interim answer: the real one follows.
+                            continue;
+                        }
+                        if head.chunked {
+                            self.chunked = Some(Chunked::default());
+                        }
+                        return Ok(head);
+                    }
+                    Ok(httparse::Status::Partial)
+                        if self.start == 0 && self.end == self.buffer.len() =>
+                    {
+                        return Err(self.bad("response head longer than 16 KiB"));
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(e) => return Err(self.bad(&e.to_string())),
+                }
+                if self.start > 0 {
+                    self.buffer.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                }
+            } else {
+                self.start = 0;
+                self.end = 0;
+            }
+            let deadline = if received { head_by } else { first_byte_by };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SourceError::Stalled {
+                    addr: self.addr.clone(),
+                });
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| self.network(e))?;
             let n = match self.stream.read(&mut self.buffer[self.end..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(SourceError::Stalled {
+                        addr: self.addr.clone(),
+                    })
+                }
                 Err(e) => return Err(self.network(e)),
             };
             if n == 0 {
                 return Err(self.bad("the connection closed before the response head ended"));
             }
             self.end += n;
-            let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-            let mut parsed = httparse::Response::new(&mut headers);
-            match parsed.parse(&self.buffer[..self.end]) {
-                Ok(httparse::Status::Complete(head_len)) => {
-                    let head = ResponseHead::from_parsed(&parsed).map_err(|r| self.bad(&r))?;
-                    self.start = head_len;
-                    return Ok(head);
-                }
-                Ok(httparse::Status::Partial) if self.end == self.buffer.len() => {
-                    return Err(self.bad("response head longer than 16 KiB"));
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(e) => return Err(self.bad(&e.to_string())),
-            }
+            received = true;
         }
     }
 
     /// Reads body bytes: first those buffered with the head, then from the
-    /// socket. `Ok(0)` means the source closed the connection.
+    /// socket; a chunked body is decoded. `Ok(0)` means the body ended (the
+    /// last chunk) or the source closed the connection.
     pub fn read_body(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let Some(mut state) = self.chunked else {
+            return self.read_raw(out);
+        };
+        let n = self.read_chunked(&mut state, out);
+        self.chunked = Some(state);
+        n
+    }
+
+    /// Bytes as they come: buffered first, then the socket.
+    fn read_raw(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.start < self.end {
             let n = out.len().min(self.end - self.start);
             out[..n].copy_from_slice(&self.buffer[self.start..self.start + n]);
@@ -267,6 +357,116 @@ impl Connection {
                 other => return other,
             }
         }
+    }
+
+    /// One byte of the framing of a chunked body (refills the buffer).
+    fn framing_byte(&mut self) -> io::Result<u8> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            let n = loop {
+                match self.stream.read(&mut self.buffer) {
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    other => break other?,
+                }
+            };
+            if n == 0 {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "the connection closed inside the chunked framing",
+                ));
+            }
+            self.end = n;
+        }
+        let byte = self.buffer[self.start];
+        self.start += 1;
+        Ok(byte)
+    }
+
+    /// One CRLF-terminated framing line (chunk size or trailer), without
+    /// its ending, at most [`MAX_CHUNK_LINE_BYTES`].
+    fn framing_line(&mut self) -> io::Result<Vec<u8>> {
+        let mut line = Vec::new();
+        loop {
+            match self.framing_byte()? {
+                b'\n' => {
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    return Ok(line);
+                }
+                byte if line.len() < MAX_CHUNK_LINE_BYTES => line.push(byte),
+                _ => {
+                    return Err(io::Error::new(
+                        ErrorKind::InvalidData,
+                        "chunk framing line too long",
+                    ))
+                }
+            }
+        }
+    }
+
+    fn read_chunked(&mut self, state: &mut Chunked, out: &mut [u8]) -> io::Result<usize> {
+        if state.done || out.is_empty() {
+            return Ok(0);
+        }
+        if state.left == 0 {
+            if state.after_data && !self.framing_line()?.is_empty() {
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    "no CRLF after a chunk's data",
+                ));
+            }
+            state.after_data = false;
+            let line = self.framing_line()?;
+            let size = line.split(|&b| b == b';').next().unwrap_or_default();
+            let size = std::str::from_utf8(size)
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.len() <= 16)
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "bad chunk size"))?;
+            if size == 0 {
+                // Trailer fields, then the blank line.
+                let mut trailers = 0;
+                while !self.framing_line()?.is_empty() {
+                    trailers += 1;
+                    if trailers > MAX_RESPONSE_HEADERS {
+                        return Err(io::Error::new(
+                            ErrorKind::InvalidData,
+                            "too many trailer fields",
+                        ));
+                    }
+                }
+                state.done = true;
+                return Ok(0);
+            }
+            state.left = size;
+        }
+        let want = usize::try_from(state.left)
+            .unwrap_or(usize::MAX)
+            .min(out.len());
+        let n = self.read_raw(&mut out[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "the connection closed inside a chunk",
+            ));
+        }
+        state.left -= n as u64;
+        state.after_data = state.left == 0;
+        Ok(n)
+    }
+
+    /// Whether a chunked body has ended where the caller stopped reading
+    /// (reads the last chunk's framing); always true for other bodies,
+    /// whose end is checked with [`has_stray_bytes`](Self::has_stray_bytes).
+    pub fn body_ended(&mut self) -> io::Result<bool> {
+        if self.chunked.is_none() {
+            return Ok(true);
+        }
+        let mut one = [0u8; 1];
+        Ok(self.read_body(&mut one)? == 0)
     }
 
     /// Fills `out` with body bytes; fails with `UnexpectedEof` when the
@@ -312,6 +512,55 @@ pub fn digits(s: &str) -> Option<u64> {
         return None;
     }
     s.parse().ok()
+}
+
+/// An `ETag` that names another digest means the peer's file changed since
+/// it registered; no `ETag` at all is left to the digest check.
+pub fn check_etag(head: &ResponseHead, source: &Source, name: &str) -> Result<(), SourceError> {
+    match (head.etag_value(), head.etag.as_deref()) {
+        (Some(value), Some(etag)) if value != source.sha256 => Err(SourceError::Changed {
+            addr: source.addr(),
+            name: name.to_owned(),
+            etag: etag.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A response whose head has been read; its body is read from `conn`.
+#[derive(Debug)]
+pub struct Response {
+    pub conn: Connection,
+    pub head: ResponseHead,
+}
+
+impl std::ops::Deref for Response {
+    type Target = ResponseHead;
+
+    fn deref(&self) -> &ResponseHead {
+        &self.head
+    }
+}
+
+/// Connects to the source and sends `GET /files/<name>`, with a guarded
+/// range when resuming at `range`; reads the response head.
+pub fn request_file(
+    source: &Source,
+    name: &str,
+    range: Option<u64>,
+) -> Result<Response, SourceError> {
+    let addr = source.addr();
+    let mut conn = Connection::open(&addr)?;
+    let extra = match range {
+        Some(first) => format!(
+            "Range: bytes={first}-\r\nIf-Range: \"{}\"\r\n",
+            source.sha256
+        ),
+        None => String::new(),
+    };
+    conn.send(&get_request(&addr, &file_path(name), true, &extra))?;
+    let head = conn.read_head()?;
+    Ok(Response { conn, head })
 }
 
 #[cfg(test)]
@@ -408,7 +657,12 @@ mod tests {
         assert!(
             parse("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
         );
-        assert!(parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err());
+        assert!(
+            parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .chunked
+        );
+        assert!(parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
         assert!(parse("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
     }
 }

@@ -74,6 +74,17 @@ struct Args {
     /// A reply must be taken by the client within this long, in all.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, hide = true)]
     write_timeout: Duration,
+    /// Also run a BitTorrent Mainline DHT node on this UDP port (0: any free
+    /// one), on the --listen IP (IPv4 only), printed as `dht on HOST:PORT`
+    /// after `listening on`: peers on the LAN use `--dht --bootstrap
+    /// THIS_HOST:PORT` and form a private DHT.
+    #[arg(long, value_name = "PORT")]
+    dht_port: Option<u16>,
+    /// DHT nodes this registry's node joins through (other registries'
+    /// --dht-port, to join their LANs into one DHT), HOST:PORT[,HOST:PORT...];
+    /// default: none, a DHT of this LAN only
+    #[arg(long, value_name = "HOST:PORT,...", requires = "dht_port")]
+    bootstrap: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -104,6 +115,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let dht_bootstrap = match &args.bootstrap {
+        Some(list) => p2p_dht::parse_bootstrap(list)?,
+        None => Vec::new(),
+    };
     let config = Config {
         db: args.db,
         listen: args.listen,
@@ -151,11 +166,35 @@ fn run(args: Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
     }
     drop(stdout);
+    // The DHT node lives as long as the registry (dropped after run()).
+    let _dht = match args.dht_port {
+        Some(port) => Some(start_dht(&server, port, dht_bootstrap)?),
+        None => None,
+    };
 
     // Held until the server stops; dropping it withdraws the announcement.
     let _mdns = (!args.no_mdns).then(|| dht_server::mdns::announce_or_warn(server.local_addr()));
     server.run()?;
     Ok(())
+}
+
+/// Starts the DHT node of `--dht-port` on the registry's IPv4 address and
+/// prints `dht on HOST:PORT`.
+fn start_dht(
+    server: &Server,
+    port: u16,
+    bootstrap: Vec<String>,
+) -> anyhow::Result<p2p_dht::DhtNode> {
+    let bind = match server.local_addr().ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+    };
+    let node = p2p_dht::DhtNode::start(&p2p_dht::NodeConfig::server(bind, port, bootstrap))?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "dht on {}", node.local_addr())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| anyhow!("cannot write to stdout: {e}"))?;
+    Ok(node)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use p2p_peer::batch::{DEFAULT_JOBS, MAX_JOBS};
 use p2p_peer::config::PeerConfig;
+use p2p_peer::dht::DhtConfig;
 use p2p_peer::discovery::{self, Origin};
 use p2p_peer::download::{Options, DEFAULT_MAX_SOURCES, MAX_SOURCES_LIMIT};
 use p2p_peer::http::throttle::parse_rate;
@@ -69,6 +70,10 @@ Examples:
   peer register notes.txt --port 4000    one registration, for scripts
   peer serve --port 4000 --share-downloads
                                          also share what was downloaded (never a .part)
+  peer serve --port 4000 --dht --bootstrap 10.0.0.1:6881
+                                         also announce on a (private) Mainline DHT
+  peer get notes.txt --dht --bootstrap 10.0.0.1:6881
+                                         sources from the DHT too; no registry needed
   curl -OJ http://HOST:PORT/files/notes.txt
   peer serve --port 4000 --ui 127.0.0.1:8400
                                          the control UI there (prints `ui on http://...`); --ui off: none
@@ -211,6 +216,42 @@ pub struct Common {
     /// download files
     #[arg(long, global = true, value_name = "ADDR")]
     pub ui: Option<UiAddr>,
+    /// Also use the BitTorrent Mainline DHT: serve and the menu announce
+    /// every shared file there (under the SHA-256 of its name and of its
+    /// content: your IP and port become public with them, unless
+    /// --bootstrap points to a private DHT); search and get look sources up
+    /// there as well as in the registry, and work without a registry
+    #[arg(long, global = true)]
+    pub dht: bool,
+
+    /// DHT nodes to join through, HOST:PORT[,HOST:PORT...] (default: the
+    /// public bootstrap nodes; a registry's `dht-server --dht-port` for a
+    /// private DHT)
+    #[arg(long, global = true, value_name = "HOST:PORT,...", requires = "dht",
+          value_parser = parse_bootstrap_list)]
+    pub bootstrap: Option<BootstrapList>,
+
+    /// Hidden, for tests and benchmarks: the DHT node's request timeout
+    /// (default: mainline's 2 s); a loopback testnet answers in microseconds.
+    #[arg(long, global = true, hide = true, value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    pub dht_request_timeout: Option<Duration>,
+
+    /// Hidden, for tests: time between announcements of everything shared
+    /// (default 15 min).
+    #[arg(long, global = true, hide = true, value_name = "DURATION",
+          value_parser = parse_heartbeat)]
+    pub dht_announce_interval: Option<Duration>,
+}
+
+/// A parsed `--bootstrap` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapList(pub Vec<String>);
+
+fn parse_bootstrap_list(text: &str) -> Result<BootstrapList, String> {
+    p2p_dht::parse_bootstrap(text)
+        .map(BootstrapList)
+        .map_err(|e| e.to_string())
 }
 
 impl Common {
@@ -234,7 +275,25 @@ impl Common {
                 notify: !self.no_watch,
             },
             ui: self.ui.unwrap_or_default(),
+            dht: self.dht_config(),
         }
+    }
+
+    /// `--dht` and its bootstrap nodes; `None` without `--dht`.
+    pub fn dht_config(&self) -> Option<DhtConfig> {
+        self.dht.then(|| {
+            let bootstrap = match &self.bootstrap {
+                Some(list) => list.0.clone(),
+                None => p2p_dht::PUBLIC_BOOTSTRAP.map(String::from).to_vec(),
+            };
+            DhtConfig {
+                request_timeout: self.dht_request_timeout,
+                announce_interval: self
+                    .dht_announce_interval
+                    .unwrap_or(p2p_peer::dht::DEFAULT_ANNOUNCE_INTERVAL),
+                ..DhtConfig::new(bootstrap)
+            }
+        })
     }
 
     /// `--server`, `P2P_SERVER`, a registry found by mDNS, or the default
@@ -251,6 +310,7 @@ impl Common {
     pub fn download_options(&self) -> Options {
         Options {
             max_sources: self.max_sources,
+            ..Options::default()
         }
     }
 
@@ -283,7 +343,7 @@ pub enum Command {
         /// The exact file name
         name: String,
     },
-    /// Download NAME (or several names) into the downloads folder, verified
+    /// Download NAME into the downloads folder, verified
     ///
     /// Fetches pieces from up to --max-sources sources at once (those that
     /// registered the same size and SHA-256), checks every piece against the
@@ -307,6 +367,11 @@ pub enum Command {
         /// The exact file names (with --find: words of the names)
         #[arg(required_unless_present = "from_file", value_name = "NAME")]
         names: Vec<String>,
+        /// Fetch only the content with this SHA-256 (64 hex digits), e.g.
+        /// one of the versions listed when the sources of NAME disagree
+        /// (one NAME only)
+        #[arg(long, value_name = "HEX", value_parser = parse_sha256, conflicts_with_all = ["find", "from_file"])]
+        sha256: Option<[u8; 32]>,
         /// Fetch every file whose name matches all the words given (FIND)
         #[arg(long, conflicts_with = "from_file")]
         find: bool,
@@ -341,6 +406,10 @@ pub enum Command {
         /// A file name in the shared folder
         name: String,
     },
+}
+
+fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
+    p2p_peer::download::parse_sha256(text).ok_or_else(|| "must be 64 hex digits".to_owned())
 }
 
 fn parse_jobs(text: &str) -> Result<usize, String> {
@@ -496,6 +565,32 @@ mod tests {
         assert!(
             matches!(cli.command, Some(Command::Find { json: true, words }) if words == ["hol"])
         );
+    }
+
+    #[test]
+    fn dht_and_bootstrap() {
+        let cli = Cli::try_parse_from(["peer", "search", "x"]).unwrap();
+        assert_eq!(cli.common.dht_config(), None);
+        let cli = Cli::try_parse_from(["peer", "get", "x", "--dht"]).unwrap();
+        let config = cli.common.dht_config().unwrap();
+        assert_eq!(config.bootstrap.len(), p2p_dht::PUBLIC_BOOTSTRAP.len());
+        let cli = Cli::try_parse_from([
+            "peer",
+            "serve",
+            "--dht",
+            "--bootstrap",
+            "127.0.0.1:5,127.0.0.1:6",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.common.config().dht.unwrap().bootstrap,
+            ["127.0.0.1:5", "127.0.0.1:6"]
+        );
+        for bad in ["127.0.0.1", "h:0", ""] {
+            assert!(Cli::try_parse_from(["peer", "--dht", "--bootstrap", bad]).is_err());
+        }
+        // --bootstrap alone would silently do nothing.
+        assert!(Cli::try_parse_from(["peer", "--bootstrap", "h:1"]).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod cli;
 use cli::{Cli, Command, EXIT_FAILURE, EXIT_NOT_FOUND};
 use p2p_peer::batch::{self, BatchConfig, Verdict};
 use p2p_peer::config::PeerConfig;
+use p2p_peer::dht;
 use p2p_peer::download::{self, DownloadError};
 use p2p_peer::menu::{self, Console, LineEditor, LinePrinter};
 use p2p_peer::progress::Reporter;
@@ -116,12 +117,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Search { name }) => search(&common, &name),
         Some(Command::Get {
             names,
+            sha256,
             find,
             from_file,
             jobs,
         }) => {
             let batch = Batch {
                 names,
+                sha256,
                 find,
                 from_file,
                 jobs,
@@ -134,14 +137,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
+    if common.dht.is_some() {
+        return dht_search(common, name);
+    }
     let sources = match download::search(&common.server, name) {
         Ok(sources) => sources,
         Err(e) => return not_found_or(e),
     };
     let mut out = io::stdout().lock();
     for source in &sources {
-        writeln!(out, "{} {} {}", source.addr(), source.size, source.sha256)
-            .context("writing to stdout")?;
+        writeln!(
+            out,
+            "{} {} {}",
+            download::printable(&source.addr()),
+            source.size,
+            source.sha256
+        )
+        .context("writing to stdout")?;
     }
     out.flush().context("writing to stdout")?;
     Ok(ExitCode::SUCCESS)
@@ -150,6 +162,8 @@ fn search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
 /// What `peer get` was asked for.
 struct Batch {
     names: Vec<String>,
+    /// `--sha256`, for one name only (the command line refuses it with a batch).
+    sha256: Option<[u8; 32]>,
     find: bool,
     from_file: Option<PathBuf>,
     jobs: usize,
@@ -174,7 +188,7 @@ fn get(common: &PeerConfig, batch: Batch, reporter: &Reporter) -> anyhow::Result
     } else if let Some(path) = &batch.from_file {
         read_list(path)?
     } else if let [name] = batch.names.as_slice() {
-        return get_one(common, name, reporter);
+        return get_one(common, name, batch.sha256, reporter);
     } else {
         batch.names
     };
@@ -212,14 +226,20 @@ fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 /// `peer get NAME`: exit 0, 1 (with the closest FIND hits on stderr) or 2.
-fn get_one(common: &PeerConfig, name: &str, reporter: &Reporter) -> anyhow::Result<ExitCode> {
-    match download::download(
-        &common.server,
-        name,
-        &common.downloads,
-        &common.download,
-        reporter,
-    ) {
+fn get_one(
+    common: &PeerConfig,
+    name: &str,
+    sha256: Option<[u8; 32]>,
+    reporter: &Reporter,
+) -> anyhow::Result<ExitCode> {
+    let options = download::Options {
+        sha256,
+        ..common.download
+    };
+    if common.dht.is_some() {
+        return dht_get(common, name, &options, reporter);
+    }
+    match download::download(&common.server, name, &common.downloads, &options, reporter) {
         Ok(outcome) => {
             reporter.note(menu::describe(&outcome));
             Ok(ExitCode::SUCCESS)
@@ -236,7 +256,7 @@ fn get_one(common: &PeerConfig, name: &str, reporter: &Reporter) -> anyhow::Resu
             }
             Ok(ExitCode::from(EXIT_NOT_FOUND))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => not_found_or(e),
     }
 }
 
@@ -260,6 +280,50 @@ fn find_cmd(common: &PeerConfig, words: &[String], json: bool) -> anyhow::Result
         return Ok(ExitCode::from(EXIT_NOT_FOUND));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `search --dht`: the registry's and the DHT's sources, merged, grouped by content.
+fn dht_search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
+    let sources = match dht::search(common, name) {
+        Ok(sources) => sources,
+        Err(e) => return dht_not_found_or(e),
+    };
+    let mut out = io::stdout().lock();
+    for source in &sources {
+        writeln!(out, "{} {} {}", source.addr(), source.size, source.sha256)
+            .context("writing to stdout")?;
+    }
+    out.flush().context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `get --dht`: the same sources, then the usual verified download.
+fn dht_get(
+    common: &PeerConfig,
+    name: &str,
+    options: &download::Options,
+    reporter: &Reporter,
+) -> anyhow::Result<ExitCode> {
+    let sources = match dht::search(common, name) {
+        Ok(sources) => sources,
+        Err(e) => return dht_not_found_or(e),
+    };
+    match download::download_from(&sources, name, &common.downloads, options, reporter) {
+        Ok(outcome) => {
+            reporter.note(menu::describe(&outcome));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => not_found_or(e),
+    }
+}
+
+/// Like [`not_found_or`], for a `--dht` search.
+fn dht_not_found_or(e: dht::SearchError) -> anyhow::Result<ExitCode> {
+    if e.is_not_found() {
+        let _ = writeln!(io::stderr(), "peer: {e}");
+        return Ok(ExitCode::from(EXIT_NOT_FOUND));
+    }
+    Err(e.into())
 }
 
 /// "No source" is exit 1 with its line; anything else is a failure.

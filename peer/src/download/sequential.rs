@@ -1,6 +1,9 @@
 //! The sequential path: one source at a time, the whole file in one
-//! `GET`, appended to the `.part` while hashing, resumed with
-//! `Range: bytes=<len>-` guarded by `If-Range: "<sha256>"`.
+//! `GET`, appended to the `.part`, resumed with `Range: bytes=<len>-`
+//! guarded by `If-Range: "<sha256>"`; once complete, the `.part` is synced
+//! and its bytes on disk are checked against the registered size and
+//! SHA-256 ([`Part::check`]). The first answer may come from `hedge`,
+//! which asked several sources at once.
 //!
 //! Used when there is a single source, when `--max-sources 1`, when the
 //! file is too small to share out, and as the fallback of a multi-source
@@ -8,19 +11,17 @@
 //! trust a peer's `Content-Length` or `Content-Range` beyond the registered
 //! size, and must leave a `.part` only with bytes that may be resumed.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{ErrorKind, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use p2p_proto::protocol::{to_hex, Source};
-use sha2::{Digest, Sha256};
+use p2p_proto::protocol::Source;
 
-use super::http::{file_path, get_request, parse_content_range, Connection, ResponseHead};
-use super::{
-    check_etag, hash_into, DownloadError, SourceError, COPY_BUFFER_BYTES, MIN_BYTES_PER_WINDOW,
-    SLOW_WINDOW,
-};
+use super::error::{DownloadError, SourceError};
+use super::http::{check_etag, parse_content_range, request_file, Response};
+use super::limits::{scaled, COPY_BUFFER_BYTES, MIN_BYTES_PER_WINDOW, SLOW_WINDOW};
+use super::part::{Checked, Part};
 use crate::progress::Reporter;
 
 /// How one attempt failed: because of the source (try the next) or because
@@ -49,54 +50,49 @@ pub(super) struct Fetched {
     pub(super) resumed_at: u64,
 }
 
-/// Fetches `name` from one source into `part`, resuming what is there.
+/// Fetches `name` from one source into `part`, resuming what is there,
+/// and checks the bytes on disk against the registered size and SHA-256.
 ///
 /// When a resumed transfer does not verify, the old bytes may be the
 /// culprit (they may come from another version of the file), so the source
-/// gets one more try from scratch before it is blamed.
+/// gets one more try from scratch before it is blamed. Bytes that fail the
+/// check are removed (the `.part` is emptied) so no later source resumes
+/// them.
 pub(super) fn fetch(
     source: &Source,
     name: &str,
-    part: &Path,
+    part: &mut Part,
     reporter: &Reporter,
+    mut first: Option<Response>,
 ) -> Result<Fetched, Attempt> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(part)
-        .map_err(DownloadError::io("open", part))?;
     let mut allow_resume = true;
     loop {
-        let (hasher, have) = if allow_resume {
-            existing_prefix(&mut file, part, source, reporter)?
+        let have = if allow_resume {
+            existing_prefix(part, source, reporter)?
         } else {
-            truncate(&mut file, part)?;
-            (Sha256::new(), 0)
+            part.truncate(0)?;
+            0
         };
-        let result = transfer(&mut file, part, hasher, have, source, name, reporter);
+        // The answer to a request already sent (for the bytes after
+        // `have`) is used for the first transfer only.
+        let result = transfer(part, have, source, name, reporter, first.take());
         match result {
-            Ok(resumed_at) => {
-                file.sync_all().map_err(DownloadError::io("sync", part))?;
-                return Ok(Fetched { resumed_at });
-            }
+            Ok(resumed_at) => return Ok(Fetched { resumed_at }),
             Err(Transfer::Mismatch(e, resumed)) => {
                 if resumed && allow_resume {
                     reporter.note(format_args!(
                         "the resumed {} does not verify; starting it over from {}",
-                        part.display(),
+                        part.path().display(),
                         source.addr()
                     ));
                     allow_resume = false;
                     continue;
                 }
                 // Bad bytes from this source: they must not be resumed by the next.
-                drop(file);
-                fs::remove_file(part).map_err(DownloadError::io("delete", part))?;
+                part.truncate(0)?;
                 reporter.note(format_args!(
-                    "deleted {}: the bytes from {} are not the registered ones",
-                    part.display(),
+                    "emptied {}: the bytes from {} are not the registered ones",
+                    part.path().display(),
                     source.addr()
                 ));
                 return Err(Attempt::Source(e));
@@ -141,73 +137,47 @@ impl From<DownloadError> for Transfer {
     }
 }
 
-/// Hashes what the `.part` already holds so the download can go on from
-/// there; discards it when it cannot belong to this source's file.
-fn existing_prefix(
-    file: &mut File,
-    part: &Path,
+/// How much of the `.part` can be resumed: all of it, unless it is longer
+/// than the source's file (then it cannot belong to it and is emptied).
+/// Its bytes are checked with the rest once the transfer is complete.
+pub(super) fn existing_prefix(
+    part: &Part,
     source: &Source,
     reporter: &Reporter,
-) -> Result<(Sha256, u64), DownloadError> {
-    let len = file
-        .metadata()
-        .map_err(DownloadError::io("inspect", part))?
-        .len();
-    if len == 0 {
-        return Ok((Sha256::new(), 0));
-    }
+) -> Result<u64, DownloadError> {
+    let len = part.len()?;
     if len > source.size {
         reporter.note(format_args!(
             "{} is longer than the {} bytes registered at {}; starting over",
-            part.display(),
+            part.path().display(),
             source.size,
             source.addr()
         ));
-        truncate(file, part)?;
-        return Ok((Sha256::new(), 0));
+        part.truncate(0)?;
+        return Ok(0);
     }
-    file.seek(SeekFrom::Start(0))
-        .map_err(DownloadError::io("seek", part))?;
-    let mut hasher = Sha256::new();
-    let mut progress = reporter.hashing(part.display().to_string(), len);
-    let hashed = hash_into(&mut (&mut *file).take(len), &mut hasher, &mut |n| {
-        progress.set(n)
-    })
-    .map_err(DownloadError::io("read", part))?;
-    progress.finish();
-    if hashed != len {
-        // The file shrank under us; start clean rather than guess.
-        truncate(file, part)?;
-        return Ok((Sha256::new(), 0));
-    }
-    Ok((hasher, len))
-}
-
-fn truncate(file: &mut File, part: &Path) -> Result<(), DownloadError> {
-    file.set_len(0)
-        .map_err(DownloadError::io("truncate", part))?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(DownloadError::io("seek", part))?;
-    Ok(())
+    Ok(len)
 }
 
 /// One HTTP exchange: asks for the bytes after `have`, appends them to the
 /// `.part`, and checks the whole against the source's size and digest.
 /// Returns how many bytes of the verified file came from the old `.part`.
 fn transfer(
-    file: &mut File,
-    part: &Path,
-    mut hasher: Sha256,
+    part: &mut Part,
     mut have: u64,
     source: &Source,
     name: &str,
     reporter: &Reporter,
+    answered: Option<Response>,
 ) -> Result<u64, Transfer> {
     let addr = source.addr();
     let size = source.size;
     if have < size {
         let range = (have > 0).then_some(have);
-        let mut response = request(source, name, range)?;
+        let mut response = match answered {
+            Some(response) => response,
+            None => request_file(source, name, range)?,
+        };
         if matches!(response.status, 200 | 206) {
             check_etag(&response, source, name)?;
         }
@@ -225,8 +195,7 @@ fn transfer(
                 if have > 0 {
                     // The source ignored the range, or its If-Range check
                     // failed: the whole file follows, so start over.
-                    truncate(file, part)?;
-                    hasher = Sha256::new();
+                    part.truncate(0)?;
                     have = 0;
                 }
             }
@@ -241,19 +210,16 @@ fn transfer(
                 .into())
             }
         }
+        let path = part.path().to_owned();
+        let file = part.file_mut();
         file.seek(SeekFrom::Start(have))
-            .map_err(DownloadError::io("seek", part))?;
+            .map_err(DownloadError::io("seek", &path))?;
         let what = format!("{name} from {addr}");
         let mut progress = reporter.transfer(what, size, have);
         let start = have;
-        let copied = copy_body(
-            &mut response,
-            file,
-            part,
-            &mut hasher,
-            size - have,
-            &mut |n| progress.set(start + n),
-        );
+        let copied = copy_body(&mut response, file, &path, size - have, &mut |n| {
+            progress.set(start + n)
+        });
         let copied = match copied {
             Ok(n) => n,
             Err(e) => {
@@ -284,43 +250,44 @@ fn transfer(
             ));
         }
         progress.finish();
-        let actual = to_hex(&hasher.finalize());
-        if actual != source.sha256 {
-            return Err(Transfer::Mismatch(
-                SourceError::WrongHash {
-                    addr,
-                    name: name.to_owned(),
-                    actual,
-                    expected: source.sha256.clone(),
-                },
-                start > 0,
-            ));
-        }
-        return Ok(start);
+        return verify(part, source, name, reporter, start);
     }
     // The .part is already complete: it only needs checking.
-    let actual = to_hex(&hasher.finalize());
-    if actual == source.sha256 {
-        return Ok(have);
-    }
-    Err(Transfer::Mismatch(
-        SourceError::WrongHash {
-            addr,
-            name: name.to_owned(),
-            actual,
-            expected: source.sha256.clone(),
-        },
-        have > 0,
-    ))
+    verify(part, source, name, reporter, have)
 }
 
-/// Streams at most `limit` body bytes into `file` and `hasher`. A source
+/// Syncs the complete `.part` and checks the bytes on disk; `resumed_at`
+/// bytes of it came from an earlier run.
+fn verify(
+    part: &Part,
+    source: &Source,
+    name: &str,
+    reporter: &Reporter,
+    resumed_at: u64,
+) -> Result<u64, Transfer> {
+    part.file()
+        .sync_all()
+        .map_err(DownloadError::io("sync", part.path()))?;
+    match part.check(source.size, &source.sha256, reporter)? {
+        Checked::Verified => Ok(resumed_at),
+        Checked::Mismatch { sha256, .. } => Err(Transfer::Mismatch(
+            SourceError::WrongHash {
+                addr: source.addr(),
+                name: name.to_owned(),
+                actual: sha256,
+                expected: source.sha256.clone(),
+            },
+            resumed_at > 0,
+        )),
+    }
+}
+
+/// Streams at most `limit` body bytes into `file`. A source
 /// that falls below [`MIN_BYTES_PER_WINDOW`] per [`SLOW_WINDOW`] is dropped.
 fn copy_body(
     response: &mut Response,
     file: &mut File,
     part: &Path,
-    hasher: &mut Sha256,
     limit: u64,
     on_progress: &mut dyn FnMut(u64),
 ) -> Result<u64, Transfer> {
@@ -347,12 +314,11 @@ fn copy_body(
         };
         file.write_all(&buffer[..n])
             .map_err(DownloadError::io("write", part))?;
-        hasher.update(&buffer[..n]);
         copied += n as u64;
         on_progress(copied);
         writeback.wrote(n as u64);
         window_bytes += n as u64;
-        if window_start.elapsed() >= SLOW_WINDOW {
+        if window_start.elapsed() >= scaled(SLOW_WINDOW) {
             if window_bytes < MIN_BYTES_PER_WINDOW {
                 return Err(SourceError::TooSlow {
                     addr: response.conn.addr().to_owned(),
@@ -490,36 +456,4 @@ fn check_content_range(
         }
     }
     Ok(())
-}
-
-/// A response whose head has been read; its body is read from `conn`.
-#[derive(Debug)]
-struct Response {
-    conn: Connection,
-    head: ResponseHead,
-}
-
-impl std::ops::Deref for Response {
-    type Target = ResponseHead;
-
-    fn deref(&self) -> &ResponseHead {
-        &self.head
-    }
-}
-
-/// Connects to the source and sends `GET /files/<name>`, with a guarded
-/// range when resuming at `range`; reads the response head.
-fn request(source: &Source, name: &str, range: Option<u64>) -> Result<Response, SourceError> {
-    let addr = source.addr();
-    let mut conn = Connection::open(&addr)?;
-    let extra = match range {
-        Some(first) => format!(
-            "Range: bytes={first}-\r\nIf-Range: \"{}\"\r\n",
-            source.sha256
-        ),
-        None => String::new(),
-    };
-    conn.send(&get_request(&addr, &file_path(name), true, &extra))?;
-    let head = conn.read_head()?;
-    Ok(Response { conn, head })
 }

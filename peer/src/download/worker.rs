@@ -16,10 +16,13 @@ use std::os::unix::fs::FileExt;
 use p2p_proto::protocol::Source;
 use sha2::{Digest, Sha256};
 
-use super::http::{file_path, get_request, parse_content_range, pieces_path, Connection};
-use super::multi::{Next, Swarm};
+use super::error::{DownloadError, SourceError};
+use super::http::{
+    check_etag, file_path, get_request, parse_content_range, pieces_path, Connection,
+};
+use super::limits::READ_TIMEOUT;
 use super::scheduler::{Failure, SourceId, Verdict};
-use super::{check_etag, DownloadError, SourceError};
+use super::swarm::{Next, Swarm};
 use crate::pieces::{max_document_bytes, PieceList};
 
 /// Bytes read between two progress reports (and two looks at whether the
@@ -164,7 +167,11 @@ fn fetch_list(
     let addr = source.addr();
     let c = connection(swarm, id, source, conn)?;
     c.send(&get_request(&addr, &pieces_path(name), false, ""))?;
-    let head = c.read_head().map_err(|e| stalled(e, &addr))?;
+    // A peer may hash the file for its list before it answers: the list
+    // gets the read timeout, not the short first-byte deadline.
+    let head = c
+        .read_head_within(READ_TIMEOUT, READ_TIMEOUT)
+        .map_err(|e| stalled(e, &addr))?;
     let bad = |reason: String| SourceError::BadPieceList {
         addr: addr.clone(),
         name: name.to_owned(),
@@ -298,7 +305,10 @@ fn fetch_piece(
             return Ok(Fetched::Dropped);
         }
     }
-    if conn.has_stray_bytes() {
+    let ended = conn
+        .body_ended()
+        .map_err(|e| classify(read_error(e, &addr, name, filled as u64, len)))?;
+    if !ended || conn.has_stray_bytes() {
         return Err(fatal(SourceError::TooLong {
             addr,
             name: name.to_owned(),

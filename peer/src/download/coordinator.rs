@@ -1,4 +1,4 @@
-//! A multi-source download: several sources at once, one connection and
+//! The coordinator of a multi-source download: several sources at once, one connection and
 //! one worker thread each, piece by piece into the `.part` file.
 //!
 //! # How it runs
@@ -17,12 +17,12 @@
 //!    piece is written in place (`write_at`) by the first worker that has
 //!    it and recorded. A corrupt piece excludes its source (named in the
 //!    output); its piece goes back to the others.
-//! 4. Meanwhile the coordinator hashes the written pieces in file order for
-//!    the whole-file SHA-256, fsyncs now and then, and draws the progress
+//! 4. Meanwhile the coordinator fsyncs now and then and draws the progress
 //!    (bytes and active sources). When the last piece is in, the whole-file
-//!    digest decides: the registered one means done; another means the
-//!    piece list was a lie, so its bytes are dropped, its source is
-//!    excluded and the caller falls back to the sequential path.
+//!    SHA-256 of the bytes on disk decides: the registered one means done;
+//!    another means the piece list was a lie (or another program wrote into
+//!    the `.part`), so its bytes are dropped, the list's source is excluded
+//!    and the caller falls back to the sequential path.
 //!
 //! Stopping (done, failed, or a local error) shuts every worker's socket
 //! down so no thread stays blocked on a stalled source.
@@ -31,34 +31,28 @@
 //! into the `.part`; write after the download has finished; hold more than
 //! one piece buffer per worker.
 
-use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::net::{Shutdown, TcpStream};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::HumanBytes;
-use p2p_proto::protocol::{to_hex, Source};
-use sha2::{Digest, Sha256};
+use p2p_proto::protocol::Source;
 
+use super::error::{DownloadError, SourceError};
+use super::limits::{scaled, READ_TIMEOUT};
+use super::part::{Checked, Part};
 use super::resume::{self, Writer};
-use super::scheduler::{Assignment, Failure, Scheduler, SourceId, Verdict};
-use super::{source, DownloadError, SourceError, COPY_BUFFER_BYTES};
+use super::scheduler::{Failure, Scheduler};
+use super::swarm::{Swarm, PROGRESS_TICK};
+use super::worker;
 use crate::pieces::PieceList;
 use crate::progress::{Progress, Reporter};
-
-/// How often the coordinator wakes to redraw the progress when nothing
-/// else happens.
-pub const PROGRESS_TICK: Duration = Duration::from_millis(100);
 
 /// How long the sources together may take to deliver a piece list; a
 /// source that trickles its list cannot hold the download longer (the
 /// sequential path then takes over).
-pub const LIST_TIMEOUT: Duration = super::READ_TIMEOUT;
+pub const LIST_TIMEOUT: Duration = READ_TIMEOUT;
 
 /// The coordinator fsyncs the `.part` after hashing this many more bytes,
 /// so the final fsync has little left to write and recorded pieces reach
@@ -99,18 +93,12 @@ pub struct Fallback {
 pub fn download(
     sources: &[Source],
     name: &str,
-    part_path: &Path,
+    part: &Part,
     max_sources: usize,
     reporter: &Reporter,
 ) -> Result<Ended, DownloadError> {
-    let part = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(part_path)
-        .map_err(DownloadError::io("open", part_path))?;
-    let swarm = Swarm::new(sources, name, &part, part_path);
+    let part_path = part.path();
+    let swarm = Swarm::new(sources, name, part.file(), part_path);
     let workers = max_sources.clamp(1, sources.len().max(1));
     let ended = thread::scope(|scope| {
         for i in 0..workers {
@@ -120,13 +108,13 @@ pub fn download(
             let swarm = &swarm;
             let spawned = thread::Builder::new()
                 .name(format!("source-{i}"))
-                .spawn_scoped(scope, move || source::work(swarm, first));
+                .spawn_scoped(scope, move || worker::work(swarm, first));
             if let Err(e) = spawned {
                 swarm.stop();
                 return Err(DownloadError::Thread(e));
             }
         }
-        let ended = coordinate(&swarm, workers, reporter);
+        let ended = coordinate(&swarm, part, workers, reporter);
         swarm.stop();
         ended
     })?;
@@ -136,8 +124,7 @@ pub fn download(
             // The sequential path resumes a prefix: keep the verified
             // pieces that start the file, if the list deserves trust.
             if let Some(keep) = keep {
-                part.set_len(keep)
-                    .map_err(DownloadError::io("truncate", part_path))?;
+                part.truncate(keep)?;
                 let record = resume::record_path(part_path);
                 resume::remove(&record).map_err(DownloadError::io("delete", &record))?;
             }
@@ -162,330 +149,16 @@ enum Coordinated {
     },
 }
 
-/// What the workers and the coordinator share.
-pub struct Swarm<'a> {
-    pub sources: &'a [Source],
-    pub name: &'a str,
-    /// The `.part`, written with `write_at` by the workers and read back by
-    /// the coordinator; the two never touch the same piece at once.
-    pub part: &'a File,
-    pub part_path: &'a Path,
-    /// Everything that changes, behind one lock (never held across I/O).
-    state: Mutex<State>,
-    /// Signalled on every change of `state` a waiter may care about.
-    changed: Condvar,
-    /// Set once the download stops; workers leave at their next look.
-    stopping: AtomicBool,
-    /// A clone of each source's open socket, to shut down when stopping.
-    sockets: Mutex<HashMap<SourceId, TcpStream>>,
-}
-
-#[derive(Default)]
-struct State {
-    /// The next source not yet given to a worker.
-    next_source: usize,
-    /// The piece list, once a source delivered a good one.
-    list: Option<Arc<PieceList>>,
-    /// Which source it came from.
-    list_from: Option<SourceId>,
-    /// Workers still asking their source for the list.
-    listing: usize,
-    /// Sources that failed before the scheduler existed.
-    excluded_early: Vec<SourceId>,
-    scheduler: Option<Scheduler>,
-    /// The record of verified pieces, when one could be written.
-    record: Option<Writer>,
-    /// Lines for the person watching, printed by the coordinator.
-    notes: Vec<String>,
-    /// The error that excluded each failed source.
-    failures: Vec<(SourceId, SourceError)>,
-    /// An error of this machine (disk): the whole download stops.
-    local: Option<DownloadError>,
-    /// Counts changes, so the coordinator knows whether one happened
-    /// while it was not holding the lock.
-    generation: u64,
-}
-
-/// What a worker should do next.
-pub enum Next {
-    Piece(usize, Arc<PieceList>),
-    /// The source is out: take another one.
-    Excluded,
-    /// The download is over.
-    Stop,
-}
-
-impl<'a> Swarm<'a> {
-    fn new(sources: &'a [Source], name: &'a str, part: &'a File, part_path: &'a Path) -> Self {
-        Swarm {
-            sources,
-            name,
-            part,
-            part_path,
-            state: Mutex::new(State::default()),
-            changed: Condvar::new(),
-            stopping: AtomicBool::new(false),
-            sockets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Every update leaves the state consistent; a panicking worker
-        // must not take the others down with it.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Records a change and wakes every waiter.
-    fn bump(&self, state: &mut State) {
-        state.generation += 1;
-        self.changed.notify_all();
-    }
-
-    fn wait<'g>(&self, guard: MutexGuard<'g, State>, timeout: Duration) -> MutexGuard<'g, State> {
-        match self.changed.wait_timeout(guard, timeout) {
-            Ok((guard, _)) => guard,
-            Err(poisoned) => poisoned.into_inner().0,
-        }
-    }
-
-    /// Whether the download has stopped.
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Stops the download: wakes every waiter, ends every blocked read.
-    fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        for socket in self
-            .sockets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-        {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
-        let mut state = self.lock();
-        self.bump(&mut state);
-    }
-
-    /// Remembers source `id`'s new socket so stopping the download can end
-    /// its reads.
-    pub fn register_socket(&self, id: SourceId, socket: &TcpStream) {
-        let Ok(clone) = socket.try_clone() else {
-            return;
-        };
-        let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.stopping() {
-            let _ = clone.shutdown(Shutdown::Both);
-        }
-        sockets.insert(id, clone);
-    }
-
-    /// Closes source `id`'s connection at once (the source stops sending
-    /// what is no longer wanted) and forgets it.
-    pub fn close_socket(&self, id: SourceId) {
-        let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(socket) = sockets.remove(&id) {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
-    }
-
-    /// A source for a new worker, and whether to ask it for the piece list.
-    pub fn first_source(&self) -> Option<(SourceId, bool)> {
-        let mut state = self.lock();
-        self.take_source(&mut state)
-    }
-
-    fn take_source(&self, state: &mut State) -> Option<(SourceId, bool)> {
-        if self.stopping() || state.next_source >= self.sources.len() {
-            return None;
-        }
-        let id = state.next_source;
-        state.next_source += 1;
-        let ask_list = state.list.is_none();
-        if ask_list {
-            state.listing += 1;
-        }
-        Some((id, ask_list))
-    }
-
-    /// A worker's source delivered `list` (already checked against the
-    /// registration); the first one is taken.
-    pub fn offer_list(&self, id: SourceId, list: PieceList) {
-        let mut state = self.lock();
-        state.listing = state.listing.saturating_sub(1);
-        if state.list.is_none() {
-            state.list = Some(Arc::new(list));
-            state.list_from = Some(id);
-        }
-        self.bump(&mut state);
-    }
-
-    /// A worker's source has no piece list but may serve ranges.
-    pub fn no_list(&self) {
-        let mut state = self.lock();
-        state.listing = state.listing.saturating_sub(1);
-        self.bump(&mut state);
-    }
-
-    /// Source `id` is out of the download (`error` says why, unless it was
-    /// reported already): returns the next source for this worker, if any,
-    /// in the same step so the coordinator never sees a moment with nobody
-    /// asking for the list while sources remain.
-    pub fn replace(
-        &self,
-        id: SourceId,
-        error: Option<SourceError>,
-        was_listing: bool,
-    ) -> Option<(SourceId, bool)> {
-        let mut state = self.lock();
-        if was_listing {
-            state.listing = state.listing.saturating_sub(1);
-        }
-        if let Some(error) = error {
-            if !self.stopping() {
-                state.notes.push(format!("{error}; leaving it out"));
-            }
-            state.failures.push((id, error));
-        }
-        match &mut state.scheduler {
-            Some(scheduler) => {
-                scheduler.failed(id, None, Failure::Fatal);
-            }
-            None => state.excluded_early.push(id),
-        }
-        let next = self.take_source(&mut state);
-        self.bump(&mut state);
-        next
-    }
-
-    /// The next piece for source `id`, waiting while there is none to give.
-    pub fn next(&self, id: SourceId) -> Next {
-        let mut state = self.lock();
-        loop {
-            if self.stopping() || state.local.is_some() {
-                return Next::Stop;
-            }
-            let list = state.list.clone();
-            if let (Some(scheduler), Some(list)) = (&mut state.scheduler, list) {
-                match scheduler.next(id) {
-                    Assignment::Piece(index) => return Next::Piece(index, list),
-                    Assignment::Excluded => return Next::Excluded,
-                    Assignment::Finished => return Next::Stop,
-                    Assignment::Wait => {}
-                }
-            }
-            state = self.wait(state, PROGRESS_TICK);
-        }
-    }
-
-    /// Source `id` has `received` bytes of piece `index`; `false` when it
-    /// should drop it (another copy won, or the download stopped).
-    pub fn progress(&self, id: SourceId, index: usize, received: u64) -> bool {
-        if self.stopping() {
-            return false;
-        }
-        let mut state = self.lock();
-        state
-            .scheduler
-            .as_mut()
-            .is_some_and(|s| s.progress(id, index, received))
-    }
-
-    /// Source `id` verified piece `index`; `true` when it must write it.
-    pub fn verified(&self, id: SourceId, index: usize) -> bool {
-        let mut state = self.lock();
-        if self.stopping() {
-            return false;
-        }
-        let first = state
-            .scheduler
-            .as_mut()
-            .is_some_and(|s| s.verified(id, index));
-        self.bump(&mut state);
-        first
-    }
-
-    /// Piece `index`, verified by `id`, is written: record it.
-    pub fn written(&self, id: SourceId, index: usize) {
-        let mut state = self.lock();
-        if let Some(scheduler) = &mut state.scheduler {
-            scheduler.written(id, index);
-        }
-        if let Some(record) = &mut state.record {
-            if let Err(e) = record.append(index) {
-                // Resume then checks every piece in the file instead.
-                state.notes.push(format!(
-                    "cannot record verified pieces in {}: {e}",
-                    resume::record_path(self.part_path).display()
-                ));
-                state.record = None;
-            }
-        }
-        self.bump(&mut state);
-    }
-
-    /// Source `id` lets piece `index` go without fault.
-    pub fn release(&self, id: SourceId, index: usize) {
-        let mut state = self.lock();
-        if let Some(scheduler) = &mut state.scheduler {
-            scheduler.release(id, index);
-        }
-        self.bump(&mut state);
-    }
-
-    /// Source `id` failed on piece `index`: whether it may go on.
-    pub fn failed(
-        &self,
-        id: SourceId,
-        index: usize,
-        failure: Failure,
-        error: SourceError,
-    ) -> Verdict {
-        let mut state = self.lock();
-        let verdict = match &mut state.scheduler {
-            Some(scheduler) => scheduler.failed(id, Some(index), failure),
-            None => Verdict::Excluded,
-        };
-        if !self.stopping() {
-            match verdict {
-                Verdict::Retry => state.notes.push(format!("{error}; connecting again")),
-                Verdict::Excluded => state.notes.push(format!(
-                    "{error}; {} is left out, its pieces go to the other sources",
-                    self.sources[id].addr()
-                )),
-            }
-        }
-        if verdict == Verdict::Excluded {
-            state.failures.push((id, error));
-        }
-        self.bump(&mut state);
-        verdict
-    }
-
-    /// An error of this machine: everything stops.
-    pub fn local_error(&self, error: DownloadError) {
-        let mut state = self.lock();
-        if state.local.is_none() {
-            state.local = Some(error);
-        }
-        self.bump(&mut state);
-    }
-
-    fn take_failures(&self) -> Vec<(SourceId, SourceError)> {
-        std::mem::take(&mut self.lock().failures)
-    }
-}
-
 /// The coordinator: waits for the list, resumes, then follows the download
 /// to its end (see the module doc).
 fn coordinate(
     swarm: &Swarm<'_>,
+    part: &Part,
     workers: usize,
     reporter: &Reporter,
 ) -> Result<Coordinated, DownloadError> {
     let name = swarm.name;
-    let list_deadline = Instant::now() + LIST_TIMEOUT;
+    let list_deadline = Instant::now() + scaled(LIST_TIMEOUT);
     let (list, list_from) = loop {
         let mut state = swarm.lock();
         if let Some(local) = state.local.take() {
@@ -503,8 +176,8 @@ fn coordinate(
             }
             let reason = if late {
                 format!(
-                    "no source of {name:?} delivered a piece list within {}s",
-                    LIST_TIMEOUT.as_secs()
+                    "no source of {name:?} delivered a piece list within {:.1}s",
+                    scaled(LIST_TIMEOUT).as_secs_f32()
                 )
             } else {
                 format!("no source of {name:?} serves a piece list")
@@ -549,10 +222,9 @@ fn coordinate(
         format!("{name} from {total} sources")
     };
     let mut progress = reporter.transfer(what, list.size, reused_bytes);
-    let mut whole = Sha256::new();
+    // Pieces done in file order so far (`hashed`), for the periodic fsync.
     let mut hashed = 0usize;
     let mut unsynced = 0u64;
-    let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
     loop {
         let (finished, alive, position, active, notes, ready, seen) = {
             let mut state = swarm.lock();
@@ -587,9 +259,7 @@ fn coordinate(
         progress.set_detail(format_args!("{active} of {workers} sources active"));
         if ready > hashed {
             for index in hashed..ready {
-                let range = list.range(index);
-                hash_range(swarm, &mut whole, range.start, range.end, &mut buffer)?;
-                unsynced += range.end - range.start;
+                unsynced += list.piece_len(index);
             }
             hashed = ready;
             if unsynced >= SYNC_EVERY_BYTES {
@@ -622,9 +292,14 @@ fn coordinate(
     swarm.stop();
     progress.finish();
 
-    let actual = to_hex(&whole.finalize());
+    // The whole-file digest, from the bytes on disk once they are all
+    // there and synced: what is checked is what will be published.
+    swarm
+        .part
+        .sync_all()
+        .map_err(DownloadError::io("sync", swarm.part_path))?;
     let expected = &swarm.sources[list_from].sha256;
-    if actual != *expected {
+    if part.check(list.size, expected, reporter)? != Checked::Verified {
         let error = SourceError::ListMismatch {
             addr: swarm.sources[list_from].addr(),
             name: name.to_owned(),
@@ -641,10 +316,6 @@ fn coordinate(
             keep: Some(0),
         });
     }
-    swarm
-        .part
-        .sync_all()
-        .map_err(DownloadError::io("sync", swarm.part_path))?;
     let record_path = resume::record_path(swarm.part_path);
     resume::remove(&record_path).map_err(DownloadError::io("delete", &record_path))?;
 
@@ -695,29 +366,6 @@ fn current_len(swarm: &Swarm<'_>) -> Result<u64, DownloadError> {
         .metadata()
         .map(|m| m.len())
         .map_err(DownloadError::io("inspect", swarm.part_path))
-}
-
-/// Feeds bytes `start..end` of the `.part` into `hasher`.
-fn hash_range(
-    swarm: &Swarm<'_>,
-    hasher: &mut Sha256,
-    start: u64,
-    end: u64,
-    buffer: &mut [u8],
-) -> Result<(), DownloadError> {
-    let mut offset = start;
-    while offset < end {
-        let want = usize::try_from(end - offset)
-            .unwrap_or(usize::MAX)
-            .min(buffer.len());
-        swarm
-            .part
-            .read_exact_at(&mut buffer[..want], offset)
-            .map_err(DownloadError::io("read", swarm.part_path))?;
-        hasher.update(&buffer[..want]);
-        offset += want as u64;
-    }
-    Ok(())
 }
 
 /// Which pieces an earlier run left verified in the `.part`: the ones its

@@ -1,0 +1,429 @@
+//! The life of the `.part` file a download is written to: name it (every
+//! valid name gets one that fits the file system), open and lock it for the
+//! whole download, check that it is ours (no symlink, no hard link), check
+//! the room left, verify what is on disk, and publish it under its final
+//! name without ever replacing a file; and the file already under the final
+//! name (the same content is done, other content is never overwritten).
+//!
+//! Why a lock and a check of the file itself: two downloads of one name
+//! into one folder, or another program writing into the `.part`, must never
+//! lead to unverified bytes under the final name. The lock (`flock`, held
+//! as long as the [`Part`] lives) keeps a second download out; the digest
+//! is computed from the file on disk after the last byte is written; the
+//! rename refuses to replace (`RENAME_NOREPLACE`) and happens only while the
+//! path still names the verified file (same device and inode, one link).
+//! This module must not fetch anything.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Read};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use p2p_proto::protocol::{to_hex, Source};
+use rustix::fs::{FlockOperation, OFlags, RenameFlags};
+use sha2::{Digest, Sha256};
+
+use super::error::DownloadError;
+use super::limits::COPY_BUFFER_BYTES;
+use super::resume;
+use super::Outcome;
+use crate::progress::Reporter;
+
+/// Suffix of the file a download is written to until it is verified.
+pub const PART_SUFFIX: &str = ".part";
+
+/// Longest file name the downloads folder takes, in bytes (`NAME_MAX` of
+/// Linux file systems); the longest valid shared name is as long.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// Bytes of the name's SHA-256 (in hex digits) that tell shortened partial
+/// names apart.
+pub const SHORT_HASH_HEX: usize = 16;
+
+/// How often opening the `.part` is tried again when its path changed
+/// between the open and the lock (another download just published it).
+const OPEN_ATTEMPTS: usize = 4;
+
+/// The partial file's name for `name`: `<name>.part` whenever it and its
+/// record (`<name>.part.pieces`) fit in [`MAX_FILE_NAME_BYTES`]; for longer
+/// names, a prefix of the name, `~`, and [`SHORT_HASH_HEX`] hex digits of
+/// the name's SHA-256, then `.part`, so every valid name can be downloaded
+/// (and resumed: the same name always gives the same partial name).
+pub fn part_name(name: &str) -> String {
+    let suffixes = PART_SUFFIX.len() + resume::RECORD_SUFFIX.len();
+    if name.len() + suffixes <= MAX_FILE_NAME_BYTES {
+        return format!("{name}{PART_SUFFIX}");
+    }
+    let mut cut = MAX_FILE_NAME_BYTES - suffixes - 1 - SHORT_HASH_HEX;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = to_hex(&Sha256::digest(name.as_bytes()));
+    format!(
+        "{}~{}{PART_SUFFIX}",
+        &name[..cut],
+        &digest[..SHORT_HASH_HEX]
+    )
+}
+
+/// The open, locked `.part` of one download. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct Part {
+    file: File,
+    path: PathBuf,
+}
+
+/// What a check of the bytes on disk found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// The registered size and SHA-256.
+    Verified,
+    /// Other bytes: their length and digest.
+    Mismatch { len: u64, sha256: String },
+}
+
+impl Part {
+    /// Opens (creating it when missing) and locks the `.part` of `name` in
+    /// `downloads`. A symlink or a hard link in its place is removed (its
+    /// target is left alone); anything else but a regular file is refused;
+    /// a `.part` locked by another download is [`DownloadError::Busy`].
+    pub fn open(downloads: &Path, name: &str, reporter: &Reporter) -> Result<Part, DownloadError> {
+        let path = downloads.join(part_name(name));
+        for _ in 0..OPEN_ATTEMPTS {
+            check_part(&path, reporter)?;
+            let file = match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)
+            {
+                Ok(file) => file,
+                // A symlink appeared since the check: check again.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                    continue
+                }
+                Err(e) => return Err(DownloadError::io("open", &path)(e)),
+            };
+            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                    return Err(DownloadError::Busy {
+                        name: name.to_owned(),
+                        path,
+                    })
+                }
+                // A file system without locks (some network ones): going
+                // on unlocked beats not downloading at all.
+                Err(e) if e == rustix::io::Errno::NOLCK || e == rustix::io::Errno::OPNOTSUPP => {
+                    reporter.note(format_args!(
+                        "cannot lock {} ({e}); another download of it at the same time would not be noticed",
+                        path.display()
+                    ));
+                }
+                Err(e) => return Err(DownloadError::io("lock", &path)(e.into())),
+            }
+            let part = Part {
+                file,
+                path: path.clone(),
+            };
+            let ours = part.meta()?;
+            if !part.path_names(&ours)? {
+                // Published or removed between our open and our lock.
+                continue;
+            }
+            if ours.nlink() != 1 {
+                fs::remove_file(&part.path)
+                    .map_err(DownloadError::io("remove the hard link", &part.path))?;
+                reporter.note(format_args!(
+                    "removed {}: it was a hard link to another file, not a download in progress",
+                    part.path.display()
+                ));
+                continue;
+            }
+            return Ok(part);
+        }
+        Err(DownloadError::io("open", &path)(io::Error::other(
+            "it keeps being replaced by another program",
+        )))
+    }
+
+    /// The path of the `.part`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file (reads and writes go through it, never the path).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The open file, for seeking and appending.
+    pub fn file_mut(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Bytes in the `.part` now.
+    pub fn len(&self) -> Result<u64, DownloadError> {
+        Ok(self.meta()?.len())
+    }
+
+    fn meta(&self) -> Result<fs::Metadata, DownloadError> {
+        self.file
+            .metadata()
+            .map_err(DownloadError::io("inspect", &self.path))
+    }
+
+    /// Whether the path still names the open file.
+    fn path_names(&self, ours: &fs::Metadata) -> Result<bool, DownloadError> {
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) => Ok(meta.dev() == ours.dev() && meta.ino() == ours.ino()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(DownloadError::io("inspect", &self.path)(e)),
+        }
+    }
+
+    /// Cuts the `.part` to `len` bytes.
+    pub fn truncate(&self, len: u64) -> Result<(), DownloadError> {
+        self.file
+            .set_len(len)
+            .map_err(DownloadError::io("truncate", &self.path))
+    }
+
+    /// Hashes the bytes on disk (not the ones that came over the network:
+    /// another program may have written into the file) and compares them
+    /// with the registered `size` and `sha256`.
+    pub fn check(
+        &self,
+        size: u64,
+        sha256: &str,
+        reporter: &Reporter,
+    ) -> Result<Checked, DownloadError> {
+        let len = self.len()?;
+        let mut hasher = Sha256::new();
+        let mut progress = reporter.hashing(self.path.display().to_string(), len);
+        let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+        let mut offset = 0u64;
+        while offset < len {
+            let want = usize::try_from(len - offset)
+                .unwrap_or(usize::MAX)
+                .min(buffer.len());
+            let n = match self.file.read_at(&mut buffer[..want], offset) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DownloadError::io("read", &self.path)(e)),
+            };
+            hasher.update(&buffer[..n]);
+            offset += n as u64;
+            progress.set(offset);
+        }
+        progress.finish();
+        let actual = to_hex(&hasher.finalize());
+        if offset == size && len == size && actual == sha256 {
+            Ok(Checked::Verified)
+        } else {
+            Ok(Checked::Mismatch {
+                len: offset,
+                sha256: actual,
+            })
+        }
+    }
+
+    /// Gives the verified (and fsynced) `.part` its final name `target`,
+    /// never replacing a file there, and only while the path still names the
+    /// file that was verified with a single link; then fsyncs the folder so
+    /// the new name survives a crash.
+    pub fn publish(self, target: &Path, downloads: &Path) -> Result<(), DownloadError> {
+        let ours = self.meta()?;
+        if !self.path_names(&ours)? || ours.nlink() != 1 {
+            return Err(DownloadError::io("publish", &self.path)(io::Error::other(
+                "another program replaced or linked it during the download; nothing was renamed",
+            )));
+        }
+        let renamed = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &self.path,
+            rustix::fs::CWD,
+            target,
+            RenameFlags::NOREPLACE,
+        );
+        match renamed {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::EXIST => {
+                return Err(DownloadError::Appeared {
+                    path: target.to_owned(),
+                    part: self.path.clone(),
+                })
+            }
+            // A file system without RENAME_NOREPLACE: a hard link fails
+            // when the target exists, just as well.
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+                match fs::hard_link(&self.path, target) {
+                    Ok(()) => fs::remove_file(&self.path)
+                        .map_err(DownloadError::io("delete", &self.path))?,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        return Err(DownloadError::Appeared {
+                            path: target.to_owned(),
+                            part: self.path.clone(),
+                        })
+                    }
+                    // No hard links either (FAT, some FUSE): a plain
+                    // rename, after one more look at the target.
+                    Err(_) if fs::symlink_metadata(target).is_err() => {
+                        fs::rename(&self.path, target)
+                            .map_err(DownloadError::io("rename the verified download to", target))?
+                    }
+                    Err(e) => {
+                        return Err(DownloadError::io("rename the verified download to", target)(e))
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(DownloadError::io("rename the verified download to", target)(e.into()))
+            }
+        }
+        File::open(downloads)
+            .and_then(|dir| dir.sync_all())
+            .map_err(DownloadError::io("sync the downloads folder", downloads))
+    }
+
+    /// Deletes the `.part` (while the path still names it) and its record.
+    pub fn remove(self) -> Result<(), DownloadError> {
+        let ours = self.meta()?;
+        if self.path_names(&ours)? {
+            fs::remove_file(&self.path).map_err(DownloadError::io("delete", &self.path))?;
+        }
+        let record = resume::record_path(&self.path);
+        resume::remove(&record).map_err(DownloadError::io("delete", &record))
+    }
+
+    /// A `.part` that holds no byte is only clutter: deleted.
+    pub fn remove_if_empty(self) -> Result<(), DownloadError> {
+        if self.len()? == 0 {
+            self.remove()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A `.part` left by a multi-source download has verified pieces with
+    /// gaps between them; the sequential path resumes a prefix. Keeps the
+    /// recorded pieces that start the file without a gap (the sequential
+    /// path verifies them with the rest) and drops the record.
+    pub fn prepare_sequential(&self) -> Result<(), DownloadError> {
+        let record_path = resume::record_path(&self.path);
+        let record = match resume::read(&record_path) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                return resume::remove(&record_path)
+                    .map_err(DownloadError::io("delete", &record_path))
+            }
+            Err(e) => return Err(DownloadError::io("read", &record_path)(e)),
+        };
+        if self.len()? > record.prefix_len() {
+            self.truncate(record.prefix_len())?;
+        }
+        resume::remove(&record_path).map_err(DownloadError::io("delete", &record_path))
+    }
+}
+
+/// Fails with [`DownloadError::NoSpace`] unless the file system of
+/// `downloads` has room for `needed` more bytes.
+pub fn check_space(downloads: &Path, needed: u64) -> Result<(), DownloadError> {
+    let stats = rustix::fs::statvfs(downloads)
+        .map_err(|e| DownloadError::io("inspect", downloads)(e.into()))?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    if needed > free {
+        return Err(DownloadError::NoSpace {
+            path: downloads.to_owned(),
+            needed,
+            free,
+        });
+    }
+    Ok(())
+}
+
+/// The `.part` must be ours to write: a symlink there (which would send the
+/// bytes wherever it points) is removed, anything else but a regular file
+/// is refused.
+fn check_part(part: &Path, reporter: &Reporter) -> Result<(), DownloadError> {
+    match fs::symlink_metadata(part) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            fs::remove_file(part).map_err(DownloadError::io("remove the symlink", part))?;
+            reporter.note(format_args!(
+                "removed {}: it was a symlink, not a download in progress",
+                part.display()
+            ));
+            Ok(())
+        }
+        Ok(meta) if !meta.is_file() => Err(DownloadError::NotAFile {
+            path: part.to_owned(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DownloadError::io("inspect", part)(e)),
+    }
+}
+
+/// A file already under the final name: the same content as a source means
+/// done; other content is never overwritten.
+pub(super) fn check_existing(
+    target: &Path,
+    sources: &[Source],
+    reporter: &Reporter,
+) -> Result<Option<Outcome>, DownloadError> {
+    let meta = match fs::symlink_metadata(target) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(DownloadError::io("inspect", target)(e)),
+    };
+    if !meta.is_file() {
+        return Err(DownloadError::NotAFile {
+            path: target.to_owned(),
+        });
+    }
+    let mut file = File::open(target).map_err(DownloadError::io("open", target))?;
+    let mut hasher = Sha256::new();
+    let mut progress = reporter.hashing(target.display().to_string(), meta.len());
+    hash_into(&mut file, &mut hasher, &mut |n| progress.set(n))
+        .map_err(DownloadError::io("read", target))?;
+    progress.finish();
+    let actual = to_hex(&hasher.finalize());
+    if sources.iter().any(|s| s.sha256 == actual) {
+        return Ok(Some(Outcome::AlreadyPresent {
+            path: target.to_owned(),
+            sha256: actual,
+        }));
+    }
+    Err(DownloadError::Conflict {
+        path: target.to_owned(),
+        actual,
+        expected: sources
+            .first()
+            .map(|s| s.sha256.clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// Feeds everything `reader` yields into `hasher`; returns the byte count.
+pub(super) fn hash_into(
+    reader: &mut dyn Read,
+    hasher: &mut Sha256,
+    on_progress: &mut dyn FnMut(u64),
+) -> io::Result<u64> {
+    let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        total += n as u64;
+        on_progress(total);
+    }
+}
