@@ -172,6 +172,9 @@ struct Batch {
 /// `peer get`: one name as ever; several names, `--find` or `--from-file`
 /// as a batch.
 fn get(common: &PeerConfig, batch: Batch, reporter: &Reporter) -> anyhow::Result<ExitCode> {
+    if batch.sha256.is_some() && batch.names.len() != 1 {
+        anyhow::bail!("--sha256 chooses the content of one NAME; give exactly one name with it");
+    }
     let names = if batch.find {
         let words = find::words_of(&batch.names);
         let hits = find::find(&common.server, &words)?;
