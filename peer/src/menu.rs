@@ -535,9 +535,76 @@ fn fetch(
         sources.len(),
         if sources.len() == 1 { "" } else { "s" }
     ))?;
-    match download::download_from(sources, name, &common.downloads, &common.download, reporter) {
+    let mut options = common.download;
+    if options.sha256.is_none() {
+        match choose_content(console, sources)? {
+            Content::Chosen(sha256) => options.sha256 = Some(sha256),
+            Content::Majority => {}
+            Content::Cancelled => return Ok(()),
+        }
+    }
+    match download::download_from(sources, name, &common.downloads, &options, reporter) {
         Ok(outcome) => console.say(describe(&outcome)),
         Err(e) => console.say(format_args!("download failed: {e}")),
+    }
+}
+
+/// Which content of a name to download when its sources disagree.
+enum Content {
+    /// The one the most distinct hosts registered (the downloader's own rule).
+    Majority,
+    Chosen([u8; 32]),
+    Cancelled,
+}
+
+/// When the sources of a name registered different contents, a person at a
+/// terminal chooses one (issue 11.3: a host with many ports must not decide
+/// for them). Piped input keeps the downloader's rule, most distinct hosts
+/// first, so scripts that feed the menu see no extra question; the
+/// downloader lists the alternatives on stderr either way.
+fn choose_content(console: &mut Console<'_>, sources: &[Source]) -> Result<Content, MenuError> {
+    let alternatives = download::alternatives(sources);
+    if !console.terminal || alternatives.len() < 2 {
+        return Ok(Content::Majority);
+    }
+    console.say(format_args!(
+        "the sources disagree: {} different contents under this name",
+        alternatives.len()
+    ))?;
+    for (number, alt) in alternatives.iter().enumerate() {
+        console.say(format_args!(
+            "{}) {}, sha256 {}, from {} host{}: {}",
+            number + 1,
+            human_size(alt.size),
+            short_sha(&alt.sha256),
+            alt.hosts.len(),
+            if alt.hosts.len() == 1 { "" } else { "s" },
+            download::printable(&alt.hosts.join(", ")),
+        ))?;
+    }
+    let question = format!("Download which (1-{}, empty cancels)", alternatives.len());
+    loop {
+        let Some(answer) = console.ask(&question)? else {
+            return Ok(Content::Cancelled);
+        };
+        if answer.is_empty() {
+            console.say("cancelled")?;
+            return Ok(Content::Cancelled);
+        }
+        let chosen = answer
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| alternatives.get(i))
+            .and_then(|alt| download::parse_sha256(&alt.sha256));
+        match chosen {
+            Some(sha256) => return Ok(Content::Chosen(sha256)),
+            None => console.say(format_args!(
+                "{:?} is not one of the numbers 1 to {}",
+                download::printable(&answer),
+                alternatives.len()
+            ))?,
+        }
     }
 }
 
@@ -752,5 +819,67 @@ mod tests {
             let out = drive(&common, input);
             assert!(out.trim_end().ends_with("File name:"), "{out}");
         }
+    }
+
+    fn source(host: &str, port: u16, sha: char) -> Source {
+        Source {
+            host: host.to_owned(),
+            port,
+            size: 10,
+            sha256: sha.to_string().repeat(64),
+        }
+    }
+
+    fn choose(sources: &[Source], input: &str, terminal: bool) -> (Content, String) {
+        let mut input = Cursor::new(input.as_bytes().to_vec());
+        let mut out = Vec::new();
+        let mut console = Console::new(&mut input, &mut out, terminal);
+        let content = choose_content(&mut console, sources).unwrap();
+        (content, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_person_at_a_terminal_chooses_among_disagreeing_contents() {
+        // One host on three ports says "a"; two hosts say "b": b comes first.
+        let sources = [
+            source("10.0.0.9", 1, 'a'),
+            source("10.0.0.9", 2, 'a'),
+            source("10.0.0.9", 3, 'a'),
+            source("10.0.0.1", 1, 'b'),
+            source("10.0.0.2", 1, 'b'),
+        ];
+        let (content, out) = choose(&sources, "7\n2\n", true);
+        assert!(out.contains("2 different contents"), "{out}");
+        assert!(
+            out.contains("1) 10 B, sha256 bbbbbbbbbbbb, from 2 hosts"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\"7\" is not one of the numbers 1 to 2"),
+            "{out}"
+        );
+        assert!(
+            matches!(content, Content::Chosen(sha) if sha == [0xaa; 32]),
+            "{out}"
+        );
+
+        let (content, out) = choose(&sources, "\n", true);
+        assert!(matches!(content, Content::Cancelled), "{out}");
+    }
+
+    #[test]
+    fn piped_input_and_agreeing_sources_ask_nothing() {
+        let disagree = [source("10.0.0.1", 1, 'a'), source("10.0.0.2", 1, 'b')];
+        let (content, out) = choose(&disagree, "1\n", false);
+        assert!(
+            matches!(content, Content::Majority) && out.is_empty(),
+            "{out}"
+        );
+        let agree = [source("10.0.0.1", 1, 'a'), source("10.0.0.2", 1, 'a')];
+        let (content, out) = choose(&agree, "1\n", true);
+        assert!(
+            matches!(content, Content::Majority) && out.is_empty(),
+            "{out}"
+        );
     }
 }
