@@ -17,6 +17,8 @@ use std::fmt::Write as _;
 use std::io::{self, ErrorKind, Read};
 use std::ops::Range;
 
+use p2p_proto::decimal::parse_decimal as decimal;
+use p2p_proto::hex::from_hex_array;
 use p2p_proto::protocol::to_hex;
 use sha2::{Digest, Sha256};
 
@@ -304,32 +306,7 @@ pub fn is_hex_digest(text: &str) -> bool {
 
 /// 64 lowercase hex digits to a digest.
 fn parse_digest(text: &str) -> Option<[u8; DIGEST_BYTES]> {
-    if !is_hex_digest(text) {
-        return None;
-    }
-    let mut out = [0u8; DIGEST_BYTES];
-    for (i, pair) in text.as_bytes().chunks_exact(2).enumerate() {
-        let high = hex_value(pair[0])?;
-        let low = hex_value(pair[1])?;
-        out[i] = high << 4 | low;
-    }
-    Some(out)
-}
-
-fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        _ => None,
-    }
-}
-
-/// Plain decimal digits that fit a `u64`.
-fn decimal(text: &str) -> Option<u64> {
-    if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
+    from_hex_array(text)
 }
 
 #[cfg(test)]
