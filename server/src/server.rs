@@ -54,8 +54,9 @@ use crossbeam_channel::{unbounded, Receiver};
 
 use crate::command::{Caller, Registry};
 use crate::connection::{Connection, FrameError, Limits};
-use crate::store::{self, OpenMode, Store, StoreError, SyncMode};
-use crate::writer::{self, WriterConfig, DEFAULT_MAX_PER_HOST};
+use crate::registry::OpenError;
+use crate::store::{self, StoreError, SyncMode};
+use crate::writer::DEFAULT_MAX_PER_HOST;
 use p2p_net::{accept_loop, Admission, ConnTable, Policy, Slot, Waker};
 use p2p_proto::protocol::{self, ErrorCode, Reply, Request};
 
@@ -190,30 +191,24 @@ impl Server {
         let mut config = config;
         config.max_connections = fit_to_descriptors(config.max_connections, config.readers);
         // Bound first, so a taken port does not leave a new database behind.
-        let conn = store::open_connection(&config.db, OpenMode::CreateOrMigrate, config.sync)?;
-        let store = Store::open_readers(&config.db, config.readers)?;
-        let (writer, writer_thread) = writer::spawn(
-            conn,
-            WriterConfig {
-                path: config.db.clone(),
-                ttl: config.ttl,
-                sweep_every: (config.ttl / 4)
-                    .clamp(Duration::from_secs(1), Duration::from_secs(60)),
-                max_per_host: config.max_per_host,
-            },
+        let (registry, writer_thread) = Registry::open(
+            &config.db,
+            config.sync,
+            config.readers,
+            config.ttl,
+            config.max_per_host,
         )
-        .map_err(|source| ServerError::Thread {
-            what: "writer",
-            source,
+        .map_err(|e| match e {
+            OpenError::Store(e) => ServerError::Store(e),
+            OpenError::Writer(source) => ServerError::Thread {
+                what: "writer",
+                source,
+            },
         })?;
         Ok(Server {
             listener,
             local_addr,
-            registry: Arc::new(Registry {
-                store,
-                writer,
-                ttl: config.ttl,
-            }),
+            registry: Arc::new(registry),
             writer_thread,
             config,
             table: ConnTable::new(TABLE_POLICY),
