@@ -287,20 +287,32 @@ pub fn hash_file(
     };
     let mut file = File::open(path).map_err(io_err)?;
     let mut hasher = Sha256::new();
+    let done = hash_into(&mut file, &mut hasher, on_progress).map_err(io_err)?;
+    Ok((done, to_hex(&hasher.finalize())))
+}
+
+/// The streaming SHA-256 loop (the one copy): feeds everything `reader`
+/// yields into `hasher` through a [`HASH_BUFFER_BYTES`] buffer, calling
+/// `on_progress` with the byte count so far after every read; returns the
+/// byte count.
+pub fn hash_into(
+    reader: &mut dyn Read,
+    hasher: &mut Sha256,
+    on_progress: &mut dyn FnMut(u64),
+) -> io::Result<u64> {
     let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
-    let mut done: u64 = 0;
+    let mut total = 0u64;
     loop {
-        let n = match file.read(&mut buffer) {
-            Ok(0) => break,
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_err(e)),
+            Err(e) => return Err(e),
         };
         hasher.update(&buffer[..n]);
-        done += n as u64;
-        on_progress(done);
+        total += n as u64;
+        on_progress(total);
     }
-    Ok((done, to_hex(&hasher.finalize())))
 }
 
 /// What the cache remembers for one path: the version that was hashed and

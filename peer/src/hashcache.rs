@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use p2p_proto::hex::from_hex;
 use p2p_proto::protocol::{is_sha256_hex, to_hex};
 use sha2::{Digest, Sha256};
 
@@ -248,16 +249,6 @@ fn parse_entry(line: &str) -> Option<Entry> {
         sha256: sha256.to_owned(),
         pieces,
     })
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Puts into `hashes` (and `pieces`) every entry whose file still has its

@@ -358,13 +358,7 @@ fn parse_size(field: &str) -> Result<u64, ProtocolError> {
         })
 }
 
-/// Plain decimal digits only: no sign, no spaces, nothing `str::parse` would forgive.
-fn parse_decimal(field: &str) -> Option<u64> {
-    if field.is_empty() || field.len() > 20 || !field.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    field.parse().ok()
-}
+use crate::decimal::parse_decimal;
 
 fn parse_sha256(field: &str) -> Result<&str, ProtocolError> {
     if is_sha256_hex(field) {
@@ -437,17 +431,9 @@ pub fn name_key(name: &str) -> String {
     to_hex(&Sha256::digest(name.as_bytes()))
 }
 
-/// Lowercase hex of a digest. (On the SEARCH path: a table lookup per
-/// nibble, not a formatter call per byte.)
-pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
+/// Lowercase hex of a digest (kept here for the callers that import it
+/// with the protocol).
+pub use crate::hex::to_hex;
 
 /// Shortens untrusted text for an error message: at most 64 characters,
 /// control characters escaped by `{:?}` where it is printed.

@@ -54,7 +54,7 @@ impl Default for Limits {
 /// client's input so that its error reply is not lost to a reset.
 pub const LINGER_TIME: Duration = Duration::from_secs(1);
 /// Most bytes discarded that way before the connection is dropped anyway.
-pub const LINGER_BYTES: usize = 4 << 20;
+pub const LINGER_BYTES: u64 = 4 << 20;
 
 /// Most reply bytes held for one connection before they are written out and
 /// no further request is read: bounds the memory a pipelining client can
@@ -257,19 +257,7 @@ impl Connection {
     /// our FIN, so this costs it nothing.
     pub fn close_gracefully(mut self) {
         let _ = self.flush();
-        let _ = self.stream.shutdown(Shutdown::Write);
-        let deadline = Instant::now() + LINGER_TIME;
-        let mut drained = 0;
-        while drained < LINGER_BYTES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
-                break;
-            }
-            match self.stream.read(&mut self.buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
+        p2p_net::linger_close(&self.stream, LINGER_TIME, LINGER_BYTES);
         let _ = self.stream.shutdown(Shutdown::Read);
     }
 }

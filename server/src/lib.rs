@@ -7,6 +7,7 @@
 //! - [`writer`]: the one thread that performs all writes, with group commit.
 //! - [`connection`]: one socket's line framing, with the length limit and timeouts.
 //! - [`command`]: applies a parsed request to the store and produces the reply.
+//! - [`registry`]: `Registry::open`: the database, read pools and writer behind it.
 //! - [`server`]: the listener, the worker pool, the connection limit, shutdown.
 //! - [`metrics`]: process-wide counters and histograms; [`web`] renders them at `/metrics`.
 //! - [`web`]: `--http ADDR`: a read-only HTML page of the registry and `GET /metrics`.
@@ -22,6 +23,7 @@ pub mod command;
 pub mod connection;
 pub mod mdns;
 pub mod metrics;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod web;

@@ -28,6 +28,11 @@
 //! slot (a drop guard) and keeps serving; a dead writer ends the process
 //! (see [`crate::writer::EXIT_WRITER_DIED`]).
 //!
+//! The accept loop, the connection table with its fair-share admission and
+//! the acceptor's wake-up are the shared skeleton in crate `p2p_net`; this
+//! module gives them the registry's policy (a reclaimed or closing
+//! connection has its read side shut, so the request in hand is answered).
+//!
 //! Shutdown: [`ShutdownHandle::shutdown`] marks the server closing, shuts the
 //! read side of every open socket (workers finish the request in hand, answer
 //! it, then see end of input), and wakes the acceptor by shutting down the
@@ -37,11 +42,11 @@
 //! go the last writer handles, so the writer commits what is queued, closes
 //! the database, and `run` returns.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write as _};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -49,8 +54,10 @@ use crossbeam_channel::{unbounded, Receiver};
 
 use crate::command::{Caller, Registry};
 use crate::connection::{Connection, FrameError, Limits};
-use crate::store::{self, OpenMode, Store, StoreError, SyncMode};
-use crate::writer::{self, WriterConfig, DEFAULT_MAX_PER_HOST};
+use crate::registry::OpenError;
+use crate::store::{self, StoreError, SyncMode};
+use crate::writer::DEFAULT_MAX_PER_HOST;
+use p2p_net::{accept_loop, Admission, ConnTable, Policy, Slot, Waker};
 use p2p_proto::protocol::{self, ErrorCode, Reply, Request};
 
 /// Default connection limit: hundreds of peers keeping a connection open
@@ -79,9 +86,19 @@ pub const FD_RESERVE: u64 = 16;
 /// Descriptors one connection holds: its socket and the tracker's handle.
 const FDS_PER_CONNECTION: u64 = 2;
 
-/// Longest pause after a failing `accept` (e.g. out of file descriptors),
-/// so the acceptor backs off instead of spinning.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long shutdown may take connecting to its own listener, the fallback
+/// wake-up where shutting the listening socket down does not wake `accept`.
+const WAKE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// The registry's connection-table policy: a reclaimed connection, and
+/// every connection at shutdown, has its read side shut, so its worker
+/// answers the request in hand and then sees end of input; a connection
+/// is busy until it waits for its first request.
+const TABLE_POLICY: Policy = Policy {
+    reclaim: Shutdown::Read,
+    close: Shutdown::Read,
+    starts_idle: false,
+};
 
 /// Everything the server can be told on its command line.
 #[derive(Debug, Clone)]
@@ -143,9 +160,9 @@ pub struct Server {
     registry: Arc<Registry>,
     writer_thread: JoinHandle<()>,
     config: Config,
-    tracker: Arc<Tracker>,
+    table: Arc<ConnTable>,
     /// A second handle on the listening socket, for shutdown to wake accept.
-    waker: Arc<TcpListener>,
+    waker: Waker,
 }
 
 impl Server {
@@ -167,43 +184,34 @@ impl Server {
             addr: config.listen.clone(),
             source,
         })?;
-        let waker = listener
-            .try_clone()
-            .map(Arc::new)
-            .map_err(|source| ServerError::Bind {
-                addr: config.listen.clone(),
-                source,
-            })?;
+        let waker = Waker::new(&listener, WAKE_TIMEOUT).map_err(|source| ServerError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
         let mut config = config;
         config.max_connections = fit_to_descriptors(config.max_connections, config.readers);
         // Bound first, so a taken port does not leave a new database behind.
-        let conn = store::open_connection(&config.db, OpenMode::CreateOrMigrate, config.sync)?;
-        let store = Store::open_readers(&config.db, config.readers)?;
-        let (writer, writer_thread) = writer::spawn(
-            conn,
-            WriterConfig {
-                path: config.db.clone(),
-                ttl: config.ttl,
-                sweep_every: (config.ttl / 4)
-                    .clamp(Duration::from_secs(1), Duration::from_secs(60)),
-                max_per_host: config.max_per_host,
-            },
+        let (registry, writer_thread) = Registry::open(
+            &config.db,
+            config.sync,
+            config.readers,
+            config.ttl,
+            config.max_per_host,
         )
-        .map_err(|source| ServerError::Thread {
-            what: "writer",
-            source,
+        .map_err(|e| match e {
+            OpenError::Store(e) => ServerError::Store(e),
+            OpenError::Writer(source) => ServerError::Thread {
+                what: "writer",
+                source,
+            },
         })?;
         Ok(Server {
             listener,
             local_addr,
-            registry: Arc::new(Registry {
-                store,
-                writer,
-                ttl: config.ttl,
-            }),
+            registry: Arc::new(registry),
             writer_thread,
             config,
-            tracker: Arc::new(Tracker::default()),
+            table: ConnTable::new(TABLE_POLICY),
             waker,
         })
     }
@@ -222,9 +230,8 @@ impl Server {
     /// A handle that stops this server from another thread (a signal handler).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            tracker: Arc::clone(&self.tracker),
-            wake_addr: wake_address(self.local_addr),
-            listener: Arc::clone(&self.waker),
+            table: Arc::clone(&self.table),
+            waker: self.waker.clone(),
         }
     }
 
@@ -238,14 +245,13 @@ impl Server {
             registry,
             writer_thread,
             config,
-            tracker,
+            table,
             waker,
         } = self;
         let (queue, jobs) = unbounded::<Job>();
         let mut pool = Pool {
             jobs,
             registry,
-            tracker: Arc::clone(&tracker),
             limits: config.limits,
             rewrite_loopback: local_addr.ip().is_unspecified(),
             threads: Vec::new(),
@@ -253,64 +259,45 @@ impl Server {
         pool.grow_to(config.workers.min(config.max_connections).max(1))?;
         tracing::info!(%local_addr, db = %config.db, "serving");
 
-        let mut backoff = Duration::from_millis(5);
-        for incoming in listener.incoming() {
-            let stream = match incoming {
-                Ok(stream) => {
-                    backoff = Duration::from_millis(5);
-                    stream
+        let limit = config.max_connections;
+        accept_loop(
+            "registry",
+            &listener,
+            || table.is_closed(), // woken by shutdown
+            |stream, peer| {
+                let slot = match table.admit(&stream, peer.ip().to_canonical(), limit) {
+                    Admission::Admitted(slot) => slot,
+                    Admission::Full => {
+                        tracing::warn!(client = %peer, limit, "connection limit reached");
+                        reject_busy(
+                            stream,
+                            &format!("too many connections (limit {limit}); try again later"),
+                        );
+                        return ControlFlow::Continue(());
+                    }
+                    Admission::Untrackable(e) => {
+                        // Without a second handle shutdown could not reach it.
+                        tracing::warn!(client = %peer, error = %e, "cannot track connection; closing it");
+                        return ControlFlow::Continue(());
+                    }
+                    Admission::Closed => return ControlFlow::Break(()), // shutdown began
+                };
+                let open = slot.open_at_admission();
+                if let Err(e) = pool.grow_to(open) {
+                    if pool.threads.len() < open {
+                        // No thread for it: refuse this one, serve the others.
+                        tracing::warn!(client = %peer, error = %e, "cannot start a worker; refusing");
+                        drop(slot);
+                        reject_busy(stream, "no worker thread free; try again later");
+                        return ControlFlow::Continue(());
+                    }
                 }
-                Err(_) if tracker.is_closing() => break, // woken by shutdown
-                Err(e) => {
-                    // Out of descriptors or memory: wait for connections to close.
-                    tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                    continue;
+                match queue.send(Job { stream, peer, slot }) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
                 }
-            };
-            let Ok(peer) = stream.peer_addr() else {
-                continue; // already gone
-            };
-            let (id, open, idle) = match tracker.admit(&stream, peer.ip(), config.max_connections) {
-                Admission::Admitted { id, open, idle } => (id, open, idle),
-                Admission::Busy => {
-                    tracing::warn!(client = %peer, limit = config.max_connections, "connection limit reached");
-                    let limit = config.max_connections;
-                    reject_busy(
-                        stream,
-                        &format!("too many connections (limit {limit}); try again later"),
-                    );
-                    continue;
-                }
-                Admission::Untrackable(e) => {
-                    // Without a second handle shutdown could not reach it.
-                    tracing::warn!(client = %peer, error = %e, "cannot track connection; closing it");
-                    continue;
-                }
-                Admission::Closing => break, // shutdown began (we were woken for it)
-            };
-            if let Err(e) = pool.grow_to(open) {
-                if pool.threads.len() < open {
-                    // No thread for it: refuse this one, serve the others.
-                    tracing::warn!(client = %peer, error = %e, "cannot start a worker; refusing");
-                    tracker.remove(id);
-                    reject_busy(stream, "no worker thread free; try again later");
-                    continue;
-                }
-            }
-            if queue
-                .send(Job {
-                    stream,
-                    peer,
-                    id,
-                    idle,
-                })
-                .is_err()
-            {
-                break;
-            }
-        }
+            },
+        );
         drop(listener);
         drop(waker);
         drop(queue);
@@ -330,30 +317,15 @@ impl Server {
 struct Job {
     stream: TcpStream,
     peer: SocketAddr,
-    /// Its entry in the [`Tracker`].
-    id: u64,
-    /// Raised by the connection while it waits for a request.
-    idle: Arc<AtomicBool>,
-}
-
-/// Frees a connection's slot when its worker is done with it, also when the
-/// worker panicked.
-struct SlotGuard<'a> {
-    tracker: &'a Tracker,
-    id: u64,
-}
-
-impl Drop for SlotGuard<'_> {
-    fn drop(&mut self) {
-        self.tracker.remove(self.id);
-    }
+    /// Its place in the connection table, freed when the worker is done
+    /// with it (also when the worker panicked).
+    slot: Slot,
 }
 
 /// The worker threads and what they share.
 struct Pool {
     jobs: Receiver<Job>,
     registry: Arc<Registry>,
-    tracker: Arc<Tracker>,
     limits: Limits,
     /// The listener is bound to all interfaces: show loopback sources as
     /// the address each client reached us at.
@@ -368,24 +340,21 @@ impl Pool {
         while self.threads.len() < n {
             let jobs = self.jobs.clone();
             let registry = Arc::clone(&self.registry);
-            let tracker = Arc::clone(&self.tracker);
             let limits = self.limits;
             let rewrite = self.rewrite_loopback;
             let thread = thread::Builder::new()
                 .name(format!("worker-{}", self.threads.len()))
                 .stack_size(WORKER_STACK)
                 .spawn(move || {
-                    for job in jobs.iter() {
+                    for Job { stream, peer, slot } in jobs.iter() {
                         let _open = crate::metrics::connection_opened();
-                        let _slot = SlotGuard {
-                            tracker: &tracker,
-                            id: job.id,
-                        };
-                        let peer = job.peer;
+                        let idle = slot.idle_flag();
+                        // Freed after the connection is closed (and on unwind).
+                        let _slot = slot;
                         // A bug met by one connection must not cost the
                         // pool a worker: log it and take the next one.
                         let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            serve_connection(job, &registry, limits, rewrite)
+                            serve_connection(stream, peer, idle, &registry, limits, rewrite)
                         }));
                         if served.is_err() {
                             tracing::error!(client = %peer, "a worker panicked serving a connection");
@@ -419,10 +388,14 @@ impl Pool {
 }
 
 /// Serves one client until it quits, closes, times out or misbehaves.
-fn serve_connection(job: Job, registry: &Registry, limits: Limits, rewrite_loopback: bool) {
-    let Job {
-        stream, peer, idle, ..
-    } = job;
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    idle: Arc<AtomicBool>,
+    registry: &Registry,
+    limits: Limits,
+    rewrite_loopback: bool,
+) {
     let local_host = if rewrite_loopback {
         stream.local_addr().ok().map(|a| protocol::host_of(a.ip()))
     } else {
@@ -510,157 +483,6 @@ fn reject_busy(mut stream: TcpStream, message: &str) {
     }
 }
 
-/// The open connections, so shutdown can reach every one of them, their
-/// count per address, for the connection limit and its fair sharing.
-#[derive(Default)]
-struct Tracker {
-    state: Mutex<TrackerState>,
-}
-
-/// What [`Tracker::admit`] decided about a new connection.
-enum Admission {
-    /// Recorded; `open` connections now (with those being evicted), this one included.
-    Admitted {
-        id: u64,
-        open: usize,
-        idle: Arc<AtomicBool>,
-    },
-    /// The connection limit is reached, and no address holds more than this one would.
-    Busy,
-    /// No second handle could be made (out of descriptors).
-    Untrackable(std::io::Error),
-    /// Shutdown has begun.
-    Closing,
-}
-
-/// One open connection as the tracker knows it.
-struct Entry {
-    /// A second handle on the socket, used only to shut it down.
-    stream: TcpStream,
-    ip: IpAddr,
-    idle: Arc<AtomicBool>,
-    /// Told to end to make room; no longer counted against the limit.
-    evicted: bool,
-}
-
-#[derive(Default)]
-struct TrackerState {
-    closing: bool,
-    next_id: u64,
-    entries: HashMap<u64, Entry>,
-    /// Connections per client address, evicted ones not counted.
-    per_ip: HashMap<IpAddr, usize>,
-    /// Entries evicted whose worker has not finished yet.
-    evicted: usize,
-}
-
-impl TrackerState {
-    /// Makes room for a connection from `ip`: ends a connection of the
-    /// address holding the most, if it holds more than `ip` would after
-    /// admission, idle connections first. `false` when no address may yield.
-    fn evict_for(&mut self, ip: IpAddr) -> bool {
-        let mine = self.per_ip.get(&ip).copied().unwrap_or(0);
-        let Some((&top, &count)) = self.per_ip.iter().max_by_key(|(_, &n)| n) else {
-            return false;
-        };
-        if count <= mine + 1 {
-            return false;
-        }
-        let victim = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.ip == top && !e.evicted)
-            .max_by_key(|(_, e)| e.idle.load(Ordering::Relaxed))
-            .map(|(&id, _)| id);
-        let Some(entry) = victim.and_then(|id| self.entries.get_mut(&id)) else {
-            return false;
-        };
-        tracing::info!(client = %top, idle = entry.idle.load(Ordering::Relaxed), connections = count, "slots short: closing a connection of the address holding the most");
-        // An idle worker sees end of input at once; a busy one after the
-        // request in hand.
-        let _ = entry.stream.shutdown(Shutdown::Read);
-        entry.evicted = true;
-        self.evicted += 1;
-        if let Some(n) = self.per_ip.get_mut(&top) {
-            *n -= 1;
-        }
-        true
-    }
-}
-
-impl Tracker {
-    fn lock(&self) -> MutexGuard<'_, TrackerState> {
-        // The state stays consistent even if a holder panicked: every
-        // critical section is a few inserts, removes or flag changes.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn is_closing(&self) -> bool {
-        self.lock().closing
-    }
-
-    /// Records a new connection from `ip` unless the server is closing or
-    /// `limit` connections are open and no address may yield one (see the
-    /// module docs). Checked and recorded under one lock, so a connection
-    /// accepted as shutdown begins is either reached by it or refused.
-    fn admit(&self, stream: &TcpStream, ip: IpAddr, limit: usize) -> Admission {
-        let mut state = self.lock();
-        if state.closing {
-            return Admission::Closing;
-        }
-        let ip = ip.to_canonical();
-        if state.entries.len() - state.evicted >= limit && !state.evict_for(ip) {
-            return Admission::Busy;
-        }
-        let handle = match stream.try_clone() {
-            Ok(handle) => handle,
-            Err(e) => return Admission::Untrackable(e),
-        };
-        let id = state.next_id;
-        state.next_id += 1;
-        let idle = Arc::new(AtomicBool::new(false));
-        state.entries.insert(
-            id,
-            Entry {
-                stream: handle,
-                ip,
-                idle: Arc::clone(&idle),
-                evicted: false,
-            },
-        );
-        *state.per_ip.entry(ip).or_insert(0) += 1;
-        Admission::Admitted {
-            id,
-            open: state.entries.len(),
-            idle,
-        }
-    }
-
-    fn remove(&self, id: u64) {
-        let mut state = self.lock();
-        let Some(entry) = state.entries.remove(&id) else {
-            return;
-        };
-        if entry.evicted {
-            state.evicted -= 1;
-        } else if let Some(n) = state.per_ip.get_mut(&entry.ip) {
-            *n -= 1;
-            if *n == 0 {
-                state.per_ip.remove(&entry.ip);
-            }
-        }
-    }
-
-    /// Marks the server closing and ends the input of every open connection.
-    fn close_all(&self) {
-        let mut state = self.lock();
-        state.closing = true;
-        for entry in state.entries.values() {
-            let _ = entry.stream.shutdown(Shutdown::Read);
-        }
-    }
-}
-
 /// Raises the soft descriptor limit to the hard one and returns the
 /// connection limit the descriptors allow, at most `wanted`.
 fn fit_to_descriptors(wanted: usize, readers: u32) -> usize {
@@ -696,118 +518,19 @@ fn fit_to_descriptors(wanted: usize, readers: u32) -> usize {
 /// Stops a running [`Server`]; safe to call from any thread, more than once.
 #[derive(Clone)]
 pub struct ShutdownHandle {
-    tracker: Arc<Tracker>,
-    wake_addr: SocketAddr,
-    listener: Arc<TcpListener>,
+    table: Arc<ConnTable>,
+    waker: Waker,
 }
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
-        self.tracker.close_all();
-        // The acceptor is blocked in accept(). Shutting the listening socket
-        // down wakes it with an error (Linux), also when its address is gone;
-        // a connection to it is the fallback for systems that do not.
-        if rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Read).is_err() {
-            let _ = TcpStream::connect_timeout(&self.wake_addr, Duration::from_millis(200));
-        }
+        self.table.close_all();
+        // The acceptor is blocked in accept(); the waker gets it out, also
+        // when the listening address has gone away.
+        self.waker.wake();
     }
 }
 
-/// Where to connect to reach our own listener (an unspecified address
-/// cannot be connected to).
-fn wake_address(bound: SocketAddr) -> SocketAddr {
-    let ip = match bound.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, bound.port())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A connected loopback socket pair: (server side, client side).
-    fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        (server, client)
-    }
-
-    fn open(tracker: &Tracker) -> usize {
-        let state = tracker.lock();
-        state.entries.len() - state.evicted
-    }
-
-    #[test]
-    fn a_panicking_worker_frees_its_slot() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let tracker = Tracker::default();
-        let (stream, _client) = pair(&listener);
-        let Admission::Admitted { id, .. } = tracker.admit(&stream, Ipv4Addr::LOCALHOST.into(), 4)
-        else {
-            panic!("admitted");
-        };
-        assert_eq!(open(&tracker), 1);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _slot = SlotGuard {
-                tracker: &tracker,
-                id,
-            };
-            panic!("a bug while serving");
-        }));
-        assert!(result.is_err());
-        assert_eq!(open(&tracker), 0, "the slot was freed by the guard");
-        assert!(tracker.lock().per_ip.is_empty());
-    }
-
-    #[test]
-    fn at_the_limit_the_address_with_the_most_yields_an_idle_connection_first() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let tracker = Tracker::default();
-        let hog: IpAddr = Ipv4Addr::new(10, 0, 0, 1).into();
-        let other: IpAddr = Ipv4Addr::new(10, 0, 0, 2).into();
-        let mut held = Vec::new();
-        let mut flags = Vec::new();
-        for i in 0..4 {
-            let (stream, client) = pair(&listener);
-            let Admission::Admitted { idle, .. } = tracker.admit(&stream, hog, 4) else {
-                panic!("admitted");
-            };
-            // One idle connection of four.
-            idle.store(i == 2, Ordering::Relaxed);
-            flags.push(idle);
-            held.push((stream, client));
-        }
-        let (stream, _c) = pair(&listener);
-        assert!(
-            matches!(tracker.admit(&stream, hog, 4), Admission::Busy),
-            "the hog's own next one is refused"
-        );
-        assert!(matches!(
-            tracker.admit(&stream, other, 4),
-            Admission::Admitted { .. }
-        ));
-        let state = tracker.lock();
-        let evicted: Vec<bool> = state
-            .entries
-            .values()
-            .filter(|e| e.evicted)
-            .map(|e| e.idle.load(Ordering::Relaxed))
-            .collect();
-        assert_eq!(evicted, [true], "exactly one, the idle one");
-        assert_eq!(state.per_ip.get(&hog), Some(&3));
-        assert_eq!(state.per_ip.get(&other), Some(&1));
-        drop(state);
-        // 3 against 1: the newcomer's address may take one more (3 > 2),
-        // then no more (2 against 2 after that would not be fairer).
-        let (s2, _c2) = pair(&listener);
-        assert!(matches!(
-            tracker.admit(&s2, other, 4),
-            Admission::Admitted { .. }
-        ));
-        let (s3, _c3) = pair(&listener);
-        assert!(matches!(tracker.admit(&s3, other, 4), Admission::Busy));
-    }
-}
+// The connection table's admission and fair-share tests are in crate
+// `p2p_net` (table.rs); the registry's behaviour end to end in
+// tests/registry_abuse.rs and tests/reliability.rs.

@@ -507,12 +507,7 @@ pub fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// Plain decimal digits.
-pub fn digits(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
+pub use p2p_proto::decimal::parse_decimal as digits;
 
 /// An `ETag` that names another digest means the peer's file changed since
 /// it registered; no `ETag` at all is left to the digest check.

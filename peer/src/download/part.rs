@@ -15,7 +15,7 @@
 //! This module must not fetch anything.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind, Read};
+use std::io::{self, ErrorKind};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -27,6 +27,7 @@ use super::error::DownloadError;
 use super::limits::COPY_BUFFER_BYTES;
 use super::resume;
 use super::Outcome;
+use crate::files::hash_into;
 use crate::progress::Reporter;
 
 /// Suffix of the file a download is written to until it is verified.
@@ -405,25 +406,4 @@ pub(super) fn check_existing(
             .map(|s| s.sha256.clone())
             .unwrap_or_default(),
     })
-}
-
-/// Feeds everything `reader` yields into `hasher`; returns the byte count.
-pub(super) fn hash_into(
-    reader: &mut dyn Read,
-    hasher: &mut Sha256,
-    on_progress: &mut dyn FnMut(u64),
-) -> io::Result<u64> {
-    let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buffer) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buffer[..n]);
-        total += n as u64;
-        on_progress(total);
-    }
 }

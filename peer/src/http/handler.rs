@@ -34,8 +34,10 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use p2p_proto::protocol::{check_name, NameError};
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+pub use p2p_proto::paths::{
+    decode_name, file_url, pieces_url, BadName, FILES_PREFIX, PATH_SEGMENT, PIECES_PREFIX,
+};
+use percent_encoding::utf8_percent_encode;
 
 use super::pieces::PieceCache;
 use super::range::{self, RangeDecision};
@@ -44,12 +46,6 @@ use super::response::{error_head, finish, http_date, plain, Head, Status};
 use super::throttle::RateLimiter;
 use crate::download::PART_SUFFIX;
 use crate::files::{FilesError, HashCache, SharedDir, SharedFile};
-
-/// The prefix of file URLs; the rest of the path is the encoded name.
-pub const FILES_PREFIX: &str = "/files/";
-
-/// The prefix of piece-list URLs; the rest of the path is the encoded name.
-pub const PIECES_PREFIX: &str = "/pieces/";
 
 /// `Content-Type` of a piece list.
 pub const PIECES_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
@@ -60,14 +56,6 @@ pub const PIECES_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 /// does not use `sendfile` towards sockets, and its default 8 KiB loop is
 /// about 2.5x slower on loopback than with this buffer.
 pub const BODY_BUFFER_BYTES: usize = 64 * 1024;
-
-/// Bytes escaped when a name is put into a URL: everything but the RFC 3986
-/// unreserved characters, so any name makes a single, valid path segment.
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 /// What the server shares, as the handlers see it.
 pub struct Site {
@@ -85,35 +73,6 @@ pub struct Site {
 pub enum Next {
     KeepAlive,
     Close,
-}
-
-/// Why a name from a URL was refused (always `400`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BadName {
-    #[error("name is not valid UTF-8 once percent-decoded")]
-    NotUtf8,
-    #[error(transparent)]
-    Rule(#[from] NameError),
-}
-
-/// The percent-encoded name of a URL path segment, decoded and checked
-/// against the name rules.
-pub fn decode_name(encoded: &str) -> Result<String, BadName> {
-    let name = percent_decode_str(encoded)
-        .decode_utf8()
-        .map_err(|_| BadName::NotUtf8)?;
-    check_name(&name)?;
-    Ok(name.into_owned())
-}
-
-/// The URL path of a shared name.
-pub fn file_url(name: &str) -> String {
-    format!("{FILES_PREFIX}{}", utf8_percent_encode(name, PATH_SEGMENT))
-}
-
-/// The URL path of a shared name's piece list.
-pub fn pieces_url(name: &str) -> String {
-    format!("{PIECES_PREFIX}{}", utf8_percent_encode(name, PATH_SEGMENT))
 }
 
 /// Query key that asks `/files/<name>` to be shown in the browser.
@@ -627,6 +586,7 @@ fn open(shared: &SharedDir, name: &str) -> Result<(File, SharedFile), FilesError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use p2p_proto::protocol::NameError;
 
     #[test]
     fn decodes_names() {

@@ -30,6 +30,11 @@
 //! can never lock the others out. A connection that stops reading frees its
 //! worker after the write timeout ([`deadline`]).
 //!
+//! The accept loop, the connection table with that admission policy, the
+//! acceptor's wake-up and the linger-before-close are the shared skeleton
+//! in crate `p2p_net`; this module gives them the file server's policy (a
+//! reclaimed connection is cut at once, a new one counts as idle).
+//!
 //! This module serves only what [`SharedDir::resolve`] accepts; it must
 //! never build a path itself, never buffer a file body (bodies are copied
 //! from the file to the socket), and never let one client's error or
@@ -43,15 +48,16 @@ pub mod request;
 pub mod response;
 pub mod throttle;
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
+use p2p_net::{accept_loop, Admission, ConnTable, Policy, Slot, Waker};
 
 use crate::files::{HashCache, SharedDir};
 use handler::{Next, Site};
@@ -84,17 +90,23 @@ pub const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most bytes discarded while lingering before a close.
 pub const LINGER_MAX_BYTES: u64 = 64 * 1024;
 
-/// First pause after `accept` fails (e.g. out of file descriptors); doubled
-/// on each consecutive failure up to [`ACCEPT_BACKOFF_MAX`], so a persistent
-/// error does not spin a core.
-pub const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(5);
+/// Pauses after a failing `accept` (e.g. out of file descriptors): the
+/// shared accept loop's, doubling from the first to the longest.
+pub use p2p_net::{ACCEPT_BACKOFF_MAX, ACCEPT_BACKOFF_START};
 
-/// Longest pause between failing `accept` calls.
-pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// How long shutdown waits to connect to its own listener to wake the
-/// acceptor out of `accept`.
+/// How long shutdown may take connecting to its own listener to wake the
+/// acceptor out of `accept`, where shutting the listening socket down does
+/// not (the fallback).
 pub const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The file server's connection-table policy: a reclaimed connection, and
+/// every connection at shutdown, is cut at once (both directions); a new
+/// connection counts as idle until its first request arrives.
+const TABLE_POLICY: Policy = Policy {
+    reclaim: Shutdown::Both,
+    close: Shutdown::Both,
+    starts_idle: true,
+};
 
 /// Limits of the file server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +155,9 @@ pub struct FileServer {
     local_addr: SocketAddr,
     /// Tells the acceptor and the workers to stop at their next check.
     stopping: Arc<AtomicBool>,
-    connections: Arc<Connections>,
+    connections: Arc<ConnTable>,
+    /// Gets the acceptor out of `accept` at shutdown.
+    waker: Waker,
     /// Never sends; dropping it disconnects the workers' stop receiver,
     /// which wakes every idle worker.
     stop_tx: Option<Sender<()>>,
@@ -192,6 +206,7 @@ impl FileServer {
         listener
             .set_nonblocking(false)
             .map_err(HttpError::Listener)?;
+        let waker = Waker::new(&listener, WAKE_TIMEOUT).map_err(HttpError::Listener)?;
         // Admitted connections are at most the limit plus those being
         // reclaimed (each one at most once): twice the limit always fits.
         let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(2 * config.max_connections);
@@ -199,7 +214,8 @@ impl FileServer {
         let mut server = FileServer {
             local_addr,
             stopping: Arc::new(AtomicBool::new(false)),
-            connections: Arc::new(Connections::default()),
+            connections: ConnTable::new(TABLE_POLICY),
+            waker,
             stop_tx: Some(stop_tx),
             acceptor: None,
             workers: Vec::with_capacity(config.max_connections),
@@ -256,7 +272,7 @@ impl FileServer {
     fn stop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
         if let Some(acceptor) = self.acceptor.take() {
-            if acceptor.is_finished() || wake(self.local_addr) {
+            if acceptor.is_finished() || self.waker.wake() {
                 if acceptor.join().is_err() {
                     tracing::error!("file server acceptor thread panicked");
                 }
@@ -286,179 +302,10 @@ impl Drop for FileServer {
     }
 }
 
-/// Connects to our own listener so a blocked `accept` returns and the
-/// acceptor sees the stop flag.
-fn wake(addr: SocketAddr) -> bool {
-    let mut target = addr;
-    if target.ip().is_unspecified() {
-        target.set_ip(match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    TcpStream::connect_timeout(&target, WAKE_TIMEOUT).is_ok()
-}
-
-/// The open connections, so shutdown can close them and the acceptor can
-/// count them. Shared state behind a lock: the acceptor adds, workers
-/// remove, shutdown closes; each holds the lock only for a map operation.
-#[derive(Default)]
-struct Connections {
-    table: Mutex<Table>,
-}
-
-#[derive(Default)]
-struct Table {
-    /// Each admitted connection, keyed by admission number.
-    open: HashMap<u64, Entry>,
-    next_id: u64,
-    /// Entries shut down to make room, whose workers have not yet let go:
-    /// they no longer count against the limit.
-    reclaimed: usize,
-    /// Set by shutdown: nothing more is admitted.
-    closed: bool,
-}
-
-/// One admitted connection.
-struct Entry {
-    /// A clone of the socket, to shut it down from outside its worker.
-    stream: TcpStream,
-    /// The client's address: slots are shared fairly between addresses.
-    ip: IpAddr,
-    /// A request is being answered (else it waits for one: idle).
-    busy: bool,
-    /// Shut down to make room for another address's connection.
-    reclaimed: bool,
-}
-
-enum Admission {
-    Admitted(Registration),
-    Full,
-    Closed,
-}
-
-impl Connections {
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        // Every operation leaves the map consistent, so a panic elsewhere
-        // while holding the lock does not invalidate it.
-        self.table.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn admit(
-        self: &Arc<Self>,
-        stream: &TcpStream,
-        ip: IpAddr,
-        limit: usize,
-    ) -> io::Result<Admission> {
-        let mut table = self.table();
-        if table.closed {
-            return Ok(Admission::Closed);
-        }
-        let clone = stream.try_clone()?;
-        if table.open.len() - table.reclaimed >= limit {
-            let Some(victim) = table.victim_for(ip) else {
-                return Ok(Admission::Full);
-            };
-            table.reclaimed += 1;
-            if let Some(entry) = table.open.get_mut(&victim) {
-                entry.reclaimed = true;
-                tracing::info!(
-                    client = %ip,
-                    yields = %entry.ip,
-                    busy = entry.busy,
-                    "connection slots short: closing a connection of the address holding the most"
-                );
-                let _ = entry.stream.shutdown(Shutdown::Both);
-            }
-        }
-        let id = table.next_id;
-        table.next_id += 1;
-        table.open.insert(
-            id,
-            Entry {
-                stream: clone,
-                ip,
-                busy: false,
-                reclaimed: false,
-            },
-        );
-        Ok(Admission::Admitted(Registration {
-            id,
-            connections: Arc::clone(self),
-        }))
-    }
-
-    /// Shuts every open socket down, which ends blocked reads and writes in
-    /// the workers, and admits nothing more.
-    fn close_all(&self) {
-        let mut table = self.table();
-        table.closed = true;
-        for entry in table.open.values() {
-            let _ = entry.stream.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-impl Table {
-    /// With every slot taken, the connection that makes room for a newcomer
-    /// from `newcomer`: one of the address holding the most, if it holds at
-    /// least two more than the newcomer (so two addresses never take turns
-    /// closing each other's), idle before busy, the oldest first. `None`:
-    /// the newcomer is refused.
-    fn victim_for(&self, newcomer: IpAddr) -> Option<u64> {
-        let mut held: HashMap<IpAddr, usize> = HashMap::new();
-        for entry in self.open.values().filter(|e| !e.reclaimed) {
-            *held.entry(entry.ip).or_default() += 1;
-        }
-        let (top, top_count) = held
-            .iter()
-            .max_by_key(|(ip, count)| (**count, **ip != newcomer))
-            .map(|(ip, count)| (*ip, *count))?;
-        let mine = held.get(&newcomer).copied().unwrap_or(0);
-        if top == newcomer || top_count < mine + 2 {
-            return None;
-        }
-        self.open
-            .iter()
-            .filter(|(_, e)| e.ip == top && !e.reclaimed)
-            .min_by_key(|(id, e)| (e.busy, **id))
-            .map(|(id, _)| *id)
-    }
-}
-
-/// A connection's place in the table; dropping it frees the place (before
-/// the socket itself is closed, so a client that sees the close can connect
-/// again at once without being refused).
-struct Registration {
-    id: u64,
-    connections: Arc<Connections>,
-}
-
-impl Registration {
-    /// Marks the connection as answering a request (`true`) or waiting for
-    /// the next one (`false`): idle ones are reclaimed first.
-    fn set_busy(&self, busy: bool) {
-        if let Some(entry) = self.connections.table().open.get_mut(&self.id) {
-            entry.busy = busy;
-        }
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut table = self.connections.table();
-        if let Some(entry) = table.open.remove(&self.id) {
-            if entry.reclaimed {
-                table.reclaimed -= 1;
-            }
-        }
-    }
-}
-
 /// An admitted connection on its way to a worker. Field order matters:
-/// the registration is dropped before the stream.
+/// the slot is dropped before the stream.
 struct Job {
-    registration: Registration,
+    slot: Slot,
     stream: TcpStream,
     client: SocketAddr,
 }
@@ -467,31 +314,21 @@ struct Acceptor {
     listener: TcpListener,
     jobs: Sender<Job>,
     stopping: Arc<AtomicBool>,
-    connections: Arc<Connections>,
+    connections: Arc<ConnTable>,
     config: FileServerConfig,
 }
 
 impl Acceptor {
     fn run(self) {
-        let mut backoff = ACCEPT_BACKOFF_START;
-        loop {
-            let accepted = self.listener.accept();
-            if self.stopping.load(Ordering::SeqCst) {
-                return;
-            }
-            match accepted {
-                Ok((stream, client)) => {
-                    backoff = ACCEPT_BACKOFF_START;
-                    self.dispatch(stream, client);
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
-                Err(e) => {
-                    tracing::warn!("file server accept failed, pausing {backoff:?}: {e}");
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                }
-            }
-        }
+        accept_loop(
+            "file server",
+            &self.listener,
+            || self.stopping.load(Ordering::SeqCst),
+            |stream, client| {
+                self.dispatch(stream, client);
+                ControlFlow::Continue(())
+            },
+        );
     }
 
     fn dispatch(&self, stream: TcpStream, client: SocketAddr) {
@@ -503,9 +340,9 @@ impl Acceptor {
             .connections
             .admit(&stream, client.ip(), self.config.max_connections)
         {
-            Ok(Admission::Admitted(registration)) => {
+            Admission::Admitted(slot) => {
                 let job = Job {
-                    registration,
+                    slot,
                     stream,
                     client,
                 };
@@ -516,12 +353,14 @@ impl Acceptor {
                     refuse(e.into_inner().stream, client);
                 }
             }
-            Ok(Admission::Full) => {
+            Admission::Full => {
                 tracing::warn!(%client, limit = self.config.max_connections, "too many connections, refused with 503");
                 refuse(stream, client);
             }
-            Ok(Admission::Closed) => {}
-            Err(e) => tracing::warn!(%client, "cannot register connection: {e}"),
+            Admission::Closed => {}
+            Admission::Untrackable(e) => {
+                tracing::warn!(%client, "cannot register connection: {e}")
+            }
         }
     }
 }
@@ -569,7 +408,7 @@ impl Worker {
     /// Serves requests on one connection until either side ends it.
     fn serve(&self, job: Job) {
         let Job {
-            registration,
+            slot,
             mut stream,
             client,
         } = job;
@@ -593,9 +432,9 @@ impl Worker {
                     break true;
                 }
             };
-            registration.set_busy(true);
+            slot.set_idle(false);
             match handler::respond(&mut stream, &request, &self.site, client) {
-                Ok(Next::KeepAlive) => registration.set_busy(false),
+                Ok(Next::KeepAlive) => slot.set_idle(true),
                 Ok(Next::Close) => break true,
                 Err(e) => {
                     tracing::debug!(%client, target = request.target, "connection dropped: {e}");
@@ -603,33 +442,10 @@ impl Worker {
                 }
             }
         };
-        drop(registration);
+        drop(slot);
         // At shutdown nothing waits for the client.
         if linger && !self.stopping.load(Ordering::SeqCst) {
-            linger_close(stream);
-        }
-    }
-}
-
-/// Closes gracefully: end our side, then discard what the client still
-/// sends, for at most [`LINGER_TIMEOUT`] in all and [`LINGER_MAX_BYTES`].
-fn linger_close(stream: TcpStream) {
-    if stream.shutdown(Shutdown::Write).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + LINGER_TIMEOUT;
-    let mut scratch = [0u8; 4096];
-    let mut discarded: u64 = 0;
-    while discarded < LINGER_MAX_BYTES {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
-            return;
-        }
-        match (&stream).read(&mut scratch) {
-            Ok(0) => return,
-            Ok(n) => discarded += n as u64,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
+            p2p_net::linger_close(&stream, LINGER_TIMEOUT, LINGER_MAX_BYTES);
         }
     }
 }
@@ -637,6 +453,8 @@ fn linger_close(stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::time::Instant;
 
     fn start(config: FileServerConfig) -> Result<FileServer, HttpError> {
         let tmp = tempfile::tempdir().unwrap();
@@ -645,76 +463,8 @@ mod tests {
         FileServer::start(listener, shared, HashCache::new(), config)
     }
 
-    /// Admits a fresh loopback socket as if it came from `ip`.
-    fn admit_from(
-        connections: &Arc<Connections>,
-        listener: &TcpListener,
-        ip: &str,
-        limit: usize,
-    ) -> (Option<Registration>, TcpStream) {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server_end, _) = listener.accept().unwrap();
-        let admitted = match connections
-            .admit(&server_end, ip.parse().unwrap(), limit)
-            .unwrap()
-        {
-            Admission::Admitted(registration) => Some(registration),
-            Admission::Full => None,
-            Admission::Closed => panic!("not closed"),
-        };
-        (admitted, client)
-    }
-
-    fn reclaimed(connections: &Connections) -> Vec<IpAddr> {
-        let table = connections.table();
-        let mut ips: Vec<IpAddr> = table
-            .open
-            .values()
-            .filter(|e| e.reclaimed)
-            .map(|e| e.ip)
-            .collect();
-        ips.sort();
-        ips
-    }
-
-    #[test]
-    fn the_address_holding_the_most_yields_idle_before_busy() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let connections = Arc::new(Connections::default());
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let mut kept = Vec::new();
-        for _ in 0..3 {
-            let (registration, client) = admit_from(&connections, &listener, "10.0.0.1", 3);
-            kept.push((registration.expect("slots are free"), client));
-        }
-        // The first two of A are busy: its idle third one yields to B.
-        kept[0].0.set_busy(true);
-        kept[1].0.set_busy(true);
-        let (b1, _b1c) = admit_from(&connections, &listener, "10.0.0.2", 3);
-        assert!(b1.is_some());
-        assert_eq!(reclaimed(&connections), vec![a]);
-        {
-            let table = connections.table();
-            let victim = table.open.values().find(|e| e.reclaimed).unwrap();
-            assert!(!victim.busy, "the idle one goes first");
-        }
-        // A, the top holder, is refused; B (A 2, B 1) too: no ping-pong.
-        assert!(admit_from(&connections, &listener, "10.0.0.1", 3)
-            .0
-            .is_none());
-        assert!(admit_from(&connections, &listener, "10.0.0.2", 3)
-            .0
-            .is_none());
-        // C (A 2, C 0): a busy one of A yields, since A has no idle one left.
-        let (c1, _c1c) = admit_from(&connections, &listener, "10.0.0.3", 3);
-        assert!(c1.is_some());
-        assert_eq!(reclaimed(&connections), vec![a, a]);
-        // Freed places are accounted once their workers let go.
-        drop(kept);
-        let table = connections.table();
-        assert_eq!(table.reclaimed, 0);
-        assert_eq!(table.open.len(), 2);
-    }
+    // The admission and fair-share tests of the connection table are in
+    // crate `p2p_net` (table.rs); end to end in tests/peer_slots.rs.
 
     #[test]
     fn refuses_zero_limits() {

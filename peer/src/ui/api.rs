@@ -61,7 +61,7 @@ pub struct Site {
 }
 
 /// A response before it is written.
-struct Reply {
+struct Response {
     status: u16,
     content_type: &'static str,
     headers: Vec<(&'static str, String)>,
@@ -73,10 +73,10 @@ enum Body {
     File(File, u64),
 }
 
-impl Reply {
-    fn json(status: u16, value: &impl Serialize) -> Reply {
+impl Response {
+    fn json(status: u16, value: &impl Serialize) -> Response {
         let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-        Reply {
+        Response {
             status,
             content_type: "application/json",
             headers: Vec::new(),
@@ -84,12 +84,12 @@ impl Reply {
         }
     }
 
-    fn error(status: u16, message: impl std::fmt::Display) -> Reply {
-        Reply::json(status, &json!({ "error": message.to_string() }))
+    fn error(status: u16, message: impl std::fmt::Display) -> Response {
+        Response::json(status, &json!({ "error": message.to_string() }))
     }
 
-    fn bytes(content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
-        Reply {
+    fn bytes(content_type: &'static str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
             status: 200,
             content_type,
             headers: Vec::new(),
@@ -97,7 +97,7 @@ impl Reply {
         }
     }
 
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self
     }
@@ -122,7 +122,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_reply(stream: &mut TcpStream, reply: Reply, head_only: bool) -> io::Result<()> {
+fn write_reply(stream: &mut TcpStream, reply: Response, head_only: bool) -> io::Result<()> {
     let len = match &reply.body {
         Body::Bytes(b) => b.len() as u64,
         Body::File(_, len) => *len,
@@ -159,7 +159,7 @@ pub fn busy(mut stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
     let _ = write_reply(
         &mut stream,
-        Reply::error(503, "the UI is busy; try again"),
+        Response::error(503, "the UI is busy; try again"),
         false,
     );
     let _ = stream.shutdown(Shutdown::Both);
@@ -179,10 +179,10 @@ pub fn serve_connection(mut stream: TcpStream, site: &Site) {
             tracing::debug!("ui: {e}");
             return;
         }
-        Err(e @ UiReadError::HeadTooLarge) => (Reply::error(431, e), false),
-        Err(e @ UiReadError::BodyTooLarge) => (Reply::error(413, e), false),
-        Err(e @ UiReadError::Chunked) => (Reply::error(411, e), false),
-        Err(e @ UiReadError::Malformed(_)) => (Reply::error(400, e), false),
+        Err(e @ UiReadError::HeadTooLarge) => (Response::error(431, e), false),
+        Err(e @ UiReadError::BodyTooLarge) => (Response::error(413, e), false),
+        Err(e @ UiReadError::Chunked) => (Response::error(411, e), false),
+        Err(e @ UiReadError::Malformed(_)) => (Response::error(400, e), false),
     };
     if let Err(e) = write_reply(&mut stream, reply, head_only) {
         tracing::debug!("ui: writing a response: {e}");
@@ -191,7 +191,7 @@ pub fn serve_connection(mut stream: TcpStream, site: &Site) {
 }
 
 /// The safety checks, then the route.
-fn answer(request: &UiRequest, site: &Site) -> Reply {
+fn answer(request: &UiRequest, site: &Site) -> Response {
     if let Err(refusal) = site.guard.check(
         request.host.as_deref(),
         request.origin.as_deref(),
@@ -199,39 +199,41 @@ fn answer(request: &UiRequest, site: &Site) -> Reply {
         request.changes_state(),
     ) {
         tracing::info!(target = request.target, "ui: 403: {refusal}");
-        return Reply::error(403, refusal);
+        return Response::error(403, refusal);
     }
     let read = matches!(request.method.as_str(), "GET" | "HEAD");
     let post = request.method == "POST";
     let path = request.path();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let not_allowed = |allow: &str| {
-        Reply::error(405, format!("{} is not allowed here", request.method))
+        Response::error(405, format!("{} is not allowed here", request.method))
             .header("Allow", allow.to_owned())
     };
     match segments.as_slice() {
         [""] if read => page(site),
         ["assets", "app.js"] if read => {
-            Reply::bytes("text/javascript; charset=utf-8", assets::APP_JS)
+            Response::bytes("text/javascript; charset=utf-8", assets::APP_JS)
         }
         ["assets", "style.css"] if read => {
-            Reply::bytes("text/css; charset=utf-8", assets::STYLE_CSS)
+            Response::bytes("text/css; charset=utf-8", assets::STYLE_CSS)
         }
         [""] | ["assets", _] => not_allowed("GET, HEAD"),
         ["api", "find"] if read => find(site, request.query()),
         ["api", "shared"] if read => shared(site),
-        ["api", "downloads"] if read => Reply::json(200, &json!({ "downloads": site.jobs.list() })),
+        ["api", "downloads"] if read => {
+            Response::json(200, &json!({ "downloads": site.jobs.list() }))
+        }
         ["api", "downloads"] if post => start(site, &request.body),
         ["api", "downloads"] => not_allowed("GET, HEAD, POST"),
         ["api", "downloads", id] if read => {
             match id.parse().ok().and_then(|id| site.jobs.get(id)) {
-                Some(job) => Reply::json(200, &job),
-                None => Reply::error(404, format!("no download {id}")),
+                Some(job) => Response::json(200, &job),
+                None => Response::error(404, format!("no download {id}")),
             }
         }
         ["api", "downloads", id, action @ ("cancel" | "retry")] if post => {
             let Ok(id) = id.parse::<u64>() else {
-                return Reply::error(404, format!("no download {id}"));
+                return Response::error(404, format!("no download {id}"));
             };
             let result = if *action == "cancel" {
                 site.jobs.cancel(id)
@@ -239,7 +241,7 @@ fn answer(request: &UiRequest, site: &Site) -> Reply {
                 site.jobs.retry(id)
             };
             match result {
-                Ok(job) => Reply::json(if *action == "cancel" { 200 } else { 202 }, &job),
+                Ok(job) => Response::json(if *action == "cancel" { 200 } else { 202 }, &job),
                 Err(e) => job_error(e),
             }
         }
@@ -247,22 +249,22 @@ fn answer(request: &UiRequest, site: &Site) -> Reply {
         ["api", "downloads", _, "cancel" | "retry"] => not_allowed("POST"),
         ["view", folder @ ("shared" | "downloads"), encoded] if read => view(site, folder, encoded),
         ["view", "shared" | "downloads", _] => not_allowed("GET, HEAD"),
-        _ => Reply::error(404, format!("no such page {path:?}")),
+        _ => Response::error(404, format!("no such page {path:?}")),
     }
 }
 
-fn job_error(e: JobError) -> Reply {
+fn job_error(e: JobError) -> Response {
     let status = match e {
         JobError::Unknown(_) => 404,
         JobError::Busy(_) | JobError::Ended(_) | JobError::NotEnded(_) => 409,
         JobError::QueueFull => 429,
         JobError::BadName(..) => 400,
     };
-    Reply::error(status, e)
+    Response::error(status, e)
 }
 
-fn page(site: &Site) -> Reply {
-    Reply::bytes("text/html; charset=utf-8", assets::page(site.guard.token()))
+fn page(site: &Site) -> Response {
+    Response::bytes("text/html; charset=utf-8", assets::page(site.guard.token()))
         .header("Content-Security-Policy", PAGE_CSP)
         .header("X-Frame-Options", "DENY")
 }
@@ -287,10 +289,10 @@ struct Hit {
     sources: u64,
 }
 
-fn find(site: &Site, query: &str) -> Reply {
+fn find(site: &Site, query: &str) -> Response {
     let text = query_value(query, "q").unwrap_or_default();
     if text.len() > MAX_QUERY_BYTES {
-        return Reply::error(
+        return Response::error(
             400,
             format!("the search is longer than {MAX_QUERY_BYTES} bytes"),
         );
@@ -303,7 +305,7 @@ fn find(site: &Site, query: &str) -> Reply {
         .take(MAX_QUERY_WORDS)
         .collect();
     if words.is_empty() {
-        return Reply::json(200, &json!({ "query": text, "results": [] }));
+        return Response::json(200, &json!({ "query": text, "results": [] }));
     }
     let server = &site.context.config.server;
     match Client::connect(server).and_then(|mut client| client.find(&words)) {
@@ -319,9 +321,9 @@ fn find(site: &Site, query: &str) -> Reply {
                 .collect();
             // The same name with several contents sits together, the most shared first.
             results.sort_by(|a, b| a.name.cmp(&b.name).then(b.sources.cmp(&a.sources)));
-            Reply::json(200, &json!({ "query": text, "results": results }))
+            Response::json(200, &json!({ "query": text, "results": results }))
         }
-        Err(e) => Reply::error(502, format!("cannot search the registry at {server}: {e}")),
+        Err(e) => Response::error(502, format!("cannot search the registry at {server}: {e}")),
     }
 }
 
@@ -332,11 +334,11 @@ struct StartRequest {
     sha256: Option<String>,
 }
 
-fn start(site: &Site, body: &[u8]) -> Reply {
+fn start(site: &Site, body: &[u8]) -> Response {
     let request: StartRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
-            return Reply::error(
+            return Response::error(
                 400,
                 format!("the body must be {{\"name\": ..., \"sha256\": ...}}: {e}"),
             )
@@ -344,14 +346,14 @@ fn start(site: &Site, body: &[u8]) -> Reply {
     };
     if let Some(sha) = &request.sha256 {
         if !p2p_proto::protocol::is_sha256_hex(sha) {
-            return Reply::error(400, "sha256 must be 64 lowercase hex digits");
+            return Response::error(400, "sha256 must be 64 lowercase hex digits");
         }
     }
     match site
         .jobs
         .start_download(&request.name, request.sha256.as_deref())
     {
-        Ok(job) => Reply::json(202, &job),
+        Ok(job) => Response::json(202, &job),
         Err(e) => job_error(e),
     }
 }
@@ -383,11 +385,11 @@ fn view_url(folder: &str, name: &str) -> String {
     )
 }
 
-fn shared(site: &Site) -> Reply {
+fn shared(site: &Site) -> Response {
     let registered = site.context.registrar.registered();
     let files = match site.context.shared().list() {
         Ok(files) => files,
-        Err(e) => return Reply::error(500, e),
+        Err(e) => return Response::error(500, e),
     };
     let shared: Vec<SharedEntry> = files
         .iter()
@@ -418,7 +420,7 @@ fn shared(site: &Site) -> Reply {
             size: f.size,
         })
         .collect();
-    Reply::json(
+    Response::json(
         200,
         &json!({
             "registry": site.context.config.server,
@@ -431,15 +433,15 @@ fn shared(site: &Site) -> Reply {
     )
 }
 
-fn view(site: &Site, folder: &str, encoded: &str) -> Reply {
+fn view(site: &Site, folder: &str, encoded: &str) -> Response {
     let Ok(name) = crate::http::handler::decode_name(encoded) else {
-        return Reply::error(400, "bad file name");
+        return Response::error(400, "bad file name");
     };
     let dir = if folder == "shared" {
         Ok(site.context.shared().clone())
     } else if is_partial_download(&name) {
         // A partial download (or its piece record) is never shown as a file.
-        return Reply::error(404, format!("no file {name:?}"));
+        return Response::error(404, format!("no file {name:?}"));
     } else {
         SharedDir::open(&site.context.config.downloads)
     };
@@ -455,7 +457,7 @@ fn view(site: &Site, folder: &str, encoded: &str) -> Reply {
         Ok((handle, meta))
     });
     match opened {
-        Ok((handle, meta)) if meta.is_file() => Reply {
+        Ok((handle, meta)) if meta.is_file() => Response {
             status: 200,
             content_type: content_type(&name),
             headers: Vec::new(),
@@ -472,9 +474,9 @@ fn view(site: &Site, folder: &str, encoded: &str) -> Reply {
             | FilesError::NotFound { .. }
             | FilesError::NotRegular { .. }
             | FilesError::Outside { .. },
-        ) => Reply::error(404, format!("no file {name:?} in the {folder} folder")),
-        Err(FilesError::BadName { .. }) => Reply::error(400, "bad file name"),
-        Err(e) => Reply::error(500, e),
+        ) => Response::error(404, format!("no file {name:?} in the {folder} folder")),
+        Err(FilesError::BadName { .. }) => Response::error(400, "bad file name"),
+        Err(e) => Response::error(500, e),
     }
 }
 

@@ -35,13 +35,15 @@ pub mod jobs;
 pub mod request;
 
 use std::io::{self, ErrorKind, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TrySendError};
+use p2p_net::{accept_loop, Waker};
 
 use crate::config::PeerConfig;
 use crate::files::SharedDir;
@@ -69,7 +71,8 @@ pub const UI_READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a single write to a client may block.
 pub const UI_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long shutdown waits to connect to its own listener to wake the acceptor.
+/// How long shutdown may take connecting to its own listener to wake the
+/// acceptor, where shutting the listening socket down does not (the fallback).
 const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What `--ui` asked for.
@@ -196,6 +199,8 @@ fn bind_first_free(ip: IpAddr, first: u16, tries: u16) -> Result<TcpListener, Ui
 pub struct Ui {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    /// Gets the acceptor out of `accept` when the UI is dropped.
+    waker: Waker,
     acceptor: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     jobs: jobs::Jobs,
@@ -206,6 +211,10 @@ impl Ui {
     pub fn start(wanted: UiAddr, context: Context) -> Result<Ui, UiError> {
         let listener = bind(wanted)?;
         let addr = listener.local_addr().map_err(|source| UiError::Bind {
+            addr: DEFAULT_UI_ADDR,
+            source,
+        })?;
+        let waker = Waker::new(&listener, WAKE_TIMEOUT).map_err(|source| UiError::Bind {
             addr: DEFAULT_UI_ADDR,
             source,
         })?;
@@ -236,27 +245,26 @@ impl Ui {
         let acceptor = thread::Builder::new()
             .name("ui-acceptor".into())
             .spawn(move || {
-                for stream in listener.incoming() {
-                    if stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else {
-                        // Out of descriptors or a reset before accept: pause
-                        // briefly so a persistent error does not spin a core.
-                        thread::sleep(Duration::from_millis(50));
-                        continue;
-                    };
-                    match tx.try_send(stream) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(stream)) => api::busy(stream),
-                        Err(TrySendError::Disconnected(_)) => break,
-                    }
-                }
+                // A failing accept (out of descriptors) backs off there.
+                accept_loop(
+                    "ui",
+                    &listener,
+                    || stopping.load(Ordering::SeqCst),
+                    |stream, _| match tx.try_send(stream) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(TrySendError::Full(stream)) => {
+                            api::busy(stream);
+                            ControlFlow::Continue(())
+                        }
+                        Err(TrySendError::Disconnected(_)) => ControlFlow::Break(()),
+                    },
+                )
             })
             .map_err(UiError::Thread)?;
         Ok(Ui {
             addr,
             stop,
+            waker,
             acceptor: Some(acceptor),
             workers,
             jobs,
@@ -273,19 +281,12 @@ impl Drop for Ui {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.jobs.shut_down();
-        // Wake the acceptor out of `accept` with a connection of our own.
-        let mut wake = self.addr;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-            });
-        }
-        if let Ok(stream) = TcpStream::connect_timeout(&wake, WAKE_TIMEOUT) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
         if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
+            if acceptor.is_finished() || self.waker.wake() {
+                let _ = acceptor.join();
+            } else {
+                tracing::warn!(addr = %self.addr, "could not wake the UI acceptor; leaving it behind");
+            }
         }
         // The acceptor held the only sender: the workers end after their
         // current request. They are not waited for: one may be streaming a

@@ -16,7 +16,8 @@ mod page;
 mod prometheus;
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -48,14 +49,11 @@ pub const MAX_QUERY_BYTES: usize = 512;
 /// Deadline for the page's FIND to the registry (connect, and each read and write).
 pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Most bytes read away after a response before closing (see [`drain`]).
-pub const MAX_DRAIN_BYTES: usize = 64 * 1024;
+/// Most bytes read away after a response before closing (linger-before-close).
+pub const MAX_DRAIN_BYTES: u64 = 64 * 1024;
 
 /// Longest wait for the client to finish sending after a response.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Pause after a failing `accept` (out of descriptors), so the acceptor does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the HTTP listener needs to know.
 #[derive(Debug, Clone)]
@@ -95,7 +93,8 @@ impl WebServer {
         };
         let listener = TcpListener::bind(&config.listen).map_err(bind_err)?;
         let local_addr = listener.local_addr().map_err(bind_err)?;
-        config.registry = reachable(config.registry);
+        // Where to connect to reach a listener bound to it.
+        config.registry = p2p_net::accept::wake_address(config.registry);
         Ok(WebServer {
             listener,
             local_addr,
@@ -120,30 +119,30 @@ impl WebServer {
 
     fn accept_loop(self) {
         let active = Arc::new(AtomicUsize::new(0));
-        for incoming in self.listener.incoming() {
-            let stream = match incoming {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    thread::sleep(ACCEPT_BACKOFF);
-                    continue;
+        // The shared accept loop backs off when accept fails (out of
+        // descriptors); this listener serves for the life of the process.
+        p2p_net::accept_loop(
+            "http",
+            &self.listener,
+            || false,
+            |stream, _| {
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    refuse_busy(stream);
+                    return ControlFlow::Continue(());
                 }
-            };
-            if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
-                active.fetch_sub(1, Ordering::AcqRel);
-                refuse_busy(stream);
-                continue;
-            }
-            let slot = Slot(Arc::clone(&active));
-            let config = Arc::clone(&self.config);
-            let spawned = thread::Builder::new().name("http".into()).spawn(move || {
-                let _slot = slot;
-                serve(stream, &config);
-            });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "cannot start an HTTP thread; connection dropped");
-            }
-        }
+                let slot = Slot(Arc::clone(&active));
+                let config = Arc::clone(&self.config);
+                let spawned = thread::Builder::new().name("http".into()).spawn(move || {
+                    let _slot = slot;
+                    serve(stream, &config);
+                });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "cannot start an HTTP thread; connection dropped");
+                }
+                ControlFlow::Continue(())
+            },
+        );
     }
 }
 
@@ -154,16 +153,6 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Where to connect to reach a listener bound to `bound`.
-fn reachable(bound: SocketAddr) -> SocketAddr {
-    let ip = match bound.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, bound.port())
 }
 
 fn refuse_busy(mut stream: TcpStream) {
@@ -266,26 +255,7 @@ fn serve(mut stream: TcpStream, config: &WebConfig) {
     if let Err(e) = result {
         tracing::debug!(client = ?peer, error = %e, "HTTP response not delivered");
     }
-    let _ = stream.shutdown(Shutdown::Write);
-    drain(&mut stream);
-}
-
-/// Reads away what the client still sends (a head cut at the limit, a
-/// body), up to [`MAX_DRAIN_BYTES`] or [`DRAIN_TIMEOUT`], so that closing
-/// does not reset the connection before the client has read the response.
-fn drain(stream: &mut TcpStream) {
-    if stream.set_read_timeout(Some(DRAIN_TIMEOUT)).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    let mut sink = [0u8; 4096];
-    let mut total = 0;
-    while total < MAX_DRAIN_BYTES && Instant::now() < deadline {
-        match stream.read(&mut sink) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => total += n,
-        }
-    }
+    p2p_net::linger_close(&stream, DRAIN_TIMEOUT, MAX_DRAIN_BYTES);
 }
 
 struct Head {

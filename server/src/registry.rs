@@ -1,0 +1,54 @@
+//! Opening the registry that the command layer ([`crate::command`]) works
+//! on: the database (created or migrated), its read pools and the writer
+//! thread. It sits beside the command layer so the network layer
+//! ([`crate::server`]) keeps to sockets; it must not open a socket.
+
+use std::io;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::command::Registry;
+use crate::store::{self, OpenMode, Store, StoreError, SyncMode};
+use crate::writer::{self, WriterConfig};
+
+/// Shortest and longest pause between two expiry sweeps (a quarter of the
+/// TTL, within these bounds).
+const SWEEP_EVERY_MIN: Duration = Duration::from_secs(1);
+const SWEEP_EVERY_MAX: Duration = Duration::from_secs(60);
+
+/// Why the registry could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the writer thread: {0}")]
+    Writer(io::Error),
+}
+
+impl Registry {
+    /// Opens (or creates) the database at `db`, its `readers` read
+    /// connections, and starts the writer. The writer thread ends, after
+    /// committing what is queued, once every handle on the returned
+    /// registry's writer is dropped: join it then.
+    pub fn open(
+        db: &str,
+        sync: SyncMode,
+        readers: u32,
+        ttl: Duration,
+        max_per_host: u64,
+    ) -> Result<(Registry, JoinHandle<()>), OpenError> {
+        let conn = store::open_connection(db, OpenMode::CreateOrMigrate, sync)?;
+        let store = Store::open_readers(db, readers)?;
+        let (writer, writer_thread) = writer::spawn(
+            conn,
+            WriterConfig {
+                path: db.to_owned(),
+                ttl,
+                sweep_every: (ttl / 4).clamp(SWEEP_EVERY_MIN, SWEEP_EVERY_MAX),
+                max_per_host,
+            },
+        )
+        .map_err(OpenError::Writer)?;
+        Ok((Registry { store, writer, ttl }, writer_thread))
+    }
+}
