@@ -374,3 +374,41 @@ fn decode(value: &str) -> String {
     }
     String::from_utf8(out).expect("UTF-8")
 }
+
+/// "`peer get NAME`: … non-zero with a one-line reason otherwise": one
+/// line, and the cause said once (the error chain printed without repeats).
+#[test]
+fn a_failure_is_one_line_that_says_its_cause_once() {
+    let (_dir, shared, downloads) = Peer::folders();
+    for command in [
+        &["search", "x"][..],
+        &["get", "x"],
+        &["register", "x", "--port", "5"],
+    ] {
+        if command[0] == "register" {
+            std::fs::write(shared.join("x"), b"x").unwrap();
+        }
+        let mut args = vec![
+            "--server",
+            "127.0.0.1:1",
+            "--shared",
+            shared.to_str().unwrap(),
+            "--downloads",
+            downloads.to_str().unwrap(),
+        ];
+        args.extend_from_slice(command);
+        let out = run_with(&bin("peer"), &args, None, &[], WAIT_TIMEOUT);
+        assert_eq!(out.status.code(), Some(2), "{command:?}");
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{command:?}: {stderr}"
+        );
+        assert_eq!(
+            stderr.matches("127.0.0.1:1").count(),
+            1,
+            "{command:?}: {stderr}"
+        );
+    }
+}
