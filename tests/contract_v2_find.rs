@@ -7,9 +7,9 @@
 //! (with `--jobs 1` and with `--find`) exiting 0; the menu's "Download
 //! which" prompt ending cleanly on end of input.
 //!
-//! Needs the `find` branch (`peer find`, batch `peer get`, menu 2's FIND
-//! list); kept apart from tests/contract_v2.rs so that file passes before
-//! it is merged.
+//! These need `peer find`, batch `peer get` and menu 2's FIND list (from
+//! branch `find`); kept apart from tests/contract_v2.rs, which was written
+//! before that branch was merged.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};
