@@ -17,7 +17,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use p2p_tests::{bin, run, sha256_hex, Peer, Registry, WAIT_TIMEOUT};
+use p2p_tests::{
+    bin, pseudo_random_bytes, run, serve_content, sha256_hex, FakeSource, Peer, Registry,
+    WAIT_TIMEOUT,
+};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -217,4 +220,87 @@ fn end_of_input_at_the_choice_of_find_matches_exits_cleanly() {
     };
     assert_eq!(status.code(), Some(0));
     assert!(!downloads.join("Holiday Photos.zip").exists());
+}
+
+/// "`--jobs N` bounds the files fetched at once." A fake source holds every
+/// file's answer until a third one is asked for at the same time (or 1 s
+/// passed, so a correct peer is not stuck), and counts the most in flight.
+#[test]
+fn jobs_bounds_the_files_fetched_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let registry = Registry::start();
+    let files: Vec<(String, Vec<u8>)> = (0..6)
+        .map(|i| (format!("part {i}.bin"), pseudo_random_bytes(1000, 40 + i)))
+        .collect();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (now, peak, served) = (Arc::clone(&in_flight), Arc::clone(&most), files.clone());
+    let source = FakeSource::start(move |request, stream| {
+        let file = served
+            .iter()
+            .find(|(name, _)| request.path == format!("/files/{}", encode(name)));
+        let Some((_, content)) = file.filter(|_| request.method == "GET") else {
+            return serve_content(request, stream, b"", None);
+        };
+        let count = now.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(count, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while now.load(Ordering::SeqCst) <= 2 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        // Out of flight before the last byte: the peer cannot finish this
+        // file, and start another, before the count went down.
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"{}\"\r\n\r\n",
+            content.len(),
+            sha256_hex(content)
+        );
+        let (body, last) = content.split_at(content.len() - 1);
+        let ok = stream.write_all(head.as_bytes()).is_ok() && stream.write_all(body).is_ok();
+        now.fetch_sub(1, Ordering::SeqCst);
+        ok && stream.write_all(last).is_ok()
+    });
+    for (name, content) in &files {
+        source.register(&registry, name, content.len() as u64, &sha256_hex(content));
+    }
+    let (_dir, shared, downloads) = Peer::folders();
+    let server = registry.addr_string();
+    let mut args = vec![
+        "--server",
+        &server,
+        "--shared",
+        shared.to_str().unwrap(),
+        "--downloads",
+        downloads.to_str().unwrap(),
+        "get",
+        "--jobs",
+        "2",
+    ];
+    args.extend(files.iter().map(|(name, _)| name.as_str()));
+    let out = peer(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for (name, content) in &files {
+        assert_eq!(
+            &std::fs::read(downloads.join(name)).unwrap(),
+            content,
+            "{name}"
+        );
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} files were fetched at once with --jobs 2");
+}
+
+/// Percent-encodes a name as the peer does in `/files/<name>` (spaces as
+/// `%20`; letters, digits and `-._~` as they are).
+fn encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
