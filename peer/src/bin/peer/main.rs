@@ -28,7 +28,17 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let _ = writeln!(io::stderr(), "peer: {e:#}");
+            // Our errors already print their causes: `{e:#}` would repeat
+            // them, so a cause is added only when the line lacks its text.
+            let line = e.chain().skip(1).fold(e.to_string(), |line, cause| {
+                let cause = cause.to_string();
+                if line.contains(&cause) {
+                    line
+                } else {
+                    format!("{line}: {cause}")
+                }
+            });
+            let _ = writeln!(io::stderr(), "peer: {line}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
