@@ -81,15 +81,21 @@ pub struct SharedFile {
 }
 
 /// Suffixes of the files a download in progress writes (the `.part` and the
-/// record of its verified pieces): never listed, served or registered from
-/// the downloads folder.
+/// record of its verified pieces): never listed, served or registered, from
+/// the downloads folder or from the shared folder (where one is most likely
+/// a download copied in before it finished).
 pub const PARTIAL_SUFFIXES: [&str; 2] = [".part", ".part.pieces"];
+
+/// Whether `name` ends like a partial download (see [`PARTIAL_SUFFIXES`]).
+pub fn has_partial_suffix(name: &str) -> bool {
+    PARTIAL_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
 
 /// Whether `name`, an entry of the downloads folder, is (or may be) a
 /// download in progress: a `.part`, its piece record, or a hidden file
 /// (temporary files start with a dot).
 pub fn is_partial_download(name: &str) -> bool {
-    name.starts_with('.') || PARTIAL_SUFFIXES.iter().any(|s| name.ends_with(s))
+    name.starts_with('.') || has_partial_suffix(name)
 }
 
 /// One shared folder, canonicalized once when opened; with
@@ -162,6 +168,12 @@ impl SharedDir {
             name: name.to_owned(),
             reason,
         })?;
+        if has_partial_suffix(name) {
+            return Err(FilesError::NotFound {
+                name: name.to_owned(),
+                dir: self.root.clone(),
+            });
+        }
         match (resolve_in(&self.root, name), &self.downloads) {
             (Err(FilesError::NotFound { .. }), Some(downloads)) if !is_partial_download(name) => {
                 resolve_in(downloads, name).map_err(|e| match e {
@@ -183,6 +195,7 @@ impl SharedDir {
     /// folder, are skipped (logged at debug level), never an error.
     pub fn list(&self) -> Result<Vec<SharedFile>, FilesError> {
         let mut files = list_in(&self.root)?;
+        files.retain(|f| !has_partial_suffix(&f.name));
         if let Some(downloads) = &self.downloads {
             let taken: std::collections::HashSet<String> =
                 files.iter().map(|f| f.name.clone()).collect();
@@ -522,6 +535,8 @@ mod tests {
         symlink(tmp.path().join("outside"), dir.path().join("escape")).unwrap();
         symlink("a", dir.path().join("c")).unwrap();
         fs::write(dir.path().join(" lead"), b"x").unwrap();
+        fs::write(dir.path().join("copied.iso.part"), b"x").unwrap();
+        fs::write(dir.path().join("copied.iso.part.pieces"), b"x").unwrap();
         {
             use std::os::unix::ffi::OsStrExt;
             let raw = std::ffi::OsStr::from_bytes(b"bad\xffutf8");
@@ -529,6 +544,13 @@ mod tests {
         }
         let names: Vec<String> = dir.list().unwrap().into_iter().map(|f| f.name).collect();
         assert_eq!(names, ["a", "b", "c"]);
+        for partial in ["copied.iso.part", "copied.iso.part.pieces"] {
+            let err = dir.resolve(partial).unwrap_err();
+            assert!(
+                matches!(err, FilesError::NotFound { .. }),
+                "{partial}: {err}"
+            );
+        }
     }
 
     #[test]
