@@ -220,6 +220,126 @@ fn bytes_written_into_the_part_by_another_program_are_never_published() {
     println!("11.2: EVIL written at offset 0 mid-download: never published (exit {status})");
 }
 
+/// 11.2 with the hash pipelined (issue 16.1): the digest is read back
+/// behind the writer, so EVIL at offset 0 lands in bytes already hashed;
+/// the `.part`'s change guard must notice it and the file is checked again.
+#[test]
+fn a_write_behind_the_hasher_is_noticed_and_never_published() {
+    let registry = Registry::start();
+    let content = pseudo_random_bytes(SMALL, 31);
+    let slow = slow_honest(content.clone(), 4 * 1024, Duration::from_millis(20));
+    slow.register(&registry, "B", SMALL as u64, &sha256_hex(&content));
+    let (_dir, downloads) = new_downloads();
+    let running = spawn_get(&registry.addr_string(), &downloads, "B");
+    let part = downloads.join("B.part");
+    wait_until("the get has written 64 KiB", WAIT_TIMEOUT, || {
+        len_of(&part) > 64 * 1024
+    });
+    let tamper = fs::OpenOptions::new()
+        .write(true)
+        .open(&part)
+        .expect("open the .part as another program");
+    tamper.write_all_at(b"EVIL", 0).expect("write EVIL");
+    drop(tamper);
+    running.wait_for_line(
+        |line| line.contains("was changed by another program during the download"),
+        RUN_TIMEOUT,
+    );
+    let (status, stderr) = running.wait_exit(RUN_TIMEOUT);
+    assert!(!status.success(), "EVIL published? {stderr}");
+    assert!(!downloads.join("B").exists());
+    println!("16.1: EVIL behind the hasher: noticed, checked again, not published");
+}
+
+/// 11.2 with the hash pipelined: a `truncate` by another program in the
+/// middle of the body (the writer then extends the file again with a hole
+/// of zeros) is noticed; nothing is published under the final name.
+#[test]
+fn a_part_truncated_by_another_program_is_never_published() {
+    let registry = Registry::start();
+    let content = pseudo_random_bytes(SMALL, 32);
+    let slow = slow_honest(content.clone(), 4 * 1024, Duration::from_millis(20));
+    slow.register(&registry, "Z", SMALL as u64, &sha256_hex(&content));
+    let (_dir, downloads) = new_downloads();
+    let running = spawn_get(&registry.addr_string(), &downloads, "Z");
+    let part = downloads.join("Z.part");
+    wait_until("the get has written 64 KiB", WAIT_TIMEOUT, || {
+        len_of(&part) > 64 * 1024
+    });
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&part)
+        .and_then(|f| f.set_len(0))
+        .expect("truncate the .part as another program");
+    running.wait_for_line(
+        |line| line.contains("was changed by another program"),
+        RUN_TIMEOUT,
+    );
+    let (status, stderr) = running.wait_exit(RUN_TIMEOUT);
+    let target = downloads.join("Z");
+    if target.exists() {
+        assert_eq!(fs::read(&target).expect("Z"), content, "{stderr}");
+    } else {
+        assert!(!status.success(), "{stderr}");
+    }
+    println!("16.1: a truncate mid-body: noticed, never published (exit {status})");
+}
+
+/// 11.2 on the multi-source path: pieces are written by several workers
+/// and the whole-file digest is read back behind them; a write by another
+/// program into a piece already hashed is noticed, and whatever the
+/// download does then, the final name holds only the right bytes.
+#[test]
+fn a_tampering_writer_during_a_multi_source_download_is_caught() {
+    let registry = Registry::start();
+    let size = 3 * PIECE_SIZE as usize + 1000;
+    let content = pseudo_random_bytes(size, 33);
+    let sha = sha256_hex(&content);
+    let list = PieceList::hash(&mut &content[..], PIECE_SIZE, &mut |_| {}).expect("hash");
+    let doc = list.to_document().into_bytes();
+    let mut sources = Vec::new();
+    for _ in 0..2 {
+        let content = content.clone();
+        let doc = doc.clone();
+        // A slow uplink: a pause before each piece.
+        let source = FakeSource::start(move |request: &FakeRequest, stream| {
+            if !request.is_pieces() {
+                thread::sleep(Duration::from_millis(300));
+            }
+            serve_content(request, stream, &content, Some(&doc))
+        });
+        source.register(&registry, "M", size as u64, &sha);
+        sources.push(source);
+    }
+    let (_dir, downloads) = new_downloads();
+    let running = spawn_get(&registry.addr_string(), &downloads, "M");
+    let part = downloads.join("M.part");
+    let record = downloads.join("M.part.pieces");
+    // A piece is recorded verified (written) before the tamper: the
+    // record's four header lines, then one line per piece.
+    wait_until("a piece is written", WAIT_TIMEOUT, || {
+        fs::read_to_string(&record).is_ok_and(|r| r.lines().count() >= 5)
+    });
+    let tamper = fs::OpenOptions::new()
+        .write(true)
+        .open(&part)
+        .expect("open the .part as another program");
+    tamper.write_all_at(b"EVIL", 0).expect("write EVIL");
+    drop(tamper);
+    running.wait_for_line(
+        |line| line.contains("was changed by another program"),
+        RUN_TIMEOUT,
+    );
+    let (status, stderr) = running.wait_exit(RUN_TIMEOUT);
+    let target = downloads.join("M");
+    if target.exists() {
+        assert_eq!(fs::read(&target).expect("M"), content, "{stderr}");
+    } else {
+        assert!(!status.success(), "{stderr}");
+    }
+    println!("16.1: EVIL during a multi-source download: never published (exit {status})");
+}
+
 /// 11.2: a `.part` that is a hard link to a file elsewhere is not written
 /// through.
 #[test]

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use indicatif::HumanBytes;
 use p2p_proto::protocol::Source;
 
+use super::behind::Behind;
 use super::error::{DownloadError, SourceError};
 use super::limits::{scaled, READ_TIMEOUT};
 use super::part::{Checked, Part};
@@ -98,7 +99,7 @@ pub fn download(
     reporter: &Reporter,
 ) -> Result<Ended, DownloadError> {
     let part_path = part.path();
-    let swarm = Swarm::new(sources, name, part.file(), part_path);
+    let swarm = Swarm::new(sources, name, part, part_path);
     let workers = max_sources.clamp(1, sources.len().max(1));
     let ended = thread::scope(|scope| {
         for i in 0..workers {
@@ -188,10 +189,12 @@ fn coordinate(
     };
 
     let (done, reused_bytes) = check_existing_pieces(swarm, &list, reporter)?;
-    swarm
-        .part
-        .set_len(list.size)
-        .map_err(DownloadError::io("size", swarm.part_path))?;
+    swarm.part.truncate(list.size)?;
+    // The whole-file digest follows the pieces that are written in file
+    // order, read back from the `.part` on a thread of its own.
+    part.watch()?;
+    let behind = Behind::start(part.file(), 0)
+        .map_err(DownloadError::io("start hashing", swarm.part_path))?;
     let record_path = resume::record_path(swarm.part_path);
     let record = match Writer::create(&record_path, &list, &done) {
         Ok(record) => Some(record),
@@ -262,9 +265,11 @@ fn coordinate(
                 unsynced += list.piece_len(index);
             }
             hashed = ready;
+            behind.wrote_to(list.range(hashed - 1).end);
             if unsynced >= SYNC_EVERY_BYTES {
                 swarm
                     .part
+                    .file()
                     .sync_data()
                     .map_err(DownloadError::io("sync", swarm.part_path))?;
                 unsynced = 0;
@@ -292,14 +297,16 @@ fn coordinate(
     swarm.stop();
     progress.finish();
 
-    // The whole-file digest, from the bytes on disk once they are all
-    // there and synced: what is checked is what will be published.
+    // The whole-file digest of the bytes read back from disk, checked once
+    // they are all there and synced: what is checked is what will be
+    // published (hashed again when another program changed the file).
     swarm
         .part
+        .file()
         .sync_all()
         .map_err(DownloadError::io("sync", swarm.part_path))?;
     let expected = &swarm.sources[list_from].sha256;
-    if part.check(list.size, expected, reporter)? != Checked::Verified {
+    if part.accept(behind.finish(), list.size, expected, reporter)? != Checked::Verified {
         let error = SourceError::ListMismatch {
             addr: swarm.sources[list_from].addr(),
             name: name.to_owned(),
@@ -363,6 +370,7 @@ fn coordinate(
 fn current_len(swarm: &Swarm<'_>) -> Result<u64, DownloadError> {
     swarm
         .part
+        .file()
         .metadata()
         .map(|m| m.len())
         .map_err(DownloadError::io("inspect", swarm.part_path))
@@ -409,6 +417,7 @@ fn check_existing_pieces(
         piece.resize((range.end - range.start) as usize, 0);
         swarm
             .part
+            .file()
             .read_exact_at(&mut piece, range.start)
             .map_err(DownloadError::io("read", swarm.part_path))?;
         if list.verify(index, &piece) {

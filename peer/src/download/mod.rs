@@ -13,9 +13,12 @@
 //! - [`text`]: control characters from the network escaped for printing.
 //! - `choose`: usable sources (IP literals), which content to fetch when
 //!   sources disagree (distinct hosts), `--sha256`.
-//! - `part`: the `.part` file's life: name, open and lock, check the bytes
-//!   on disk, publish without replacing; the file already under the final
-//!   name.
+//! - `part`: the `.part` file's life: name, open and lock, write it through
+//!   its change guard (other writers are noticed), check the bytes on disk,
+//!   publish without replacing; the file already under the final name.
+//! - `behind`: the whole-file SHA-256 on a thread of its own, from the
+//!   bytes read back from the `.part` a bounded distance behind the writer
+//!   (both paths), so hashing overlaps receiving.
 //! - `coordinator`: several sources at once, piece by piece, each piece
 //!   checked against the `/pieces` list as it arrives; `swarm` is the state
 //!   its workers share, `worker` one source's worker, [`scheduler`] decides
@@ -27,7 +30,7 @@
 //! - [`http`]: the client side of HTTP/1.1 (connections, heads with
 //!   deadlines, bodies, chunked).
 //!
-//! Imports go one way: (`limits`, `text`) ← `error` ← `http` ← (`part`,
+//! Imports go one way: (`limits`, `text`, `behind`) ← `error` ← `http` ← (`part`,
 //! `swarm`, `choose`, `hedge`) ← `worker` ← `coordinator`, `sequential` ←
 //! this module.
 //!
@@ -44,6 +47,7 @@
 //! registered size; ever let unverified bytes appear under the final name;
 //! overwrite a file that is already in the downloads folder.
 
+mod behind;
 mod choose;
 mod coordinator;
 mod error;
@@ -72,6 +76,7 @@ use crate::progress::Reporter;
 use part::{check_existing, Part};
 use sequential::Attempt;
 
+pub use behind::{HASH_READ_BYTES, MAX_HASH_LAG_BYTES};
 pub use choose::{alternatives, choose_content, is_ip_literal, parse_sha256, Alternative};
 pub use coordinator::{LIST_TIMEOUT, SYNC_EVERY_BYTES};
 pub use error::{DownloadError, SourceError};

@@ -12,17 +12,32 @@
 //! is computed from the file on disk after the last byte is written; the
 //! rename refuses to replace (`RENAME_NOREPLACE`) and happens only while the
 //! path still names the verified file (same device and inode, one link).
+//!
+//! The digest is computed *while* the download runs, from the bytes read
+//! back behind the writer (`behind`), so a write by another program into a
+//! region already hashed must be noticed another way: the **change guard**.
+//! Every write and truncate of ours goes through [`Part::write_at`] /
+//! [`Part::truncate`], which compare the file's [`Stamp`] (size, mtime,
+//! ctime, inode, links from `fstat`) before the write with the one taken
+//! after our previous write. Any other writer changes the ctime in between
+//! (Linux gives a file whose ctime was just looked at a fresh fine-grained
+//! ctime at its next change), so the download is marked disturbed and its
+//! digest is computed again from the whole file on disk before anything is
+//! published. [`Part::publish`] also compares the stamp with the one taken
+//! when the digest was accepted, and hashes again when they differ.
 //! This module must not fetch anything.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use p2p_proto::protocol::{to_hex, Source};
 use rustix::fs::{FlockOperation, OFlags, RenameFlags};
 use sha2::{Digest, Sha256};
 
+use super::behind::Digested;
 use super::error::DownloadError;
 use super::limits::COPY_BUFFER_BYTES;
 use super::resume;
@@ -72,6 +87,53 @@ pub fn part_name(name: &str) -> String {
 pub struct Part {
     file: File,
     path: PathBuf,
+    /// The change guard (see the module doc).
+    guard: Mutex<Guard>,
+    /// Set when a digest of the bytes on disk was accepted: what the file
+    /// looked like then, and what it was checked against.
+    sealed: Mutex<Option<Seal>>,
+}
+
+/// What `fstat` says of the `.part` that any write or truncate changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        Stamp {
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            nlink: meta.nlink(),
+        }
+    }
+}
+
+/// The change guard's state.
+#[derive(Debug)]
+struct Guard {
+    /// The stamp after our last write (or when watching started).
+    last: Option<Stamp>,
+    /// Someone else changed the file since watching started.
+    disturbed: bool,
+}
+
+/// An accepted digest: the file's stamp when it was accepted, and the
+/// registered size and SHA-256 it matched.
+#[derive(Debug, Clone)]
+struct Seal {
+    stamp: Stamp,
+    size: u64,
+    sha256: String,
 }
 
 /// What a check of the bytes on disk found.
@@ -128,6 +190,11 @@ impl Part {
             let part = Part {
                 file,
                 path: path.clone(),
+                guard: Mutex::new(Guard {
+                    last: None,
+                    disturbed: false,
+                }),
+                sealed: Mutex::new(None),
             };
             let ours = part.meta()?;
             if !part.path_names(&ours)? {
@@ -160,9 +227,96 @@ impl Part {
         &self.file
     }
 
-    /// The open file, for seeking and appending.
-    pub fn file_mut(&mut self) -> &mut File {
-        &mut self.file
+    fn guard(&self) -> MutexGuard<'_, Guard> {
+        self.guard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stamp(&self) -> Result<Stamp, DownloadError> {
+        Ok(Stamp::of(&self.meta()?))
+    }
+
+    /// Starts the change guard afresh: what the file is now is what a
+    /// digest started now will read.
+    pub fn watch(&self) -> Result<(), DownloadError> {
+        let stamp = self.stamp()?;
+        let mut guard = self.guard();
+        guard.last = Some(stamp);
+        guard.disturbed = false;
+        Ok(())
+    }
+
+    /// Runs one change of ours (`change`) under the guard: a stamp that is
+    /// not the one our previous change left marks the file disturbed.
+    fn guarded(
+        &self,
+        action: &'static str,
+        change: impl FnOnce(&File) -> io::Result<()>,
+    ) -> Result<(), DownloadError> {
+        let mut guard = self.guard();
+        let before = self.stamp()?;
+        if guard.last.is_some_and(|last| last != before) {
+            guard.disturbed = true;
+        }
+        change(&self.file).map_err(DownloadError::io(action, &self.path))?;
+        guard.last = Some(self.stamp()?);
+        Ok(())
+    }
+
+    /// Writes `bytes` at `offset` (the only way a download writes).
+    pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<(), DownloadError> {
+        self.guarded("write", |file| file.write_all_at(bytes, offset))
+    }
+
+    /// Whether nobody but us changed the file since [`Part::watch`].
+    fn undisturbed(&self) -> Result<bool, DownloadError> {
+        let now = self.stamp()?;
+        let guard = self.guard();
+        Ok(!guard.disturbed && guard.last == Some(now))
+    }
+
+    fn seal(&self, stamp: Stamp, size: u64, sha256: &str) {
+        *self.sealed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Seal {
+            stamp,
+            size,
+            sha256: sha256.to_owned(),
+        });
+    }
+
+    /// Decides on the digest the hashing thread read back (`digested`, or
+    /// the error that stopped it): accepted when it is the registered one
+    /// and nobody else changed the file meanwhile; otherwise the whole file
+    /// on disk is hashed again ([`Part::check`]) and that decides.
+    pub fn accept(
+        &self,
+        digested: io::Result<Digested>,
+        size: u64,
+        sha256: &str,
+        reporter: &Reporter,
+    ) -> Result<Checked, DownloadError> {
+        let stamp = self.stamp()?;
+        let clean = self.undisturbed()?;
+        match digested {
+            Ok(d) if clean && d.len == size && stamp.len == size => {
+                let actual = to_hex(&d.sha256);
+                if actual == sha256 {
+                    self.seal(stamp, size, sha256);
+                    return Ok(Checked::Verified);
+                }
+                Ok(Checked::Mismatch {
+                    len: d.len,
+                    sha256: actual,
+                })
+            }
+            _ => {
+                if !clean {
+                    reporter.note(format_args!(
+                        "{} was changed by another program during the download; checking it again",
+                        self.path.display()
+                    ));
+                }
+                self.check(size, sha256, reporter)
+            }
+        }
     }
 
     /// Bytes in the `.part` now.
@@ -185,23 +339,23 @@ impl Part {
         }
     }
 
-    /// Cuts the `.part` to `len` bytes.
+    /// Cuts (or extends) the `.part` to `len` bytes.
     pub fn truncate(&self, len: u64) -> Result<(), DownloadError> {
-        self.file
-            .set_len(len)
-            .map_err(DownloadError::io("truncate", &self.path))
+        self.guarded("truncate", |file| file.set_len(len))
     }
 
     /// Hashes the bytes on disk (not the ones that came over the network:
     /// another program may have written into the file) and compares them
-    /// with the registered `size` and `sha256`.
+    /// with the registered `size` and `sha256`. A file that changed while
+    /// it was read is a mismatch.
     pub fn check(
         &self,
         size: u64,
         sha256: &str,
         reporter: &Reporter,
     ) -> Result<Checked, DownloadError> {
-        let len = self.len()?;
+        let before = self.stamp()?;
+        let len = before.len;
         let mut hasher = Sha256::new();
         let mut progress = reporter.hashing(self.path.display().to_string(), len);
         let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
@@ -222,7 +376,9 @@ impl Part {
         }
         progress.finish();
         let actual = to_hex(&hasher.finalize());
-        if offset == size && len == size && actual == sha256 {
+        let after = self.stamp()?;
+        if offset == size && len == size && actual == sha256 && after == before {
+            self.seal(after, size, sha256);
             Ok(Checked::Verified)
         } else {
             Ok(Checked::Mismatch {
@@ -236,12 +392,35 @@ impl Part {
     /// never replacing a file there, and only while the path still names the
     /// file that was verified with a single link; then fsyncs the folder so
     /// the new name survives a crash.
+    ///
+    /// The file must still be as it was when its digest was accepted
+    /// ([`Part::accept`], [`Part::check`]); when its stamp differs, it is
+    /// hashed once more and published only if that digest is still right.
     pub fn publish(self, target: &Path, downloads: &Path) -> Result<(), DownloadError> {
+        let refuse = |why: &str| {
+            DownloadError::io("publish", &self.path)(io::Error::other(format!(
+                "{why}; nothing was renamed"
+            )))
+        };
+        let sealed = self
+            .sealed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(seal) = sealed else {
+            return Err(refuse("its bytes were not verified"));
+        };
+        if self.stamp()? != seal.stamp {
+            let quiet = Reporter::quiet();
+            if self.check(seal.size, &seal.sha256, &quiet)? != Checked::Verified {
+                return Err(refuse("another program changed it after it was verified"));
+            }
+        }
         let ours = self.meta()?;
         if !self.path_names(&ours)? || ours.nlink() != 1 {
-            return Err(DownloadError::io("publish", &self.path)(io::Error::other(
-                "another program replaced or linked it during the download; nothing was renamed",
-            )));
+            return Err(refuse(
+                "another program replaced or linked it during the download",
+            ));
         }
         let renamed = rustix::fs::renameat_with(
             rustix::fs::CWD,

@@ -1,9 +1,13 @@
 //! The sequential path: one source at a time, the whole file in one
 //! `GET`, appended to the `.part`, resumed with `Range: bytes=<len>-`
-//! guarded by `If-Range: "<sha256>"`; once complete, the `.part` is synced
-//! and its bytes on disk are checked against the registered size and
-//! SHA-256 ([`Part::check`]). The first answer may come from `hedge`,
-//! which asked several sources at once.
+//! guarded by `If-Range: "<sha256>"`. While the body is received and
+//! written, a second thread (`behind`) hashes the `.part`'s bytes read back
+//! from the file, at most [`MAX_HASH_LAG_BYTES`] behind the writer; once
+//! complete, the `.part` is synced and that digest of the bytes on disk is
+//! checked against the registered size and SHA-256 ([`Part::accept`],
+//! which hashes the whole file again if anyone else changed it meanwhile).
+//! The first answer may come from `hedge`, which asked several sources at
+//! once.
 //!
 //! Used when there is a single source, when `--max-sources 1`, when the
 //! file is too small to share out, and as the fallback of a multi-source
@@ -12,12 +16,15 @@
 //! size, and must leave a `.part` only with bytes that may be resumed.
 
 use std::fs::File;
-use std::io::{ErrorKind, Seek, SeekFrom, Write};
+use std::io::{self, ErrorKind};
 use std::path::Path;
 use std::time::Instant;
 
 use p2p_proto::protocol::Source;
 
+#[cfg(doc)]
+use super::behind::MAX_HASH_LAG_BYTES;
+use super::behind::{Behind, Digested};
 use super::error::{DownloadError, SourceError};
 use super::http::{check_etag, parse_content_range, request_file, Response};
 use super::limits::{scaled, COPY_BUFFER_BYTES, MIN_BYTES_PER_WINDOW, SLOW_WINDOW};
@@ -210,24 +217,26 @@ fn transfer(
                 .into())
             }
         }
-        let path = part.path().to_owned();
-        let file = part.file_mut();
-        file.seek(SeekFrom::Start(have))
-            .map_err(DownloadError::io("seek", &path))?;
         let what = format!("{name} from {addr}");
         let mut progress = reporter.transfer(what, size, have);
         let start = have;
-        let copied = copy_body(&mut response, file, &path, size - have, &mut |n| {
+        // The digest starts from offset 0 (a resumed prefix included) and
+        // follows the writer; the guard watches for other writers from now.
+        part.watch()?;
+        let behind = Behind::start(part.file(), have)
+            .map_err(DownloadError::io("start hashing", part.path()))?;
+        let copied = copy_body(&mut response, part, &behind, start, size - have, &mut |n| {
             progress.set(start + n)
         });
         let copied = match copied {
             Ok(n) => n,
             Err(e) => {
                 // Keep what arrived for a resume; the failure is reported by the caller.
-                let _ = file.sync_data();
+                let _ = part.file().sync_data();
                 return Err(e);
             }
         };
+        let file = part.file();
         have += copied;
         if have < size {
             let _ = file.sync_data();
@@ -250,25 +259,34 @@ fn transfer(
             ));
         }
         progress.finish();
-        return verify(part, source, name, reporter, start);
+        return verify(part, source, name, reporter, start, Some(behind));
     }
     // The .part is already complete: it only needs checking.
-    verify(part, source, name, reporter, have)
+    verify(part, source, name, reporter, have, None)
 }
 
-/// Syncs the complete `.part` and checks the bytes on disk; `resumed_at`
-/// bytes of it came from an earlier run.
+/// Syncs the complete `.part` and checks the bytes on disk (the digest
+/// `behind` read back, or a pass over the whole file without one);
+/// `resumed_at` bytes of it came from an earlier run.
 fn verify(
     part: &Part,
     source: &Source,
     name: &str,
     reporter: &Reporter,
     resumed_at: u64,
+    behind: Option<Behind>,
 ) -> Result<u64, Transfer> {
     part.file()
         .sync_all()
         .map_err(DownloadError::io("sync", part.path()))?;
-    match part.check(source.size, &source.sha256, reporter)? {
+    let checked = match behind {
+        Some(behind) => {
+            let digested: io::Result<Digested> = behind.finish();
+            part.accept(digested, source.size, &source.sha256, reporter)?
+        }
+        None => part.check(source.size, &source.sha256, reporter)?,
+    };
+    match checked {
         Checked::Verified => Ok(resumed_at),
         Checked::Mismatch { sha256, .. } => Err(Transfer::Mismatch(
             SourceError::WrongHash {
@@ -282,18 +300,21 @@ fn verify(
     }
 }
 
-/// Streams at most `limit` body bytes into `file`. A source
-/// that falls below [`MIN_BYTES_PER_WINDOW`] per [`SLOW_WINDOW`] is dropped.
+/// Streams at most `limit` body bytes into `part` from offset `start`,
+/// telling `behind` how far the file is written and waiting when it lags
+/// too far. A source that falls below [`MIN_BYTES_PER_WINDOW`] per
+/// [`SLOW_WINDOW`] is dropped.
 fn copy_body(
     response: &mut Response,
-    file: &mut File,
-    part: &Path,
+    part: &Part,
+    behind: &Behind,
+    start: u64,
     limit: u64,
     on_progress: &mut dyn FnMut(u64),
 ) -> Result<u64, Transfer> {
     let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
     let mut copied = 0u64;
-    let mut writeback = WriteBack::start(file, part)?;
+    let mut writeback = WriteBack::start(part.file(), part.path())?;
     let mut window_start = Instant::now();
     let mut window_bytes = 0u64;
     while copied < limit {
@@ -312,9 +333,10 @@ fn copy_body(
                 .into())
             }
         };
-        file.write_all(&buffer[..n])
-            .map_err(DownloadError::io("write", part))?;
+        part.write_at(&buffer[..n], start + copied)?;
         copied += n as u64;
+        behind.wrote_to(start + copied);
+        behind.keep_up();
         on_progress(copied);
         writeback.wrote(n as u64);
         window_bytes += n as u64;

@@ -10,7 +10,6 @@
 //! workers and the coordinator act.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +19,7 @@ use std::time::Duration;
 use p2p_proto::protocol::Source;
 
 use super::error::{DownloadError, SourceError};
+use super::part::Part;
 use super::resume::{self, Writer};
 use super::scheduler::{Assignment, Failure, Scheduler, SourceId, Verdict};
 use crate::pieces::PieceList;
@@ -31,9 +31,10 @@ pub const PROGRESS_TICK: Duration = Duration::from_millis(100);
 pub struct Swarm<'a> {
     pub sources: &'a [Source],
     pub name: &'a str,
-    /// The `.part`, written with `write_at` by the workers and read back by
-    /// the coordinator; the two never touch the same piece at once.
-    pub part: &'a File,
+    /// The `.part`, written with [`Part::write_at`] by the workers (through
+    /// its change guard) and read back by the coordinator and its hashing
+    /// thread; they never touch the same piece at once.
+    pub part: &'a Part,
     pub part_path: &'a Path,
     /// Everything that changes, behind one lock (never held across I/O).
     pub(super) state: Mutex<State>,
@@ -84,7 +85,7 @@ impl<'a> Swarm<'a> {
     pub(super) fn new(
         sources: &'a [Source],
         name: &'a str,
-        part: &'a File,
+        part: &'a Part,
         part_path: &'a Path,
     ) -> Self {
         Swarm {

@@ -11,12 +11,11 @@
 //! that failed its check, nor one the scheduler did not give it to write.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
 
 use p2p_proto::protocol::Source;
 use sha2::{Digest, Sha256};
 
-use super::error::{DownloadError, SourceError};
+use super::error::SourceError;
 use super::http::{
     check_etag, file_path, get_request, parse_content_range, pieces_path, Connection,
 };
@@ -95,12 +94,8 @@ fn serve(swarm: &Swarm<'_>, id: SourceId, ask_list: bool, buffer: &mut Vec<u8>) 
                 }
                 if swarm.verified(id, index) {
                     let start = list.range(index).start;
-                    if let Err(e) = swarm.part.write_all_at(buffer, start) {
-                        swarm.local_error(DownloadError::Io {
-                            action: "write",
-                            path: swarm.part_path.to_owned(),
-                            source: e,
-                        });
+                    if let Err(e) = swarm.part.write_at(buffer, start) {
+                        swarm.local_error(e);
                         return Ending::Over;
                     }
                     swarm.written(id, index);
