@@ -171,8 +171,18 @@ impl Drop for Watcher {
 /// Starts watching every folder of the registrar's shared set; `None`
 /// (after a warning) when any of them cannot be watched.
 fn start_notify(registrar: &Registrar, events: Sender<()>) -> Option<notify::RecommendedWatcher> {
-    let handler = move |_event: notify::Result<notify::Event>| {
-        // Any event, an error included, only means "list again".
+    let handler = move |event: notify::Result<notify::Event>| {
+        // Any event, an error included, only means "list again"; except
+        // reads: the file server opening and reading shared files must not
+        // make the folder be listed again for every file it serves (many
+        // small files: a listing per request). A close after writing does.
+        if let Ok(event) = &event {
+            if let notify::EventKind::Access(kind) = event.kind {
+                if kind != notify::event::AccessKind::Close(notify::event::AccessMode::Write) {
+                    return;
+                }
+            }
+        }
         let _ = events.try_send(());
     };
     let mut watcher = match notify::recommended_watcher(handler) {
