@@ -504,3 +504,127 @@ fn sweep(conn: &mut Connection, config: &WriterConfig, index: &Index) {
         Err(e) => tracing::warn!(path = %config.path, error = %e, "expiry sweep failed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The index against the database: random sequences of writes, expiry
+    //! sweeps and admin prunes go through the writer's own code (`apply`,
+    //! `change_of`, the sweep and the reload after another process's
+    //! change), and after every step each SEARCH the index answers must be
+    //! the one SQL gives, and the index must equal one rebuilt from disk.
+    use super::*;
+
+    use proptest::prelude::*;
+
+    use crate::store::{admin, OpenMode, Store, SyncMode};
+
+    const TTL_MS: i64 = 100;
+    const HOSTS: [&str; 2] = ["10.0.0.1", "[::1]"];
+    const NAMES: [&str; 4] = ["a", "b b", "Café.txt", "d"];
+    const HASHES: [&str; 2] = [
+        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+        "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Register(usize, u16, usize, u64, usize),
+        Unregister(usize, u16, usize),
+        Heartbeat(usize, u16),
+        /// The clock moves on this many ms.
+        Advance(i64),
+        Sweep,
+        /// `p2p-admin prune --stale` of rows older than this many ms.
+        PruneStale(i64),
+        PrunePeer(usize, u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let host = 0..HOSTS.len();
+        let port = 1u16..4;
+        prop_oneof![
+            4 => (host.clone(), port.clone(), 0..NAMES.len(), 0u64..3, 0..HASHES.len())
+                .prop_map(|(h, p, n, s, x)| Op::Register(h, p, n, s, x)),
+            2 => (host.clone(), port.clone(), 0..NAMES.len())
+                .prop_map(|(h, p, n)| Op::Unregister(h, p, n)),
+            2 => (host.clone(), port.clone()).prop_map(|(h, p)| Op::Heartbeat(h, p)),
+            2 => (0i64..80).prop_map(Op::Advance),
+            1 => Just(Op::Sweep),
+            1 => (0i64..150).prop_map(Op::PruneStale),
+            1 => (host, port).prop_map(|(h, p)| Op::PrunePeer(h, p)),
+        ]
+    }
+
+    fn check(index: &Index, store: &Store, conn: &Connection, path: &str, now: i64) {
+        for since in [0, now - TTL_MS, now - TTL_MS / 2] {
+            for name in NAMES {
+                let sql = store
+                    .search(&p2p_proto::protocol::name_key(name), since)
+                    .unwrap();
+                let mem = index.search(&Key::of_name(name), since);
+                assert_eq!(mem, sql, "SEARCH {name:?} live since {since}");
+            }
+        }
+        let fresh = Index::new();
+        store::load_index(conn, path, &fresh).unwrap();
+        assert_eq!(index.dump(), fresh.dump(), "index differs from disk");
+        assert_eq!(index.len(), fresh.len());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn index_answers_as_the_database(ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("r.db").to_string_lossy().into_owned();
+            let mut conn = store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+            let store = Store::open_readers(&path, 1).unwrap();
+            let index = Index::new();
+            let (mut now, mut seq) = (1_000i64, 0i64);
+            for op in ops {
+                let live_since = now - TTL_MS;
+                let write = match op {
+                    Op::Register(h, port, n, size, x) => Some(Write::Register {
+                        host: HOSTS[h].into(), port, name: NAMES[n].into(), size, sha256: HASHES[x].into(),
+                    }),
+                    Op::Unregister(h, port, n) => Some(Write::Unregister {
+                        host: HOSTS[h].into(), port, name: NAMES[n].into(),
+                    }),
+                    Op::Heartbeat(h, port) => Some(Write::Heartbeat { host: HOSTS[h].into(), port }),
+                    Op::Advance(ms) => { now += ms; None }
+                    Op::Sweep => {
+                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+                        let removed = writes::sweep_expired(&tx, live_since).unwrap();
+                        tx.commit().unwrap();
+                        if removed > 0 {
+                            index.sweep(live_since);
+                        }
+                        None
+                    }
+                    Op::PruneStale(age) => {
+                        admin::prune_stale(&mut conn, now - age, false).unwrap();
+                        store::load_index(&conn, &path, &index).unwrap();
+                        None
+                    }
+                    Op::PrunePeer(h, port) => {
+                        let peer = admin::PeerAddr { host: HOSTS[h].into(), port };
+                        admin::prune_peer(&mut conn, &peer, false).unwrap();
+                        store::load_index(&conn, &path, &index).unwrap();
+                        None
+                    }
+                };
+                if let Some(write) = write {
+                    seq += 1;
+                    let stamp = Stamp { ms: now, seq };
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+                    // A small per-host cap, so refusals are exercised too.
+                    let outcome = apply(&tx, &write, stamp, live_since, 5).unwrap();
+                    tx.commit().unwrap();
+                    let change: Vec<Change> = change_of(&write, outcome, stamp, live_since).into_iter().collect();
+                    index.apply(&change);
+                }
+                check(&index, &store, &conn, &path, now);
+            }
+        }
+    }
+}
