@@ -10,7 +10,7 @@
 //! docs/architecture.md, "Reads from memory").
 //!
 //! Concurrency: [`SHARDS`] shards, each a `RwLock` over a hash map, chosen
-//! by the first byte of the key. Readers (every worker) take one shard's
+//! by the key's hash. Readers (every worker) take one shard's
 //! read lock for the time of one lookup; the single writer takes one shard's
 //! write lock per change. A SEARCH never waits for the disk.
 //!
@@ -33,8 +33,8 @@ use sha2::{Digest, Sha256};
 
 use crate::store::MAX_SEARCH_SOURCES;
 
-/// Shards of the index: enough that 2 x workers readers and the writer
-/// rarely meet on one lock, few enough that a sweep's pass stays cheap.
+/// Shards of the index: enough that the workers and the writer rarely
+/// meet on one lock, few enough that a sweep's pass stays cheap.
 pub const SHARDS: usize = 64;
 
 /// The key of a name: its SHA-256 (the bytes the protocol's hex `name_key` spells).
@@ -53,17 +53,35 @@ impl Key {
     }
 
     fn shard(&self) -> usize {
-        usize::from(self.0[0]) % SHARDS
+        // Middle bits: the map takes its bucket from the low bits and its
+        // tag from the top 7; a shard must not make either constant.
+        (self.mixed() >> 32) as usize % SHARDS
+    }
+
+    /// All 32 bytes folded into one well-mixed word. A key from the protocol
+    /// is a SHA-256 and uniform already, but the database may hold keys
+    /// that are not (a hand-made file: `{i:064x}`, all zeros but the tail),
+    /// and a hash of only some bytes would put them all in one bucket.
+    fn mixed(&self) -> u64 {
+        let mut h: u64 = 0;
+        for chunk in self.0.chunks_exact(8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            h = (h.rotate_left(23) ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+        // MurmurHash3's finaliser: every output bit depends on every input
+        // bit (a product alone leaves low bits zero for keys zero at the start).
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
 impl Hash for Key {
-    /// The key is already a uniform hash: 8 of its bytes are the map's
-    /// hash. Not byte 0, which chose the shard (all keys of a shard share it).
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&self.0[8..16]);
-        state.write_u64(u64::from_le_bytes(word));
+        state.write_u64(self.mixed());
     }
 }
 
