@@ -132,3 +132,45 @@ fn after_kill_9_the_index_rebuilt_from_disk_answers_as_before() {
     registry.restart(&[]);
     assert_eq!(answers(&registry, &names), before);
 }
+
+/// The `p2p_registry_index_entries` gauge of `GET /metrics`, if shown.
+fn index_entries(http: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(http).expect("connect to --http");
+    stream
+        .set_read_timeout(Some(WAIT_TIMEOUT))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("read /metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("p2p_registry_index_entries "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn metrics_show_the_size_of_the_index() {
+    let mut registry = Registry::start_with(&["--http", "127.0.0.1:0"]);
+    let line = registry
+        .process
+        .as_ref()
+        .expect("running")
+        .wait_for_line(|l| l.starts_with("http on "), WAIT_TIMEOUT);
+    let http = line
+        .strip_prefix("http on http://")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("bad http line {line:?}"))
+        .to_owned();
+    assert_eq!(index_entries(&http), Some(0));
+    let mut c = registry.client();
+    for port in 1..=3 {
+        c.register(port, 1, HASH, "counted").expect("REGISTER");
+    }
+    assert!(c.unregister(2, "counted").expect("UNREGISTER"));
+    assert_eq!(index_entries(&http), Some(2));
+    registry.stop();
+}
