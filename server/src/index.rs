@@ -279,7 +279,11 @@ impl Index {
                 .entry((Arc::clone(&host), row.port))
                 .or_default()
                 .insert(key);
-            shards[key.shard()].entry(key).or_default().push(Entry {
+            // Most names have one source: a Vec's first push would reserve four.
+            let sources = shards[key.shard()]
+                .entry(key)
+                .or_insert_with(|| Vec::with_capacity(1));
+            sources.push(Entry {
                 host,
                 port: row.port,
                 size: row.size,
@@ -333,7 +337,7 @@ impl Index {
                     let mut shard = self.shards[key.shard()]
                         .write()
                         .unwrap_or_else(PoisonError::into_inner);
-                    let sources = shard.entry(*key).or_default();
+                    let sources = shard.entry(*key).or_insert_with(|| Vec::with_capacity(1));
                     match position(sources, host, *port) {
                         Some(at) => drop(sources.remove(at)),
                         None => total += 1,
