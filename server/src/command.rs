@@ -1,7 +1,8 @@
 //! Applies one parsed request to the registry and produces its reply.
 //!
-//! Reads go to the [`Store`]'s pool, writes to the [`WriterHandle`] (which
-//! answers only after the commit). The caller's identity is the host the
+//! SEARCH reads the in-memory [`Index`], FIND the [`Store`]'s pool, writes
+//! go to the [`WriterHandle`] (which answers only after the commit and after
+//! the index shows it). The caller's identity is the host the
 //! server saw on the socket, never one the client claims. Storage errors
 //! become `ERR internal` here, the one place they are mapped to the protocol:
 //! the client gets a short reason, the log gets the details (paths, SQLite
@@ -16,9 +17,12 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use crate::index::{Index, Key};
 use crate::store::{self, Store};
 use crate::writer::{Outcome, Write, WriterHandle};
-use p2p_proto::protocol::{name_key, ErrorCode, Reply, Request, Source};
+use p2p_proto::protocol::{ErrorCode, Reply, Request, Source};
 
 /// Who sent a request, as the server saw the connection.
 #[derive(Debug, Clone)]
@@ -64,6 +68,8 @@ fn rewrite_loopback(sources: &mut [Source], local_host: &str) {
 /// What a worker needs to apply requests; shared by all workers.
 pub struct Registry {
     pub store: Store,
+    /// Live registrations in memory: answers SEARCH.
+    pub index: Arc<Index>,
     pub writer: WriterHandle,
     /// How long a registration lives without a heartbeat.
     pub ttl: Duration,
@@ -105,16 +111,14 @@ impl Registry {
                 host,
             ),
             Request::Search { name } => {
-                match self.store.search(&name_key(name), self.live_since()) {
-                    Ok(sources) if sources.is_empty() => Reply::NotFound,
-                    Ok(mut sources) => {
-                        if let Some(local) = &caller.local_host {
-                            rewrite_loopback(&mut sources, local);
-                        }
-                        Reply::Found(sources)
-                    }
-                    Err(e) => internal(&e, e.short_reason(), host),
+                let mut sources = self.index.search(&Key::of_name(name), self.live_since());
+                if sources.is_empty() {
+                    return Reply::NotFound;
                 }
+                if let Some(local) = &caller.local_host {
+                    rewrite_loopback(&mut sources, local);
+                }
+                Reply::Found(sources)
             }
             Request::Find { words } => match self.store.find(&words, self.live_since()) {
                 Ok(hits) => Reply::Results(hits),

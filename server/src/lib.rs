@@ -21,6 +21,7 @@
 
 pub mod command;
 pub mod connection;
+pub mod index;
 pub mod mdns;
 pub mod metrics;
 pub mod registry;

@@ -4,10 +4,12 @@
 //! ([`crate::server`]) keeps to sockets; it must not open a socket.
 
 use std::io;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::command::Registry;
+use crate::index::Index;
 use crate::store::{self, OpenMode, Store, StoreError, SyncMode};
 use crate::writer::{self, WriterConfig};
 
@@ -27,7 +29,8 @@ pub enum OpenError {
 
 impl Registry {
     /// Opens (or creates) the database at `db`, its `readers` read
-    /// connections, and starts the writer. The writer thread ends, after
+    /// connections, loads the in-memory index from it, and starts the
+    /// writer, which keeps the index in step. The writer thread ends, after
     /// committing what is queued, once every handle on the returned
     /// registry's writer is dropped: join it then.
     pub fn open(
@@ -39,6 +42,7 @@ impl Registry {
     ) -> Result<(Registry, JoinHandle<()>), OpenError> {
         let conn = store::open_connection(db, OpenMode::CreateOrMigrate, sync)?;
         let store = Store::open_readers(db, readers)?;
+        let index = Arc::new(Index::new());
         let (writer, writer_thread) = writer::spawn(
             conn,
             WriterConfig {
@@ -47,8 +51,20 @@ impl Registry {
                 sweep_every: (ttl / 4).clamp(SWEEP_EVERY_MIN, SWEEP_EVERY_MAX),
                 max_per_host,
             },
+            Arc::clone(&index),
         )
-        .map_err(OpenError::Writer)?;
-        Ok((Registry { store, writer, ttl }, writer_thread))
+        .map_err(|e| match e {
+            writer::SpawnError::Load(e) => OpenError::Store(e),
+            writer::SpawnError::Thread(e) => OpenError::Writer(e),
+        })?;
+        Ok((
+            Registry {
+                store,
+                index,
+                writer,
+                ttl,
+            },
+            writer_thread,
+        ))
     }
 }

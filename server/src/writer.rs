@@ -8,8 +8,16 @@
 //! registrations, and an `OK` is never sent for a change that is not on disk.
 //!
 //! Between batches the writer also deletes expired registrations, so the
-//! sweep never races another write. It must not read for clients: SEARCH and
-//! FIND go through the read pool in [`crate::store::Store`].
+//! sweep never races another write. It must not read for clients: SEARCH is
+//! answered by the in-memory [`Index`], FIND by the read pool in
+//! [`crate::store::Store`].
+//!
+//! The writer alone keeps the index in step with the database: it applies a
+//! batch's changes to the index after the batch's `COMMIT` returned and
+//! before it answers any of them (so an `OK` means on disk *and* visible to
+//! SEARCH), the same for its expiry sweep, and every [`DATA_VERSION_POLL`]
+//! it reads `PRAGMA data_version`, which changes only when another process
+//! (`p2p-admin prune`) committed to the file: then it reloads the index.
 
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -19,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use rusqlite::{Connection, TransactionBehavior};
 
+use crate::index::{Change, Index, Key};
 use crate::store::writes::{self, Stamp};
 use crate::store::{self, StoreError};
 
@@ -185,25 +194,55 @@ pub struct WriterConfig {
 /// benchmarks load a million from loopback).
 pub const DEFAULT_MAX_PER_HOST: u64 = 1_000_000;
 
+/// How often the writer checks whether another process changed the file
+/// (`PRAGMA data_version`): a prune is seen by SEARCH within this plus one
+/// reload of the index (about 7 µs a registration, BENCHMARKS.md).
+pub const DATA_VERSION_POLL: Duration = Duration::from_millis(250);
+
 /// Exit status of the process when the writer thread dies (a panic): every
 /// write would fail from then on, so the process ends and a supervisor can
 /// restart it, rather than serve reads alone (70: EX_SOFTWARE).
 pub const EXIT_WRITER_DIED: i32 = 70;
 
-/// Starts the writer thread on `conn` (a connection from
-/// [`store::open_connection`] in [`store::OpenMode::CreateOrMigrate`]).
-/// The thread closes the connection when it stops.
+/// Why the writer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot load the index: {0}")]
+    Load(#[from] StoreError),
+    #[error("cannot start the writer thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Loads `index` from the database on `conn` (a connection from
+/// [`store::open_connection`] in [`store::OpenMode::CreateOrMigrate`]),
+/// then starts the writer thread, which keeps it in step. The thread closes
+/// the connection when it stops.
 pub fn spawn(
     conn: Connection,
     config: WriterConfig,
-) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+    index: Arc<Index>,
+) -> Result<(WriterHandle, JoinHandle<()>), SpawnError> {
+    // The version first: a commit by another process during the load makes
+    // the first poll reload (harmless), never go unseen.
+    let version = store::data_version(&conn).map_err(|source| StoreError::Sql {
+        path: config.path.clone(),
+        source,
+    })?;
+    let started = Instant::now();
+    let loaded = store::load_index(&conn, &config.path, &index)?;
+    tracing::info!(
+        registrations = loaded,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "index loaded"
+    );
     let (jobs, queue) = bounded(QUEUE_CAPACITY);
     let thread = thread::Builder::new()
         .name("writer".into())
         .spawn(move || {
             let path = config.path.clone();
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(conn, queue, config)));
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(conn, queue, config, &index, version)
+            }));
             if outcome.is_err() {
                 tracing::error!(%path, "the writer thread panicked; exiting");
                 std::process::exit(EXIT_WRITER_DIED);
@@ -212,7 +251,13 @@ pub fn spawn(
     Ok((WriterHandle { jobs }, thread))
 }
 
-fn run(mut conn: Connection, queue: Receiver<Job>, config: WriterConfig) {
+fn run(
+    mut conn: Connection,
+    queue: Receiver<Job>,
+    config: WriterConfig,
+    index: &Index,
+    mut version: i64,
+) {
     // Continue the sequence after the newest write on disk. Should that read
     // fail, microseconds since the epoch are above any sequence we handed out.
     let mut seq = writes::last_seq(&conn).unwrap_or_else(|e| {
@@ -220,28 +265,42 @@ fn run(mut conn: Connection, queue: Receiver<Job>, config: WriterConfig) {
         store::now_ms().saturating_mul(1000)
     });
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut changes = Vec::with_capacity(MAX_BATCH);
     let mut next_sweep = Instant::now() + config.sweep_every;
+    let mut next_poll = Instant::now() + DATA_VERSION_POLL;
     loop {
-        let wait = next_sweep.saturating_duration_since(Instant::now());
+        let wait = next_sweep
+            .min(next_poll)
+            .saturating_duration_since(Instant::now());
         match queue.recv_timeout(wait) {
             Ok(job) => batch.push(job),
-            Err(RecvTimeoutError::Timeout) => {
-                sweep(&mut conn, &config);
-                next_sweep = Instant::now() + config.sweep_every;
-                continue;
-            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        if !batch.is_empty() {
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
+            commit_batch(
+                &mut conn,
+                &config,
+                &mut batch,
+                &mut seq,
+                index,
+                &mut changes,
+            );
         }
-        commit_batch(&mut conn, &config, &mut batch, &mut seq);
-        // Writes that never pause must not starve the sweep.
-        if Instant::now() >= next_sweep {
-            sweep(&mut conn, &config);
+        // Writes that never pause must starve neither the sweep nor the poll.
+        let now = Instant::now();
+        if now >= next_poll {
+            poll_data_version(&conn, &config, index, &mut version);
+            next_poll = Instant::now() + DATA_VERSION_POLL;
+        }
+        if now >= next_sweep {
+            sweep(&mut conn, &config, index);
             next_sweep = Instant::now() + config.sweep_every;
         }
     }
@@ -255,7 +314,15 @@ fn run(mut conn: Connection, queue: Receiver<Job>, config: WriterConfig) {
 }
 
 /// Applies `batch` in one transaction, commits, then answers every job.
-fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Job>, seq: &mut i64) {
+fn commit_batch(
+    conn: &mut Connection,
+    config: &WriterConfig,
+    batch: &mut Vec<Job>,
+    seq: &mut i64,
+    index: &Index,
+    changes: &mut Vec<Change>,
+) {
+    changes.clear();
     let _timer = crate::metrics::commit_started(batch.len());
     let sql_err = |source| StoreError::Sql {
         path: config.path.clone(),
@@ -277,6 +344,11 @@ fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Jo
             let stamp = Stamp { ms: now, seq: *seq };
             let outcome =
                 apply(&tx, &job.write, stamp, live_since, config.max_per_host).map_err(sql_err);
+            if let Ok(done) = &outcome {
+                if let Some(change) = change_of(&job.write, *done, stamp, live_since) {
+                    changes.push(change);
+                }
+            }
             let failed = outcome.is_err();
             outcomes.push(outcome);
             // Some errors (disk full, I/O) make SQLite roll the whole
@@ -291,6 +363,8 @@ fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Jo
     })();
     match result {
         Ok(outcomes) => {
+            // Committed: visible to SEARCH before anyone hears `OK`.
+            index.apply(changes);
             for (job, outcome) in batch.drain(..).zip(outcomes) {
                 job.answer(outcome.map_err(WriteError::from));
             }
@@ -306,6 +380,74 @@ fn commit_batch(conn: &mut Connection, config: &WriterConfig, batch: &mut Vec<Jo
                 }));
             }
         }
+    }
+}
+
+/// What a write that did `outcome` changes in the index, if anything.
+fn change_of(write: &Write, outcome: Outcome, stamp: Stamp, live_since: i64) -> Option<Change> {
+    match (write, outcome) {
+        (
+            Write::Register {
+                host,
+                port,
+                name,
+                size,
+                sha256,
+            },
+            Outcome::Registered,
+        ) => Some(Change::Register {
+            key: Key::of_name(name),
+            host: host.clone(),
+            port: *port,
+            size: *size,
+            sha256: sha256.clone(),
+            ms: stamp.ms,
+            seq: stamp.seq,
+        }),
+        (Write::Unregister { host, port, name }, Outcome::Unregistered(true)) => {
+            Some(Change::Unregister {
+                key: Key::of_name(name),
+                host: host.clone(),
+                port: *port,
+            })
+        }
+        (Write::Heartbeat { host, port }, Outcome::Refreshed(n)) if n > 0 => {
+            Some(Change::Heartbeat {
+                host: host.clone(),
+                port: *port,
+                ms: stamp.ms,
+                seq: stamp.seq,
+                live_since,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Reloads the index when another process committed to the file since the
+/// last look. A failed reload keeps the old version, so the next poll retries.
+fn poll_data_version(conn: &Connection, config: &WriterConfig, index: &Index, version: &mut i64) {
+    let now = match store::data_version(conn) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(path = %config.path, error = %e, "cannot read data_version");
+            return;
+        }
+    };
+    if now == *version {
+        return;
+    }
+    let started = Instant::now();
+    match store::load_index(conn, &config.path, index) {
+        Ok(loaded) => {
+            *version = now;
+            tracing::info!(
+                registrations = loaded,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "database changed by another process; index reloaded"
+            );
+        }
+        Err(e) => tracing::warn!(path = %config.path, error = %e, "reloading the index failed"),
     }
 }
 
@@ -344,7 +486,7 @@ fn apply(
     }
 }
 
-fn sweep(conn: &mut Connection, config: &WriterConfig) {
+fn sweep(conn: &mut Connection, config: &WriterConfig, index: &Index) {
     let live_since = store::live_since(store::now_ms(), config.ttl);
     let result = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -355,7 +497,134 @@ fn sweep(conn: &mut Connection, config: &WriterConfig) {
         });
     match result {
         Ok(0) => {}
-        Ok(removed) => tracing::info!(removed, "expired registrations deleted"),
+        Ok(removed) => {
+            index.sweep(live_since);
+            tracing::info!(removed, "expired registrations deleted");
+        }
         Err(e) => tracing::warn!(path = %config.path, error = %e, "expiry sweep failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The index against the database: random sequences of writes, expiry
+    //! sweeps and admin prunes go through the writer's own code (`apply`,
+    //! `change_of`, the sweep and the reload after another process's
+    //! change), and after every step each SEARCH the index answers must be
+    //! the one SQL gives, and the index must equal one rebuilt from disk.
+    use super::*;
+
+    use proptest::prelude::*;
+
+    use crate::store::{admin, OpenMode, Store, SyncMode};
+
+    const TTL_MS: i64 = 100;
+    const HOSTS: [&str; 2] = ["10.0.0.1", "[::1]"];
+    const NAMES: [&str; 4] = ["a", "b b", "Café.txt", "d"];
+    const HASHES: [&str; 2] = [
+        "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+        "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Register(usize, u16, usize, u64, usize),
+        Unregister(usize, u16, usize),
+        Heartbeat(usize, u16),
+        /// The clock moves on this many ms.
+        Advance(i64),
+        Sweep,
+        /// `p2p-admin prune --stale` of rows older than this many ms.
+        PruneStale(i64),
+        PrunePeer(usize, u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let host = 0..HOSTS.len();
+        let port = 1u16..4;
+        prop_oneof![
+            4 => (host.clone(), port.clone(), 0..NAMES.len(), 0u64..3, 0..HASHES.len())
+                .prop_map(|(h, p, n, s, x)| Op::Register(h, p, n, s, x)),
+            2 => (host.clone(), port.clone(), 0..NAMES.len())
+                .prop_map(|(h, p, n)| Op::Unregister(h, p, n)),
+            2 => (host.clone(), port.clone()).prop_map(|(h, p)| Op::Heartbeat(h, p)),
+            2 => (0i64..80).prop_map(Op::Advance),
+            1 => Just(Op::Sweep),
+            1 => (0i64..150).prop_map(Op::PruneStale),
+            1 => (host, port).prop_map(|(h, p)| Op::PrunePeer(h, p)),
+        ]
+    }
+
+    fn check(index: &Index, store: &Store, conn: &Connection, path: &str, now: i64) {
+        for since in [0, now - TTL_MS, now - TTL_MS / 2] {
+            for name in NAMES {
+                let sql = store
+                    .search(&p2p_proto::protocol::name_key(name), since)
+                    .unwrap();
+                let mem = index.search(&Key::of_name(name), since);
+                assert_eq!(mem, sql, "SEARCH {name:?} live since {since}");
+            }
+        }
+        let fresh = Index::new();
+        store::load_index(conn, path, &fresh).unwrap();
+        assert_eq!(index.dump(), fresh.dump(), "index differs from disk");
+        assert_eq!(index.len(), fresh.len());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn index_answers_as_the_database(ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("r.db").to_string_lossy().into_owned();
+            let mut conn = store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+            let store = Store::open_readers(&path, 1).unwrap();
+            let index = Index::new();
+            let (mut now, mut seq) = (1_000i64, 0i64);
+            for op in ops {
+                let live_since = now - TTL_MS;
+                let write = match op {
+                    Op::Register(h, port, n, size, x) => Some(Write::Register {
+                        host: HOSTS[h].into(), port, name: NAMES[n].into(), size, sha256: HASHES[x].into(),
+                    }),
+                    Op::Unregister(h, port, n) => Some(Write::Unregister {
+                        host: HOSTS[h].into(), port, name: NAMES[n].into(),
+                    }),
+                    Op::Heartbeat(h, port) => Some(Write::Heartbeat { host: HOSTS[h].into(), port }),
+                    Op::Advance(ms) => { now += ms; None }
+                    Op::Sweep => {
+                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+                        let removed = writes::sweep_expired(&tx, live_since).unwrap();
+                        tx.commit().unwrap();
+                        if removed > 0 {
+                            index.sweep(live_since);
+                        }
+                        None
+                    }
+                    Op::PruneStale(age) => {
+                        admin::prune_stale(&mut conn, now - age, false).unwrap();
+                        store::load_index(&conn, &path, &index).unwrap();
+                        None
+                    }
+                    Op::PrunePeer(h, port) => {
+                        let peer = admin::PeerAddr { host: HOSTS[h].into(), port };
+                        admin::prune_peer(&mut conn, &peer, false).unwrap();
+                        store::load_index(&conn, &path, &index).unwrap();
+                        None
+                    }
+                };
+                if let Some(write) = write {
+                    seq += 1;
+                    let stamp = Stamp { ms: now, seq };
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
+                    // A small per-host cap, so refusals are exercised too.
+                    let outcome = apply(&tx, &write, stamp, live_since, 5).unwrap();
+                    tx.commit().unwrap();
+                    let change: Vec<Change> = change_of(&write, outcome, stamp, live_since).into_iter().collect();
+                    index.apply(&change);
+                }
+                check(&index, &store, &conn, &path, now);
+            }
+        }
     }
 }

@@ -417,6 +417,50 @@ impl Store {
     }
 }
 
+/// Loads every registration of the database into `index`, replacing what
+/// it held (one statement: one consistent snapshot). On error the index is
+/// left as it was.
+pub fn load_index(
+    conn: &Connection,
+    path: &str,
+    index: &crate::index::Index,
+) -> Result<usize, StoreError> {
+    let sql_err = |source| StoreError::Sql {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stmt = conn
+        .prepare(
+            "SELECT f.name_key, p.host, p.port, r.size, r.sha256, r.last_seen, r.seen_seq
+             FROM registrations r
+             JOIN files f ON f.id = r.file_id
+             JOIN peers p ON p.id = r.peer_id",
+        )
+        .map_err(sql_err)?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok(crate::index::Row {
+                name_key: row.get(0)?,
+                host: row.get(1)?,
+                port: row.get(2)?,
+                size: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                sha256: row.get(4)?,
+                last_seen: row.get(5)?,
+                seen_seq: row.get(6)?,
+            })
+        })
+        .map_err(sql_err)?;
+    index.rebuild(rows).map_err(sql_err)?;
+    Ok(index.len())
+}
+
+/// SQLite's `PRAGMA data_version` on `conn`: it changes when another
+/// connection (another process: `p2p-admin prune`) commits to the file,
+/// never for `conn`'s own commits. One read of a counter in shared memory.
+pub fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |row| row.get(0))
+}
+
 /// A pool of `size` read-only connections on `path`.
 fn read_pool(path: &str, size: u32) -> Result<r2d2::Pool<SqliteConnectionManager>, StoreError> {
     let manager = SqliteConnectionManager::file(path)

@@ -1,0 +1,176 @@
+//! The registry's engine end to end (issue 15): SEARCH is answered from an
+//! in-memory index, which must follow every acknowledged write, see a
+//! change made by `p2p-admin` in another process within a second, and be
+//! rebuilt from disk after `kill -9` exactly as it was.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use p2p_tests::{bin, run, wait_until, Registry, WAIT_TIMEOUT};
+
+const HASH: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+/// How soon the server's answers show a change another process committed
+/// (docs/architecture.md, "Reads from memory").
+const OTHER_PROCESS_SEEN_WITHIN: Duration = Duration::from_secs(1);
+
+fn admin(db: &Path, args: &[&str]) -> String {
+    let db = db.to_str().expect("UTF-8 temp path");
+    let mut all = vec!["--db", db];
+    all.extend_from_slice(args);
+    let out = run(&bin("p2p-admin"), &all, WAIT_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "p2p-admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn ports(registry: &Registry, name: &str) -> Vec<u16> {
+    registry
+        .client()
+        .search(name)
+        .expect("SEARCH")
+        .iter()
+        .map(|s| s.port)
+        .collect()
+}
+
+#[test]
+fn an_admin_prune_under_register_load_is_seen_within_a_second_and_loses_nothing_else() {
+    let registry = Registry::start();
+    let mut c = registry.client();
+    for name in ["shared.bin", "victim only.bin"] {
+        c.register(7001, 1, HASH, name).expect("REGISTER victim");
+    }
+    c.register(7002, 1, HASH, "shared.bin")
+        .expect("REGISTER other");
+
+    // Load: one client registers new names from port 7100 until told to stop,
+    // remembering each one acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let stop = Arc::clone(&stop);
+        let mut c = registry.client();
+        thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) || acked.len() < 50 {
+                let name = format!("load {i}");
+                c.register(7100, i, HASH, &name)
+                    .expect("REGISTER under load");
+                acked.push(name);
+                i += 1;
+            }
+            acked
+        })
+    };
+    wait_until("some load", WAIT_TIMEOUT, || {
+        !ports(&registry, "load 10").is_empty()
+    });
+
+    let out = admin(&registry.db, &["prune", "--peer", "127.0.0.1:7001"]);
+    assert!(out.contains("removed 2 registrations"), "{out}");
+    wait_until(
+        "SEARCH to forget the pruned peer",
+        OTHER_PROCESS_SEEN_WITHIN,
+        || ports(&registry, "shared.bin") == [7002],
+    );
+    assert!(ports(&registry, "victim only.bin").is_empty());
+
+    stop.store(true, Ordering::Relaxed);
+    let acked = loader.join().expect("loader");
+    for name in &acked {
+        assert_eq!(ports(&registry, name), [7100], "{name} lost");
+    }
+    let listed = admin(&registry.db, &["list"]);
+    for name in &acked {
+        assert!(listed.contains(name.as_str()), "list misses {name}");
+    }
+}
+
+/// Every answer the index gives for `names`, in order.
+fn answers(registry: &Registry, names: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut c = registry.client();
+    names
+        .iter()
+        .map(|n| {
+            let sources = c.search(n).expect("SEARCH");
+            let lines = sources
+                .iter()
+                .map(|s| format!("{} {} {}", s.addr(), s.size, s.sha256))
+                .collect();
+            (n.clone(), lines)
+        })
+        .collect()
+}
+
+#[test]
+fn after_kill_9_the_index_rebuilt_from_disk_answers_as_before() {
+    let mut registry = Registry::start();
+    let mut c = registry.client();
+    let names: Vec<String> = (0..20).map(|i| format!("file {i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        for port in 1..=(i % 4 + 1) as u16 {
+            c.register(port, i as u64, HASH, name).expect("REGISTER");
+        }
+    }
+    // Reorder some sources and remove others, so order and absence matter.
+    c.heartbeat(2).expect("HEARTBEAT");
+    assert!(c.unregister(1, &names[3]).expect("UNREGISTER"));
+    c.register(1, 99, HASH, &names[7]).expect("re-REGISTER");
+    drop(c);
+    let before = answers(&registry, &names);
+    assert_eq!(before[&names[7]][0], "127.0.0.1:1 99 ".to_owned() + HASH);
+
+    registry.crash();
+    registry.restart(&[]);
+    assert_eq!(answers(&registry, &names), before);
+}
+
+/// The `p2p_registry_index_entries` gauge of `GET /metrics`, if shown.
+fn index_entries(http: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(http).expect("connect to --http");
+    stream
+        .set_read_timeout(Some(WAIT_TIMEOUT))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("read /metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("p2p_registry_index_entries "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn metrics_show_the_size_of_the_index() {
+    let mut registry = Registry::start_with(&["--http", "127.0.0.1:0"]);
+    let line = registry
+        .process
+        .as_ref()
+        .expect("running")
+        .wait_for_line(|l| l.starts_with("http on "), WAIT_TIMEOUT);
+    let http = line
+        .strip_prefix("http on http://")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("bad http line {line:?}"))
+        .to_owned();
+    assert_eq!(index_entries(&http), Some(0));
+    let mut c = registry.client();
+    for port in 1..=3 {
+        c.register(port, 1, HASH, "counted").expect("REGISTER");
+    }
+    assert!(c.unregister(2, "counted").expect("UNREGISTER"));
+    assert_eq!(index_entries(&http), Some(2));
+    registry.stop();
+}
