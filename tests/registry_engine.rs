@@ -43,7 +43,7 @@ fn ports(registry: &Registry, name: &str) -> Vec<u16> {
 
 #[test]
 fn an_admin_prune_under_register_load_is_seen_within_a_second_and_loses_nothing_else() {
-    let registry = Registry::start();
+    let registry = Registry::start_with(&["--memory-index"]);
     let mut c = registry.client();
     for name in ["shared.bin", "victim only.bin"] {
         c.register(7001, 1, HASH, name).expect("REGISTER victim");
@@ -112,7 +112,7 @@ fn answers(registry: &Registry, names: &[String]) -> BTreeMap<String, Vec<String
 
 #[test]
 fn after_kill_9_the_index_rebuilt_from_disk_answers_as_before() {
-    let mut registry = Registry::start();
+    let mut registry = Registry::start_with(&["--memory-index"]);
     let mut c = registry.client();
     let names: Vec<String> = (0..20).map(|i| format!("file {i}")).collect();
     for (i, name) in names.iter().enumerate() {
@@ -129,7 +129,7 @@ fn after_kill_9_the_index_rebuilt_from_disk_answers_as_before() {
     assert_eq!(before[&names[7]][0], "127.0.0.1:1 99 ".to_owned() + HASH);
 
     registry.crash();
-    registry.restart(&[]);
+    registry.restart(&["--memory-index"]);
     assert_eq!(answers(&registry, &names), before);
 }
 
@@ -154,7 +154,7 @@ fn index_entries(http: &str) -> Option<u64> {
 
 #[test]
 fn metrics_show_the_size_of_the_index() {
-    let mut registry = Registry::start_with(&["--http", "127.0.0.1:0"]);
+    let mut registry = Registry::start_with(&["--http", "127.0.0.1:0", "--memory-index"]);
     let line = registry
         .process
         .as_ref()

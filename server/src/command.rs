@@ -1,6 +1,7 @@
 //! Applies one parsed request to the registry and produces its reply.
 //!
-//! SEARCH reads the in-memory [`Index`], FIND the [`Store`]'s pool, writes
+//! SEARCH reads the in-memory [`Index`] when it is enabled (else the
+//! [`Store`]'s pool, like FIND), writes
 //! go to the [`WriterHandle`] (which answers only after the commit and after
 //! the index shows it). The caller's identity is the host the
 //! server saw on the socket, never one the client claims. Storage errors
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use crate::index::{Index, Key};
 use crate::store::{self, Store};
 use crate::writer::{Outcome, Write, WriterHandle};
-use p2p_proto::protocol::{ErrorCode, Reply, Request, Source};
+use p2p_proto::protocol::{name_key, ErrorCode, Reply, Request, Source};
 
 /// Who sent a request, as the server saw the connection.
 #[derive(Debug, Clone)]
@@ -68,7 +69,8 @@ fn rewrite_loopback(sources: &mut [Source], local_host: &str) {
 /// What a worker needs to apply requests; shared by all workers.
 pub struct Registry {
     pub store: Store,
-    /// Live registrations in memory: answers SEARCH.
+    /// Live registrations in memory: answers SEARCH when enabled
+    /// (`--memory-index`); otherwise SEARCH is an SQLite query.
     pub index: Arc<Index>,
     pub writer: WriterHandle,
     /// How long a registration lives without a heartbeat.
@@ -111,7 +113,14 @@ impl Registry {
                 host,
             ),
             Request::Search { name } => {
-                let mut sources = self.index.search(&Key::of_name(name), self.live_since());
+                let mut sources = if self.index.is_enabled() {
+                    self.index.search(&Key::of_name(name), self.live_since())
+                } else {
+                    match self.store.search(&name_key(name), self.live_since()) {
+                        Ok(sources) => sources,
+                        Err(e) => return internal(&e, e.short_reason(), host),
+                    }
+                };
                 if sources.is_empty() {
                     return Reply::NotFound;
                 }

@@ -174,6 +174,9 @@ pub struct Index {
     peers: Mutex<HashMap<PeerAddr, HashSet<Key, BuildHasherDefault<KeyHasher>>>>,
     /// Registrations held, kept by the writer (a gauge; no lock to read).
     entries: AtomicUsize,
+    /// Whether the index holds anything (`dht-server --memory-index`). A
+    /// disabled index ignores every change and SEARCH goes to SQLite.
+    enabled: bool,
 }
 
 impl Default for Index {
@@ -189,7 +192,22 @@ impl Index {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             peers: Mutex::default(),
             entries: AtomicUsize::new(0),
+            enabled: true,
         }
+    }
+
+    /// An index that holds nothing and ignores every change: the registry
+    /// then answers SEARCH from SQLite (the default; see `--memory-index`).
+    pub fn disabled() -> Index {
+        Index {
+            enabled: false,
+            ..Index::new()
+        }
+    }
+
+    /// Whether this index answers SEARCH (see [`Index::disabled`]).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
     }
 
     /// Live sources of the name keyed `key`, most recently seen first, at
@@ -313,7 +331,7 @@ impl Index {
 
     /// Applies changes the writer has committed, in commit order.
     pub fn apply(&self, changes: &[Change]) {
-        if changes.is_empty() {
+        if changes.is_empty() || !self.enabled {
             return;
         }
         let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -411,6 +429,9 @@ impl Index {
     /// Drops every registration not seen since `live_since`: after the
     /// writer's expiry sweep has deleted the same rows from the database.
     pub fn sweep(&self, live_since: i64) {
+        if !self.enabled {
+            return;
+        }
         let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
         let mut total = 0;
         for shard in self.shards.iter() {

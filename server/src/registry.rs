@@ -29,8 +29,9 @@ pub enum OpenError {
 
 impl Registry {
     /// Opens (or creates) the database at `db`, its `readers` read
-    /// connections, loads the in-memory index from it, and starts the
-    /// writer, which keeps the index in step. The writer thread ends, after
+    /// connections, loads the in-memory index from it when `memory_index`
+    /// (`--memory-index`), and starts the writer, which keeps the index in
+    /// step. The writer thread ends, after
     /// committing what is queued, once every handle on the returned
     /// registry's writer is dropped: join it then.
     pub fn open(
@@ -39,10 +40,15 @@ impl Registry {
         readers: u32,
         ttl: Duration,
         max_per_host: u64,
+        memory_index: bool,
     ) -> Result<(Registry, JoinHandle<()>), OpenError> {
         let conn = store::open_connection(db, OpenMode::CreateOrMigrate, sync)?;
         let store = Store::open_readers(db, readers)?;
-        let index = Arc::new(Index::new());
+        let index = Arc::new(if memory_index {
+            Index::new()
+        } else {
+            Index::disabled()
+        });
         let (writer, writer_thread) = writer::spawn(
             conn,
             WriterConfig {

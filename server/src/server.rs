@@ -119,6 +119,11 @@ pub struct Config {
     pub limits: Limits,
     /// Most registrations one host may hold; 0 for no limit.
     pub max_per_host: u64,
+    /// Answer SEARCH from an in-memory index (`--memory-index`): several
+    /// times faster, but a change another process makes to the file (a
+    /// `p2p-admin prune`) shows in SEARCH only after the writer's next
+    /// `data_version` poll (up to 250 ms), not at once.
+    pub memory_index: bool,
 }
 
 impl Default for Config {
@@ -133,6 +138,7 @@ impl Default for Config {
             readers: store::DEFAULT_READERS,
             limits: Limits::default(),
             max_per_host: DEFAULT_MAX_PER_HOST,
+            memory_index: false,
         }
     }
 }
@@ -197,6 +203,7 @@ impl Server {
             config.readers,
             config.ttl,
             config.max_per_host,
+            config.memory_index,
         )
         .map_err(|e| match e {
             OpenError::Store(e) => ServerError::Store(e),

@@ -425,6 +425,9 @@ pub fn load_index(
     path: &str,
     index: &crate::index::Index,
 ) -> Result<usize, StoreError> {
+    if !index.is_enabled() {
+        return Ok(0);
+    }
     let sql_err = |source| StoreError::Sql {
         path: path.to_owned(),
         source,
