@@ -103,7 +103,7 @@ impl WriteError {
 struct Job {
     write: Write,
     /// Taken when the job is answered.
-    done: Option<Arc<Reply>>,
+    done: Option<Arc<Ack>>,
 }
 
 impl Job {
@@ -120,12 +120,12 @@ impl Job {
 /// spinning and yielding first (crossbeam's receive backoff), which under
 /// 64 waiting workers took CPU the writer itself needed.
 #[derive(Default)]
-struct Reply {
+struct Ack {
     outcome: Mutex<Option<Result<Outcome, WriteError>>>,
     ready: Condvar,
 }
 
-impl Reply {
+impl Ack {
     fn send(&self, outcome: Result<Outcome, WriteError>) {
         *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
         self.ready.notify_one();
@@ -165,7 +165,7 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Queues a write and blocks until it is committed (or failed).
     pub fn submit(&self, write: Write) -> Result<Outcome, WriteError> {
-        let done = Arc::new(Reply::default());
+        let done = Arc::new(Ack::default());
         self.jobs
             .send(Job {
                 write,
