@@ -397,7 +397,7 @@ fn public_file_port_inline_disposition_and_index() {
 }
 
 #[test]
-fn cancel_stops_a_queued_download_and_marks_a_running_one() {
+fn cancel_stops_a_queued_download_and_a_running_one() {
     let registry = Registry::start();
     let files: Vec<(String, Vec<u8>)> = (0..4)
         .map(|i| {
@@ -470,7 +470,19 @@ fn cancel_stops_a_queued_download_and_marks_a_running_one() {
     );
     assert_eq!(running.status, 200);
     assert_eq!(running.json()["state"], "cancelled");
-    // Best effort: the transfer under way runs on, and blocks a retry until it ends.
+    // The transfer under way stops within a chunk: no final file, the .part
+    // kept for a retry, which then resumes it to the right bytes.
+    wait_until("the cancelled transfer to stop", WAIT_TIMEOUT, || {
+        job(ids[0])["running"] == false
+    });
+    let stopped = job(ids[0]);
+    assert_eq!(stopped["state"], "cancelled", "{stopped}");
+    assert!(
+        stopped["message"].as_str().unwrap().contains(".part stays"),
+        "{stopped}"
+    );
+    assert!(!b.downloads.join(&files[0].0).exists());
+    assert!(b.downloads.join(format!("{}.part", files[0].0)).exists());
     let retry = http(
         ui,
         "POST",
@@ -478,7 +490,14 @@ fn cancel_stops_a_queued_download_and_marks_a_running_one() {
         &auth,
         "",
     );
-    assert!(retry.status == 409 || retry.status == 202, "{retry:?}");
+    assert_eq!(retry.status, 202, "{retry:?}");
+    wait_until("the retried download to verify", WAIT_TIMEOUT, || {
+        job(ids[0])["state"] == "verified"
+    });
+    assert_eq!(
+        std::fs::read(b.downloads.join(&files[0].0)).unwrap(),
+        files[0].1
+    );
 
     // The cancelled queued one never starts, even after the others end.
     wait_until("the three transfers to end", WAIT_TIMEOUT, || {

@@ -107,6 +107,12 @@ pub trait Observer: Send + Sync {
     fn detail(&self, detail: &str);
     /// A one-line note ("source X failed, trying the next").
     fn note(&self, line: &str);
+    /// Whether the person asked to stop this download (the web UI's
+    /// Cancel); the download path asks between chunks and stops, keeping
+    /// its `.part` for a later resume.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// The observers of live [`Reporter::observed`] reporters, by key. A
@@ -172,6 +178,11 @@ impl Reporter {
             ..self
         };
         (reporter, ObserverGuard { key })
+    }
+
+    /// Whether this reporter's observer asked to stop ([`Observer::cancelled`]).
+    pub fn cancelled(&self) -> bool {
+        self.observer.is_some() && self.observer().is_some_and(|o| o.cancelled())
     }
 
     fn observer(&self) -> Option<Arc<dyn Observer>> {

@@ -260,6 +260,11 @@ fn coordinate(
         }
         progress.set(position);
         progress.set_detail(format_args!("{active} of {workers} sources active"));
+        if reporter.cancelled() {
+            return Err(DownloadError::Cancelled {
+                name: swarm.name.to_owned(),
+            });
+        }
         if ready > hashed {
             for index in hashed..ready {
                 unsynced += list.piece_len(index);

@@ -70,6 +70,9 @@ pub enum DownloadError {
     NoUsableSource { name: String, left_out: usize },
     #[error("cannot start a download thread: {0}")]
     Thread(io::Error),
+    /// The person cancelled it (web UI); the `.part` stays for a resume.
+    #[error("the download of {name:?} was cancelled")]
+    Cancelled { name: String },
 }
 
 impl DownloadError {

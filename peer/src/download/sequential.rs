@@ -225,8 +225,10 @@ fn transfer(
         part.watch()?;
         let behind = Behind::start(part.file(), have)
             .map_err(DownloadError::io("start hashing", part.path()))?;
-        let copied = copy_body(&mut response, part, &behind, start, size - have, &mut |n| {
-            progress.set(start + n)
+        let body = (start, size - have);
+        let copied = copy_body(&mut response, part, &behind, name, body, &mut |n| {
+            progress.set(start + n);
+            !reporter.cancelled()
         });
         let copied = match copied {
             Ok(n) => n,
@@ -303,14 +305,15 @@ fn verify(
 /// Streams at most `limit` body bytes into `part` from offset `start`,
 /// telling `behind` how far the file is written and waiting when it lags
 /// too far. A source that falls below [`MIN_BYTES_PER_WINDOW`] per
-/// [`SLOW_WINDOW`] is dropped.
+/// [`SLOW_WINDOW`] is dropped. `on_progress` gets the bytes copied so far
+/// and answers whether to go on (`false`: the person cancelled).
 fn copy_body(
     response: &mut Response,
     part: &Part,
     behind: &Behind,
-    start: u64,
-    limit: u64,
-    on_progress: &mut dyn FnMut(u64),
+    name: &str,
+    (start, limit): (u64, u64),
+    on_progress: &mut dyn FnMut(u64) -> bool,
 ) -> Result<u64, Transfer> {
     let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
     let mut copied = 0u64;
@@ -337,7 +340,12 @@ fn copy_body(
         copied += n as u64;
         behind.wrote_to(start + copied);
         behind.keep_up();
-        on_progress(copied);
+        if !on_progress(copied) {
+            return Err(DownloadError::Cancelled {
+                name: name.to_owned(),
+            }
+            .into());
+        }
         writeback.wrote(n as u64);
         window_bytes += n as u64;
         if window_start.elapsed() >= scaled(SLOW_WINDOW) {

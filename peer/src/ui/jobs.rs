@@ -3,12 +3,12 @@
 //! multi-source, resumable path as `peer get`), and their progress, which
 //! an [`Observer`] on the download's [`Reporter`] records.
 //!
-//! Cancel is best effort: a queued download is taken off the queue and
-//! never starts; a running one is marked cancelled at once, but the
-//! download path has no way to be interrupted from outside, so it runs on
-//! in the background to its end (its `.part` stays for a later retry, a
-//! verified file gets its name as usual). While it runs, the same name
-//! cannot be started again, so two transfers never write one `.part`.
+//! Cancel: a queued download is taken off the queue and never starts; a
+//! running one is marked cancelled at once, and the download path, which
+//! asks its observer ([`Observer::cancelled`]) between chunks, stops within
+//! a chunk (a piece-tick for several sources), keeping its `.part` for a
+//! later retry. Until the thread has ended, the same name cannot be started
+//! again, so two transfers never write one `.part`.
 //!
 //! The table is behind one lock, never held across I/O; a transfer's
 //! position is an atomic, updated for every chunk without the lock.
@@ -308,7 +308,7 @@ impl Jobs {
         job.cancel.store(true, Ordering::SeqCst);
         job.state = State::Cancelled;
         job.message = if job.running {
-            "cancelled; the transfer already under way finishes in the background".into()
+            "cancelled; stopping the transfer (its .part stays for a retry)".into()
         } else {
             "cancelled before it started".into()
         };
@@ -408,9 +408,15 @@ struct JobObserver {
     id: u64,
     live: Arc<Live>,
     created: Instant,
+    /// Set by a cancel; the download path asks [`Observer::cancelled`].
+    cancel: Arc<AtomicBool>,
 }
 
 impl Observer for JobObserver {
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
     fn started(&self, what: &str, total: u64, already: u64) {
         self.live.total.store(total, Ordering::Relaxed);
         self.live.done.store(already, Ordering::Relaxed);
@@ -450,7 +456,7 @@ impl Observer for JobObserver {
 /// One download thread: takes queued jobs until shutdown.
 fn download_loop(shared: &Arc<Shared>) {
     loop {
-        let (id, name, sha256, live, created) = {
+        let (id, name, sha256, live, created, cancel) = {
             let mut table = shared.lock();
             let id = loop {
                 if table.shutting_down {
@@ -475,6 +481,7 @@ fn download_loop(shared: &Arc<Shared>) {
                 job.sha256.clone(),
                 Arc::clone(&job.live),
                 job.created,
+                Arc::clone(&job.cancel),
             )
         };
         let observer = Arc::new(JobObserver {
@@ -482,6 +489,7 @@ fn download_loop(shared: &Arc<Shared>) {
             id,
             live,
             created,
+            cancel,
         });
         let (reporter, guard) = Reporter::quiet().observed(observer);
         let result = run_one(&shared.config, &name, sha256.as_deref(), &reporter);
@@ -505,8 +513,11 @@ fn download_loop(shared: &Arc<Shared>) {
                     job.live.done.store(size, Ordering::Relaxed);
                 }
             }
+            Err(DownloadError::Cancelled { .. }) => {
+                job.message = "cancelled; its .part stays for a retry".into();
+            }
             Err(e) if cancelled => {
-                job.message = format!("cancelled; the background transfer ended: {e}");
+                job.message = format!("cancelled; the transfer had ended: {e}");
             }
             Err(e) => {
                 job.state = State::Failed;
