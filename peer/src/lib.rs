@@ -19,7 +19,9 @@
 //! - [`discovery`]: which registry: `--server`, `P2P_SERVER`, one found by mDNS, or 127.0.0.1:9000.
 //! - [`ui`]: the control UI: a page and a JSON API on loopback to search, download, watch progress.
 //! - [`dht`]: `--dht`: announcing the shared folder on the Mainline DHT, finding sources there (each confirmed by a `HEAD`).
+//! - [`background`]: a named thread that runs until stopped (the heartbeat, the watcher).
 //! - [`config`]: the plain configuration every mode takes (the binary builds it from its command line).
+pub mod background;
 pub mod batch;
 pub mod config;
 pub mod dht;

@@ -12,12 +12,12 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use p2p_proto::client::{Client, ClientError};
 
+use crate::background::Background;
 use crate::files::{hash_file, FilesError, HashCache, SharedDir, SharedFile};
 use crate::progress::Reporter;
 
@@ -377,9 +377,7 @@ pub fn register_one(
 /// it) wakes the thread at once and joins it.
 #[derive(Debug)]
 pub struct Heartbeat {
-    /// Never sends: dropping it disconnects the thread's receiver.
-    stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl Heartbeat {
@@ -387,32 +385,15 @@ impl Heartbeat {
     /// tries again after [`RETRY_MIN`], doubling up to [`RETRY_MAX`] (never
     /// longer than `interval`).
     pub fn start(registrar: Arc<Registrar>, interval: Duration) -> std::io::Result<Heartbeat> {
-        let (stop, stopped) = crossbeam_channel::bounded(0);
-        let thread = thread::Builder::new()
-            .name("heartbeat".into())
-            .spawn(move || beat_until_stopped(&registrar, interval, &stopped))?;
-        Ok(Heartbeat {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        let thread = Background::spawn("heartbeat", move |stopped| {
+            beat_until_stopped(&registrar, interval, &stopped)
+        })?;
+        Ok(Heartbeat { thread })
     }
 
     /// Stops the thread and waits for it (at most one exchange in flight).
-    pub fn stop(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.stop_now();
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 

@@ -34,13 +34,13 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use notify::{RecursiveMode, Watcher as _};
 use p2p_proto::client::{Client, ClientError};
 
+use crate::background::Background;
 use crate::files::{FilesError, SharedFile};
 use crate::http::pieces::PieceCache;
 use crate::progress::Reporter;
@@ -110,9 +110,7 @@ pub type OnSynced = Box<dyn FnMut(&[SharedFile]) + Send>;
 
 /// The watcher thread. Stopping (or dropping) it wakes the thread and joins it.
 pub struct Watcher {
-    /// Never sends: dropping it disconnects the thread's receiver.
-    stop: Option<Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -131,8 +129,7 @@ impl Watcher {
         reporter: Reporter,
         on_synced: OnSynced,
     ) -> io::Result<Watcher> {
-        let (stop, stopped) = crossbeam_channel::bounded(0);
-        let thread = thread::Builder::new().name("watch".into()).spawn(move || {
+        let thread = Background::spawn("watch", move |stopped| {
             let mut sync = Sync {
                 registrar,
                 pieces,
@@ -143,28 +140,12 @@ impl Watcher {
             };
             watch_until_stopped(&mut sync, on_synced, &stopped);
         })?;
-        Ok(Watcher {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        Ok(Watcher { thread })
     }
 
     /// Stops the thread and waits for it (at most one pass in flight).
-    pub fn stop(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop_now();
+    pub fn stop(self) {
+        self.thread.stop();
     }
 }
 

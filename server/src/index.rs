@@ -49,7 +49,7 @@ impl Key {
 
     /// The key spelled by 64 hex digits (a `name_key` column), if it is one.
     pub fn from_hex(hex: &str) -> Option<Key> {
-        decode_hex32(hex).map(Key)
+        p2p_proto::hex::from_hex_array(hex).map(Key)
     }
 
     fn shard(&self) -> usize {
@@ -279,9 +279,10 @@ impl Index {
         let mut skipped = 0;
         for row in rows {
             let row = row?;
-            let (Some(key), Some(sha256)) =
-                (Key::from_hex(&row.name_key), decode_hex32(&row.sha256))
-            else {
+            let (Some(key), Some(sha256)) = (
+                Key::from_hex(&row.name_key),
+                p2p_proto::hex::from_hex_array(&row.sha256),
+            ) else {
                 skipped += 1;
                 continue;
             };
@@ -347,7 +348,7 @@ impl Index {
                     ms,
                     seq,
                 } => {
-                    let Some(sha256) = decode_hex32(sha256) else {
+                    let Some(sha256) = p2p_proto::hex::from_hex_array(sha256) else {
                         continue; // the protocol admits only 64 hex digits
                     };
                     let addr = peer_addr(&peers, host, *port);
@@ -483,24 +484,6 @@ fn position(sources: &[Entry], host: &str, port: u16) -> Option<usize> {
 }
 
 /// 32 bytes from 64 hex digits (either case), or `None`.
-fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,6 +577,6 @@ mod tests {
             Some(Key::of_name("x"))
         );
         assert_eq!(Key::from_hex("zz"), None);
-        assert_eq!(decode_hex32(&"g".repeat(64)), None);
+        assert_eq!(Key::from_hex(&"g".repeat(64)), None);
     }
 }

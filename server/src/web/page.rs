@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use p2p_proto::protocol::FindHit;
+use p2p_proto::units::human_size;
 
 use crate::store::admin::Stats;
 
@@ -30,25 +31,6 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
-}
-
-/// `1536` → `1.5 KiB` (powers of 1024; bytes below 1 KiB exactly).
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value < 10.0 {
-        format!("{value:.1} {}", UNITS[unit])
-    } else {
-        format!("{value:.0} {}", UNITS[unit])
-    }
 }
 
 fn document(title: &str, body: &str) -> String {
@@ -175,14 +157,6 @@ mod tests {
             escape("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_size(0), "0 B");
-        assert_eq!(human_size(1023), "1023 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(500 * 1024 * 1024), "500 MiB");
     }
 
     #[test]
