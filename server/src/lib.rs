@@ -9,6 +9,7 @@
 //! - [`command`]: applies a parsed request to the store and produces the reply.
 //! - [`registry`]: `Registry::open`: the database, read pools and writer behind it.
 //! - [`server`]: the listener, the worker pool, the connection limit, shutdown.
+//! - [`fault`]: fault injection for tests (debug builds only).
 //! - [`metrics`]: process-wide counters and histograms; [`web`] renders them at `/metrics`.
 //! - [`web`]: `--http ADDR`: a read-only HTML page of the registry and `GET /metrics`.
 //! - [`mdns`]: announcing the registry on the LAN by mDNS/DNS-SD (`--no-mdns` turns it off).
@@ -21,6 +22,7 @@
 
 pub mod command;
 pub mod connection;
+pub mod fault;
 pub mod index;
 pub mod mdns;
 pub mod metrics;

@@ -322,6 +322,7 @@ fn commit_batch(
     index: &Index,
     changes: &mut Vec<Change>,
 ) {
+    crate::fault::before_writer_batch();
     changes.clear();
     let _timer = crate::metrics::commit_started(batch.len());
     let sql_err = |source| StoreError::Sql {
