@@ -758,3 +758,84 @@ fn serves_a_file_larger_than_any_buffer() {
     curl(&["-o", path_str(&out), &f.url("/files/big.bin")]);
     assert_eq!(check(&mut fs::File::open(&out).unwrap()), SIZE);
 }
+
+/// A big file nobody has hashed yet (dropped into the folder a moment ago)
+/// is read once, by the background hasher: the requests for it wait for that
+/// one read, at most `MAX_WAITERS` (8) of them; the next gets `503` with
+/// `Retry-After` at once, so a worker stays free for other files.
+#[test]
+fn requests_for_a_big_unhashed_file_wait_for_one_read_and_leave_workers_free() {
+    const SIZE: u64 = 1024 * 1024 * 1024; // sparse; far over the 16 MiB inline limit
+    const WAITERS: usize = 8;
+    let tmp = tempfile::tempdir().unwrap();
+    fs::File::create(tmp.path().join("big.bin"))
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    fs::write(tmp.path().join("small.txt"), ALPHABET).unwrap();
+    let dir = SharedDir::open(tmp.path()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = FileServerConfig {
+        max_connections: WAITERS + 1,
+        ..FileServerConfig::default()
+    };
+    let server = FileServer::start(listener, dir, HashCache::new(), config).unwrap();
+    let addr = server.local_addr();
+    let head = move |target: &str| {
+        let mut client = Client::connect(addr);
+        client.send(&format!("HEAD {target} HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        client.response(true)
+    };
+
+    let (answers_tx, answers) = std::sync::mpsc::channel();
+    let asks: Vec<_> = (0..=WAITERS)
+        .map(|_| {
+            let answers_tx = answers_tx.clone();
+            std::thread::spawn(move || {
+                let _ = answers_tx.send(head("/files/big.bin"));
+            })
+        })
+        .collect();
+    // One more than may wait: that one is refused at once, while the hash runs.
+    let first = answers.recv_timeout(CLIENT_TIMEOUT).unwrap();
+    assert_eq!(first.status(), 503, "{first:?}");
+    let retry: u64 = first.header("Retry-After").unwrap().parse().unwrap();
+    assert!(retry >= 1, "{first:?}");
+    // (That `503` is the hasher's: the connection table's has no `Retry-After`.)
+    // Its slot is freed once the connection is closed: another file is served.
+    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+    let small = loop {
+        let small = head("/files/small.txt");
+        if small.status() != 503 || std::time::Instant::now() > deadline {
+            break small;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(small.status(), 200, "{small:?}");
+    assert_eq!(
+        small.header("ETag").unwrap(),
+        format!("\"{}\"", to_hex(&Sha256::digest(ALPHABET)))
+    );
+
+    let mut zeros = Sha256::new();
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..SIZE / block.len() as u64 {
+        zeros.update(&block);
+    }
+    let expected = format!("\"{}\"", to_hex(&zeros.finalize()));
+    // The ones that waited get the file's digest.
+    for _ in 0..WAITERS {
+        let answer = answers.recv_timeout(Duration::from_secs(300)).unwrap();
+        assert_eq!(answer.status(), 200, "{answer:?}");
+        assert_eq!(answer.header("ETag").unwrap(), expected);
+        assert_eq!(answer.content_length(), SIZE);
+    }
+    for ask in asks {
+        ask.join().unwrap();
+    }
+    // The piece list came from the same read.
+    let pieces = head("/pieces/big.bin");
+    assert_eq!(pieces.status(), 200);
+    assert_eq!(pieces.header("ETag").unwrap(), expected);
+    server.shutdown();
+}

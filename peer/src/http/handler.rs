@@ -39,6 +39,7 @@ pub use p2p_proto::paths::{
 };
 use percent_encoding::utf8_percent_encode;
 
+use super::hasher::{Hasher, Ready};
 use super::pieces::PieceCache;
 use super::range::{self, RangeDecision};
 use super::request::{Method, Request};
@@ -63,6 +64,8 @@ pub struct Site {
     pub hashes: HashCache,
     /// Piece lists served at `/pieces/<name>`.
     pub pieces: PieceCache,
+    /// Where a request's missing hash is computed (big files off the worker).
+    pub hasher: Hasher,
     /// The upload limit shared by all connections; `None` is unlimited
     /// (and keeps the plain copy loop).
     pub limiter: Option<Arc<RateLimiter>>,
@@ -379,6 +382,24 @@ fn hash_failed(
     Ok(Status::InternalError)
 }
 
+/// Answers a request for a big file not hashed yet: `503` with a
+/// `Retry-After` estimate while the background hasher reads it (see
+/// [`super::hasher`]).
+fn being_hashed(
+    stream: &mut TcpStream,
+    retry_after: u64,
+    (close, head_only): (bool, bool),
+) -> io::Result<Status> {
+    let (head, body) = error_head(Status::ServiceUnavailable, close);
+    let out = finish(
+        &head.header("Retry-After", retry_after.to_string()),
+        &body,
+        head_only,
+    );
+    stream.write_all(&out)?;
+    Ok(Status::ServiceUnavailable)
+}
+
 /// Serves the piece list of one shared file (`GET|HEAD /pieces/<name>`).
 fn pieces(
     stream: &mut TcpStream,
@@ -394,11 +415,11 @@ fn pieces(
             Opened::File(name, file, shared) => (name, file, shared),
             Opened::Answered(status) => return Ok(status),
         };
-    let list = match site
-        .pieces
-        .get(&shared, Some(&file), &site.hashes, &mut |_| {})
-    {
-        Ok(list) => list,
+    let list = match site.hasher.pieces(&shared, &file) {
+        Ok(Ready::Now(list)) => list,
+        Ok(Ready::Later { retry_after }) => {
+            return being_hashed(stream, retry_after, (close, head_only))
+        }
         Err(e) => return hash_failed(stream, &e, &name, (close, head_only), client),
     };
     let document = list.to_document();
@@ -425,8 +446,11 @@ fn file(
             Opened::File(name, file, shared) => (name, file, shared),
             Opened::Answered(status) => return Ok(status),
         };
-    let sha256 = match site.hashes.digest(&shared) {
-        Ok(sha256) => sha256,
+    let sha256 = match site.hasher.digest(&shared) {
+        Ok(Ready::Now(sha256)) => sha256,
+        Ok(Ready::Later { retry_after }) => {
+            return being_hashed(stream, retry_after, (close, head_only))
+        }
         Err(e) => return hash_failed(stream, &e, &name, (close, head_only), client),
     };
     let etag = format!("\"{sha256}\"");

@@ -42,6 +42,7 @@
 
 pub mod deadline;
 pub mod handler;
+pub mod hasher;
 pub mod pieces;
 pub mod range;
 pub mod request;
@@ -61,6 +62,7 @@ use p2p_net::{accept_loop, Admission, ConnTable, Policy, Slot, Waker};
 
 use crate::files::{HashCache, SharedDir};
 use handler::{Next, Site};
+use hasher::Hasher;
 use pieces::PieceCache;
 use request::{HeadReader, ReadError};
 use response::{plain, Status};
@@ -221,10 +223,13 @@ impl FileServer {
             workers: Vec::with_capacity(config.max_connections),
             limiter: limiter.clone(),
         };
+        let hasher = Hasher::start(hashes.clone(), pieces.clone(), Arc::clone(&server.stopping))
+            .map_err(HttpError::Spawn)?;
         let site = Arc::new(Site {
             shared,
             hashes,
             pieces,
+            hasher,
             limiter,
         });
         for i in 0..config.max_connections {
