@@ -783,7 +783,9 @@ fn requests_for_a_big_unhashed_file_wait_for_one_read_and_leave_workers_free() {
     let addr = server.local_addr();
     let head = move |target: &str| {
         let mut client = Client::connect(addr);
-        client.send(&format!("HEAD {target} HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        client.send(&format!(
+            "HEAD {target} HTTP/1.1\r\nConnection: close\r\n\r\n"
+        ));
         client.response(true)
     };
 

@@ -93,27 +93,15 @@ pub fn name_key(name: &str) -> Key {
 /// The key a file is announced under by content: the first 20 bytes of its
 /// SHA-256, given as 64 hex digits (either case).
 pub fn content_key(sha256_hex: &str) -> Result<Key, DhtError> {
-    let bad = || DhtError::BadSha256(sha256_hex.to_owned());
-    if sha256_hex.len() != 64 || !sha256_hex.is_ascii() {
-        return Err(bad());
-    }
-    let mut key = [0u8; KEY_BYTES];
-    for (i, byte) in key.iter_mut().enumerate() {
-        let pair = &sha256_hex[2 * i..2 * i + 2];
-        *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
-    }
-    if !sha256_hex[2 * KEY_BYTES..]
-        .chars()
-        .all(|c| c.is_ascii_hexdigit())
-    {
-        return Err(bad());
-    }
-    Ok(key)
+    // The system writes digests in lowercase; a person may paste uppercase.
+    let digest = p2p_proto::hex::from_hex_array::<32>(&sha256_hex.to_ascii_lowercase())
+        .ok_or_else(|| DhtError::BadSha256(sha256_hex.to_owned()))?;
+    Ok(first_20(&digest))
 }
 
 /// A key as 40 lowercase hex digits (for messages and logs).
 pub fn key_hex(key: &Key) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    p2p_proto::hex::to_hex(key)
 }
 
 fn first_20(digest: &[u8]) -> Key {

@@ -711,17 +711,14 @@ mod tests {
 
     #[test]
     fn confirm_reads_size_and_etag_and_refuses_the_rest() {
-        use std::net::{Ipv4Addr, TcpListener};
+        use std::net::Ipv4Addr;
+        // The suites' scripted fake source: one reply, then close.
         let serve = |reply: &'static str| {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = listener.local_addr().unwrap().port();
-            std::thread::spawn(move || {
-                let (mut stream, _) = listener.accept().unwrap();
-                let mut buf = [0u8; 1024];
-                let _ = stream.read(&mut buf);
+            let fake = p2p_tests::FakeSource::start(move |_, stream| {
                 let _ = stream.write_all(reply.as_bytes());
+                false
             });
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, fake.addr.port())
         };
         let sha = "ab".repeat(32);
         let good = Box::leak(

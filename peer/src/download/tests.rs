@@ -6,11 +6,10 @@ use super::*;
 use p2p_proto::protocol::to_hex;
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::Read;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::mpsc;
-use std::thread;
+
+use p2p_tests::{serve_content, wait_until, FakeSource, WAIT_TIMEOUT};
 
 fn fetch_with_defaults(
     sources: &[Source],
@@ -34,32 +33,33 @@ fn source(addr: SocketAddr, content: &[u8]) -> Source {
     }
 }
 
-/// A one-shot-per-connection HTTP server that answers every request with
-/// `respond(request_head)`, recording the request heads it saw.
-fn serve(
-    respond: impl Fn(&str) -> Vec<u8> + Send + 'static,
-) -> (SocketAddr, mpsc::Receiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match stream.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
-            let reply = respond(&head);
-            let _ = tx.send(head);
-            let _ = stream.write_all(&reply);
-        }
+/// A source that answers every request with `respond(request_head)` and
+/// closes the connection: the one scripted fake of the test suites
+/// (`p2p_tests::FakeSource`, in tests/support), which records the heads.
+fn serve(respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> (SocketAddr, Heads) {
+    let fake = FakeSource::start(move |request, stream| {
+        let _ = stream.write_all(&respond(&request.head));
+        false
     });
-    (addr, rx)
+    (fake.addr, Heads { fake, read: 0 })
+}
+
+/// The request heads a [`serve`] source received, in order.
+struct Heads {
+    fake: FakeSource,
+    read: usize,
+}
+
+impl Heads {
+    /// The next head received (waits for it, with a deadline).
+    fn next(&mut self) -> String {
+        let wanted = self.read + 1;
+        wait_until("a request at the fake source", WAIT_TIMEOUT, || {
+            self.fake.requests().len() >= wanted
+        });
+        self.read = wanted;
+        self.fake.requests()[wanted - 1].head.clone()
+    }
 }
 
 fn ok(body: &[u8]) -> Vec<u8> {
@@ -73,39 +73,20 @@ fn ok(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Serves `content` honouring `Range: bytes=N-` as our file server does.
-fn good_server(content: Vec<u8>) -> (SocketAddr, mpsc::Receiver<String>) {
-    serve(move |head| {
-        let range = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Range: bytes="))
-            .and_then(|r| r.strip_suffix('-'))
-            .and_then(|r| r.parse::<usize>().ok());
-        match range {
-            Some(first) if first < content.len() => {
-                let body = &content[first..];
-                let mut out = format!(
-                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\n\
-                     Content-Range: bytes {first}-{}/{}\r\nETag: \"{}\"\r\n\r\n",
-                    body.len(),
-                    content.len() - 1,
-                    content.len(),
-                    sha(&content)
-                )
-                .into_bytes();
-                out.extend_from_slice(body);
-                out
-            }
-            Some(_) => b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 0\r\n\r\n".to_vec(),
-            None => ok(&content),
-        }
-    })
+/// Serves `content` as our file server does (ranges, `ETag`; no piece
+/// list), one request per connection.
+fn good_server(content: Vec<u8>) -> (SocketAddr, Heads) {
+    let fake = FakeSource::start(move |request, stream| {
+        serve_content(request, stream, &content, None);
+        false
+    });
+    (fake.addr, Heads { fake, read: 0 })
 }
 
 #[test]
 fn downloads_verifies_and_renames() {
     let content = b"hello peer".repeat(1000);
-    let (addr, requests) = good_server(content.clone());
+    let (addr, mut requests) = good_server(content.clone());
     let dir = tempfile::tempdir().unwrap();
     let name = "a file é.txt";
     let outcome = fetch_with_defaults(
@@ -118,7 +99,7 @@ fn downloads_verifies_and_renames() {
     assert!(matches!(outcome, Outcome::Downloaded { resumed_at: 0, .. }));
     assert_eq!(fs::read(dir.path().join(name)).unwrap(), content);
     assert!(!dir.path().join(format!("{name}{PART_SUFFIX}")).exists());
-    let head = requests.recv().unwrap();
+    let head = requests.next();
     assert!(
         head.starts_with("GET /files/a%20file%20%C3%A9.txt HTTP/1.1\r\n"),
         "{head}"
@@ -199,7 +180,7 @@ fn never_reads_past_the_registered_size() {
 #[test]
 fn resumes_a_part_file_with_a_guarded_range() {
     let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    let (addr, requests) = good_server(content.clone());
+    let (addr, mut requests) = good_server(content.clone());
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("big.part"), &content[..40_000]).unwrap();
     let outcome = fetch_with_defaults(
@@ -220,7 +201,7 @@ fn resumes_a_part_file_with_a_guarded_range() {
         "{outcome:?}"
     );
     assert_eq!(fs::read(dir.path().join("big")).unwrap(), content);
-    let head = requests.recv().unwrap();
+    let head = requests.next();
     assert!(head.contains("Range: bytes=40000-\r\n"), "{head}");
     assert!(
         head.contains(&format!("If-Range: \"{}\"\r\n", sha(&content))),
@@ -231,7 +212,7 @@ fn resumes_a_part_file_with_a_guarded_range() {
 #[test]
 fn a_part_from_other_content_is_redone_from_scratch() {
     let content: Vec<u8> = (0..50_000u32).map(|i| (i % 13) as u8).collect();
-    let (addr, requests) = good_server(content.clone());
+    let (addr, mut requests) = good_server(content.clone());
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("f.part"), vec![0xEEu8; 10_000]).unwrap();
     fetch_with_defaults(
@@ -242,8 +223,8 @@ fn a_part_from_other_content_is_redone_from_scratch() {
     )
     .unwrap();
     assert_eq!(fs::read(dir.path().join("f")).unwrap(), content);
-    assert!(requests.recv().unwrap().contains("Range:"));
-    assert!(!requests.recv().unwrap().contains("Range:"));
+    assert!(requests.next().contains("Range:"));
+    assert!(!requests.next().contains("Range:"));
 }
 
 #[test]
@@ -332,7 +313,7 @@ fn a_cut_transfer_is_resumed_by_the_next_source() {
         out.extend_from_slice(&half);
         out
     });
-    let (good, requests) = good_server(content.clone());
+    let (good, mut requests) = good_server(content.clone());
     let dir = tempfile::tempdir().unwrap();
     let sources = [source(cut, &content), source(good, &content)];
     let outcome = fetch_with_defaults(&sources, "f", dir.path(), &Reporter::quiet()).unwrap();
@@ -347,7 +328,7 @@ fn a_cut_transfer_is_resumed_by_the_next_source() {
         "{outcome:?}"
     );
     assert_eq!(fs::read(dir.path().join("f")).unwrap(), content);
-    assert!(requests.recv().unwrap().contains("Range: bytes=80000-"));
+    assert!(requests.next().contains("Range: bytes=80000-"));
 }
 
 #[test]
@@ -357,7 +338,7 @@ fn a_source_whose_file_changed_is_skipped_and_the_part_kept() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\nETag: \"other\"\r\n\r\nXXXXXXXXXXXXXXXXXXXX"
             .to_vec()
     });
-    let (good, requests) = good_server(content.clone());
+    let (good, mut requests) = good_server(content.clone());
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("f.part"), &content[..10]).unwrap();
     let sources = [source(changed, &content), source(good, &content)];
@@ -366,7 +347,7 @@ fn a_source_whose_file_changed_is_skipped_and_the_part_kept() {
         matches!(outcome, Outcome::Downloaded { resumed_at: 10, .. }),
         "{outcome:?}"
     );
-    assert!(requests.recv().unwrap().contains("Range: bytes=10-"));
+    assert!(requests.next().contains("Range: bytes=10-"));
 }
 
 /// `n` in-process file servers sharing one folder that holds `name`.
