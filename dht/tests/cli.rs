@@ -1,6 +1,6 @@
 //! The `p2p-dht-testnet` command line: help and a wrong node count. Being an
 //! integration test of this package, it also makes `cargo test --workspace`
-//! build the `p2p-dht-testnet` binary that `tests/dht.rs` starts.
+//! build the `p2p-dht-testnet` binary that `tests/e2e/dht.rs` starts.
 
 use std::process::Command;
 

@@ -540,4 +540,4 @@ impl ShutdownHandle {
 
 // The connection table's admission and fair-share tests are in crate
 // `p2p_net` (table.rs); the registry's behaviour end to end in
-// tests/registry_abuse.rs and tests/reliability.rs.
+// tests/e2e/registry_abuse.rs and tests/e2e/reliability.rs.

@@ -469,7 +469,7 @@ mod tests {
     }
 
     // The admission and fair-share tests of the connection table are in
-    // crate `p2p_net` (table.rs); end to end in tests/peer_slots.rs.
+    // crate `p2p_net` (table.rs); end to end in tests/e2e/peer_slots.rs.
 
     #[test]
     fn refuses_zero_limits() {

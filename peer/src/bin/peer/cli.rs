@@ -39,6 +39,9 @@ pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// Most file-server connections accepted by `--max-connections` (one thread each).
 const MAX_CONNECTIONS_LIMIT: usize = 4096;
 
+/// Shortest file-server read timeout accepted (0 would mean none).
+const MIN_READ_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Shortest file-server write timeout accepted (0 would mean none).
 const MIN_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -203,6 +206,13 @@ pub struct Common {
     )]
     pub max_connections: usize,
 
+    /// Longest the file server waits for a whole request head, counted from
+    /// its first byte, or for the next request on a kept-alive connection
+    /// (hidden: tests shorten it)
+    #[arg(long, global = true, hide = true, value_name = "DURATION",
+          default_value = "30s", value_parser = humantime::parse_duration)]
+    pub read_timeout: Duration,
+
     /// Longest the file server waits for a client to accept any byte before
     /// dropping it (hidden: tests shorten it)
     #[arg(long, global = true, hide = true, value_name = "DURATION",
@@ -319,6 +329,7 @@ impl Common {
         FileServerConfig {
             max_upload_rate: self.max_upload_rate,
             max_connections: self.max_connections,
+            read_timeout: self.read_timeout.max(MIN_READ_TIMEOUT),
             write_timeout: self.write_timeout.max(MIN_WRITE_TIMEOUT),
             ..FileServerConfig::default()
         }

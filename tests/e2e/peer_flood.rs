@@ -245,6 +245,8 @@ fn running_out_of_file_descriptors_does_not_kill_the_peer() {
         "serve",
         "--port",
         "0",
+        "--read-timeout",
+        "3s",
     ];
     let (addr, process) = Running::start(Path::new("/bin/sh"), &args, "listening on ", &[]);
     let pid = process.pid();
@@ -355,12 +357,20 @@ fn crawl(addr: SocketAddr, give_up: Duration, connected: &AtomicUsize) -> Crawl 
 #[test]
 fn slow_loris_clients_cannot_block_others() {
     let registry = Registry::start();
-    let (_peer, addr) = serve(&registry);
+    // The head deadline shortened from its default (30 s) with the hidden
+    // --read-timeout, so the test waits seconds, not half a minute.
+    let read_timeout = Duration::from_secs(3);
+    let peer = Peer::serve(
+        &registry,
+        &[(NAME, CONTENT)],
+        &["--bind", "127.0.0.1", "--read-timeout", "3s"],
+    );
+    let addr = peer.addr;
     // Half the connection limit crawls; the rest must stay usable.
     let crawlers = DEFAULT_MAX_CONNECTIONS / 2;
     // The server's head deadline counts from the first byte, so a crawler
-    // is cut after DEFAULT_READ_TIMEOUT however it trickles.
-    let bound = DEFAULT_READ_TIMEOUT * 2 + Duration::from_secs(10);
+    // is cut after the read timeout however it trickles.
+    let bound = read_timeout * 2 + Duration::from_secs(10);
     let connected = Arc::new(AtomicUsize::new(0));
     let slow: Vec<_> = (0..crawlers)
         .map(|_| {
@@ -401,6 +411,7 @@ fn slow_loris_clients_cannot_block_others() {
     assert!(served(addr));
     println!(
         "slow loris: {crawlers} crawlers cut after at most {cut_after:?} (head deadline \
-         {DEFAULT_READ_TIMEOUT:?}); {OTHERS} other clients served meanwhile, slowest {slowest:?}"
+         {read_timeout:?}, default {DEFAULT_READ_TIMEOUT:?}); {OTHERS} other clients served \
+         meanwhile, slowest {slowest:?}"
     );
 }

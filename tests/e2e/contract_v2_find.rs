@@ -1,6 +1,6 @@
 //! A black-box check of the contract's "Finding and batch downloads"
 //! sentences (/work/shared/contract.md, "Additions, version 2") that
-//! tests/find_batch.rs and tests/menu.rs leave open: `peer find --json`
+//! tests/e2e/find_batch.rs and tests/e2e/menu.rs leave open: `peer find --json`
 //! counting the sources of one content, and exit 2 on a registry that is
 //! down; a batch `peer get` failing every file with one line each when the
 //! registry is down; a batch whose files are all fetched or already there
@@ -8,7 +8,7 @@
 //! which" prompt ending cleanly on end of input.
 //!
 //! These need `peer find`, batch `peer get` and menu 2's FIND list (from
-//! branch `find`); kept apart from tests/contract_v2.rs, which was written
+//! branch `find`); kept apart from tests/e2e/contract_v2.rs, which was written
 //! before that branch was merged.
 
 use std::io::{BufRead, BufReader, Write};

@@ -179,7 +179,7 @@ fn the_ui_defaults_to_8390_or_the_next_free_port_in_serve_and_in_the_menu() {
 
 /// "`p2p-dht-testnet --nodes N`: N DHT nodes on 127.0.0.1, one line
 /// `bootstrap 127.0.0.1:PORT` per node on stdout …, until SIGINT/SIGTERM
-/// (exit 0)." (SIGTERM is in tests/dht.rs.)
+/// (exit 0)." (SIGTERM is in tests/e2e/dht.rs.)
 #[test]
 fn the_testnet_prints_n_bootstrap_lines_and_exits_0_on_sigint() {
     let mut command = std::process::Command::new(bin("p2p-dht-testnet"));

@@ -13,7 +13,6 @@
 //!
 //! Without Chromium or chromedriver the test says why and returns.
 
-mod ui_common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -22,7 +21,7 @@ use std::time::Duration;
 
 use p2p_tests::{pseudo_random_bytes, sha256_hex, wait_until, Peer, Registry, WAIT_TIMEOUT};
 use serde_json::{json, Value};
-use ui_common::{http, ui_addr};
+use crate::ui_common::{http, ui_addr};
 
 /// How long the browser may take to start and answer.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
