@@ -118,18 +118,10 @@ pub fn pinned(sources: &[Source], sha256: &str) -> Vec<Source> {
         .collect()
 }
 
-/// 64 hex digits as a digest (`--sha256`).
+/// 64 hex digits as a digest (`--sha256`); either case, as a person may
+/// paste it.
 pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let text = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(text, 16).ok()?;
-    }
-    Some(out)
+    p2p_proto::hex::from_hex_array(&hex.to_ascii_lowercase())
 }
 
 /// When the sources of `name` disagree on its content, says so on stderr:
