@@ -2,12 +2,11 @@
 //! real processes: a registry and `peer serve` with `--ui 127.0.0.1:0`.
 //! Also the public file port's `?inline`, `Content-Disposition` and index.
 
-
 use std::time::Duration;
 
+use crate::ui_common::{http, start_download, token_of, ui_addr, HttpReply};
 use p2p_tests::{pseudo_random_bytes, sha256_hex, wait_until, Peer, Registry, WAIT_TIMEOUT};
 use serde_json::Value;
-use crate::ui_common::{http, start_download, token_of, ui_addr, HttpReply};
 
 #[test]
 fn safety_rules_refuse_what_they_must_and_accept_what_they_must() {

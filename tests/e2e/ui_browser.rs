@@ -13,15 +13,14 @@
 //!
 //! Without Chromium or chromedriver the test says why and returns.
 
-
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::ui_common::{http, ui_addr};
 use p2p_tests::{pseudo_random_bytes, sha256_hex, wait_until, Peer, Registry, WAIT_TIMEOUT};
 use serde_json::{json, Value};
-use crate::ui_common::{http, ui_addr};
 
 /// How long the browser may take to start and answer.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);

@@ -331,7 +331,6 @@ impl Common {
             max_connections: self.max_connections,
             read_timeout: self.read_timeout.max(MIN_READ_TIMEOUT),
             write_timeout: self.write_timeout.max(MIN_WRITE_TIMEOUT),
-            ..FileServerConfig::default()
         }
     }
 }
