@@ -33,6 +33,11 @@ fn safety_rules_refuse_what_they_must_and_accept_what_they_must() {
             !reply.body.contains(&token),
             "the token leaked to Host {host}"
         );
+        // The refusal says where the UI answers.
+        assert!(
+            reply.body.contains(&format!("http://{own}/")),
+            "Host {host}: {reply:?}"
+        );
     }
     let no_host = HttpReply::raw(ui, "GET /api/downloads HTTP/1.0\r\n\r\n");
     assert_eq!(no_host.status, 403, "{no_host:?}");

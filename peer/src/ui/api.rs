@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::assets;
-use super::guard::Guard;
+use super::guard::{Guard, Refusal};
 use super::jobs::{JobError, Jobs};
 use super::request::{read_request, UiReadError, UiRequest};
 use super::{Context, UI_READ_TIMEOUT, UI_WRITE_TIMEOUT};
@@ -199,7 +199,14 @@ fn answer(request: &UiRequest, site: &Site) -> Response {
         request.changes_state(),
     ) {
         tracing::info!(target = request.target, "ui: 403: {refusal}");
-        return Response::error(403, refusal);
+        // Someone who typed `localhost:8390` learns where the UI answers
+        // (only the UI's own address is accepted, against DNS rebinding).
+        return match refusal {
+            Refusal::Host => {
+                Response::error(403, format!("{refusal}; open {} instead", site.guard.url()))
+            }
+            _ => Response::error(403, refusal),
+        };
     }
     let read = matches!(request.method.as_str(), "GET" | "HEAD");
     let post = request.method == "POST";

@@ -63,6 +63,19 @@ impl Guard {
         Guard { addr, token }
     }
 
+    /// Where a person should point the browser: the UI's own address (with
+    /// a placeholder for the IP when it listens on all addresses).
+    pub fn url(&self) -> String {
+        if self.addr.ip().is_unspecified() {
+            format!(
+                "http://<an IP address of this machine>:{}/",
+                self.addr.port()
+            )
+        } else {
+            format!("http://{}/", authority(self.addr))
+        }
+    }
+
     /// The token the page embeds.
     pub fn token(&self) -> &str {
         &self.token
