@@ -2,14 +2,13 @@
 //! types. The `peer` binary builds a [`PeerConfig`] from its arguments once;
 //! every mode of the library (menu, serve, get, ...) takes it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::dht::DhtConfig;
 use crate::download::Options;
 use crate::http::FileServerConfig;
-use crate::ui::UiAddr;
 use crate::watch::WatchConfig;
 
 /// Everything the modes of a peer share.
@@ -43,4 +42,31 @@ pub struct PeerConfig {
     pub ui: UiAddr,
     /// `--dht`: announce on and look up in the Mainline DHT too; `None`: registry only.
     pub dht: Option<DhtConfig>,
+}
+
+/// What `--ui` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UiAddr {
+    /// `--ui off`: no UI.
+    Off,
+    /// No `--ui`: [`crate::ui::DEFAULT_UI_ADDR`], or the next free of [`crate::ui::UI_PORT_TRIES`] ports.
+    #[default]
+    Default,
+    /// `--ui ADDR`: exactly there (port 0 picks a free one).
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for UiAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<UiAddr, String> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(UiAddr::Off);
+        }
+        text.parse::<SocketAddr>().map(UiAddr::At).map_err(|_| {
+            format!(
+                "{text:?} is not an address: give IP:PORT (e.g. 127.0.0.1:8390, [::1]:0) or off"
+            )
+        })
+    }
 }

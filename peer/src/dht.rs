@@ -595,18 +595,23 @@ impl SearchError {
     }
 }
 
-/// The sources of `name` the way `common` says: the registry's only
-/// ([`crate::download::search`]) without `--dht`, [`search_with_dht`] with
-/// it. Never empty on success. (The menu's download uses it.)
-pub fn search(common: &crate::config::PeerConfig, name: &str) -> Result<Vec<Source>, SearchError> {
-    let Some(config) = &common.dht else {
-        return Ok(crate::download::search(&common.server, name)?);
+/// The sources of `name` from the registry at `server`, and from the DHT
+/// when `dht` is on (`--dht`): the registry's only
+/// ([`crate::download::search`]) without it, [`search_with_dht`] with it.
+/// Never empty on success. (The menu's download uses it.)
+pub fn search(
+    server: &str,
+    dht: Option<&DhtConfig>,
+    name: &str,
+) -> Result<Vec<Source>, SearchError> {
+    let Some(config) = dht else {
+        return Ok(crate::download::search(server, name)?);
     };
-    let sources = search_with_dht(&common.server, config, name)?;
+    let sources = search_with_dht(server, config, name)?;
     if sources.is_empty() {
         return Err(SearchError::NotFound {
             name: name.to_owned(),
-            registry: common.server.clone(),
+            registry: server.to_owned(),
         });
     }
     Ok(sources)

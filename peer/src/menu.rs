@@ -448,7 +448,7 @@ fn download(
         console.say("no name given")?;
         return Ok(true);
     }
-    let sources = match crate::dht::search(common, &name) {
+    let sources = match crate::dht::search(&common.server, common.dht.as_ref(), &name) {
         Ok(sources) => sources,
         Err(e) if e.is_not_found() => {
             let hits = find::find(&common.server, &find::name_words(&name)).unwrap_or_default();

@@ -46,6 +46,7 @@ use crossbeam_channel::{Receiver, TrySendError};
 use p2p_net::{accept_loop, Waker};
 
 use crate::config::PeerConfig;
+pub use crate::config::UiAddr;
 use crate::files::SharedDir;
 use crate::registration::Registrar;
 
@@ -74,33 +75,6 @@ pub const UI_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown may take connecting to its own listener to wake the
 /// acceptor, where shutting the listening socket down does not (the fallback).
 const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What `--ui` asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UiAddr {
-    /// `--ui off`: no UI.
-    Off,
-    /// No `--ui`: [`DEFAULT_UI_ADDR`], or the next free of [`UI_PORT_TRIES`] ports.
-    #[default]
-    Default,
-    /// `--ui ADDR`: exactly there (port 0 picks a free one).
-    At(SocketAddr),
-}
-
-impl std::str::FromStr for UiAddr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<UiAddr, String> {
-        if text.eq_ignore_ascii_case("off") {
-            return Ok(UiAddr::Off);
-        }
-        text.parse::<SocketAddr>().map(UiAddr::At).map_err(|_| {
-            format!(
-                "{text:?} is not an address: give IP:PORT (e.g. 127.0.0.1:8390, [::1]:0) or off"
-            )
-        })
-    }
-}
 
 /// What the UI shows and acts on, from the peer that starts it.
 #[derive(Clone)]

@@ -297,7 +297,7 @@ fn find_cmd(common: &PeerConfig, words: &[String], json: bool) -> anyhow::Result
 
 /// `search --dht`: the registry's and the DHT's sources, merged, grouped by content.
 fn dht_search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
-    let sources = match dht::search(common, name) {
+    let sources = match dht::search(&common.server, common.dht.as_ref(), name) {
         Ok(sources) => sources,
         Err(e) => return dht_not_found_or(e),
     };
@@ -317,7 +317,7 @@ fn dht_get(
     options: &download::Options,
     reporter: &Reporter,
 ) -> anyhow::Result<ExitCode> {
-    let sources = match dht::search(common, name) {
+    let sources = match dht::search(&common.server, common.dht.as_ref(), name) {
         Ok(sources) => sources,
         Err(e) => return dht_not_found_or(e),
     };
