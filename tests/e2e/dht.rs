@@ -456,3 +456,52 @@ fn the_menu_with_dht_downloads_from_a_dht_source() {
         "{out}"
     );
 }
+
+/// `serve --dht` started while its registry is down shares on the DHT at
+/// once, and registers its files when the registry comes up.
+#[test]
+fn a_peer_started_before_its_registry_registers_once_it_is_up() {
+    let testnet = Testnet::start(3);
+    // A port nothing listens on yet, for the registry to take later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let registry_addr = format!("127.0.0.1:{port}");
+    let content = b"shared before the registry was up".to_vec();
+    let peer = serve(
+        &testnet.bootstrap,
+        &registry_addr,
+        &[("early.txt", &content)],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("registry.db");
+    let (_addr, _registry) = Running::start(
+        &bin("dht-server"),
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            &registry_addr,
+            "--no-mdns",
+        ],
+        "listening on ",
+        &[],
+    );
+    let expected = line_of(&peer, &content);
+    wait_until(
+        "the peer registers with the new registry",
+        FIND_TIMEOUT,
+        || {
+            p2p_proto::client::Client::connect(&registry_addr)
+                .and_then(|mut c| c.search("early.txt"))
+                .is_ok_and(|sources| {
+                    sources.iter().any(|s| {
+                        format!("{}:{} {} {}", s.host, s.port, s.size, s.sha256) == expected
+                    })
+                })
+        },
+    );
+}
