@@ -514,3 +514,76 @@ fn cancel_stops_a_queued_download_and_a_running_one() {
         files[1].1
     );
 }
+
+/// Cancel also stops a download fetched piece by piece from several
+/// sources: the coordinator stops its workers, no final file appears, the
+/// `.part` stays, and Retry resumes it to the right bytes.
+#[test]
+fn cancel_stops_a_multi_source_download() {
+    let registry = Registry::start();
+    let name = "big from two.bin";
+    // Three pieces and a bit, from two sources at 1 MiB/s each: seconds.
+    let content = pseudo_random_bytes(3 * 4 * 1024 * 1024 + 4321, 41);
+    let throttled = ["--ui", "off", "--max-upload-rate", "1MiB"];
+    let _a = Peer::serve(&registry, &[(name, &content)], &throttled);
+    let _b = Peer::serve(&registry, &[(name, &content)], &throttled);
+    let c = Peer::serve(&registry, &[], &["--ui", "127.0.0.1:0"]);
+    let ui = ui_addr(&c);
+    let own = ui.to_string();
+    let token = token_of(ui);
+    let auth = [("Host", own.as_str()), ("X-P2P-Token", token.as_str())];
+    let id = start_download(ui, name, None)["id"].as_u64().unwrap();
+    let job = || {
+        http(
+            ui,
+            "GET",
+            &format!("/api/downloads/{id}"),
+            &[("Host", &own)],
+            "",
+        )
+        .json()
+    };
+    wait_until("bytes arriving", WAIT_TIMEOUT, || {
+        let j = job();
+        j["state"] == "running" && j["done"].as_u64().unwrap_or(0) > 0
+    });
+    let part = c.downloads.join(format!("{name}.part"));
+    assert!(part.exists(), "{}", job());
+
+    let cancel = http(
+        ui,
+        "POST",
+        &format!("/api/downloads/{id}/cancel"),
+        &auth,
+        "",
+    );
+    assert_eq!(cancel.status, 200, "{cancel:?}");
+    wait_until("the cancelled transfer to stop", WAIT_TIMEOUT, || {
+        job()["running"] == false
+    });
+    let stopped = job();
+    assert_eq!(stopped["state"], "cancelled", "{stopped}");
+    assert!(
+        stopped["sources"]
+            .as_str()
+            .unwrap()
+            .contains("from 2 sources"),
+        "not the multi-source path: {stopped}"
+    );
+    assert!(!c.downloads.join(name).exists());
+    assert!(part.exists());
+    assert!(
+        stopped["done"].as_u64().unwrap() < content.len() as u64,
+        "{stopped}"
+    );
+
+    let retry = http(ui, "POST", &format!("/api/downloads/{id}/retry"), &auth, "");
+    assert_eq!(retry.status, 202, "{retry:?}");
+    wait_until(
+        "the retried download to verify",
+        Duration::from_secs(60),
+        || job()["state"] == "verified",
+    );
+    assert_eq!(std::fs::read(c.downloads.join(name)).unwrap(), content);
+    println!("multi-source cancel: {stopped}\nafter retry: {}", job());
+}
