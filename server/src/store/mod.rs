@@ -437,7 +437,10 @@ pub fn load_index(
             "SELECT f.name_key, p.host, p.port, r.size, r.sha256, r.last_seen, r.seen_seq
              FROM registrations r
              JOIN files f ON f.id = r.file_id
-             JOIN peers p ON p.id = r.peer_id",
+             JOIN peers p ON p.id = r.peer_id
+             ORDER BY r.file_id",
+            // One name's rows together, as Index::rebuild needs: the
+            // primary key's order, so SQLite scans without sorting.
         )
         .map_err(sql_err)?;
     let rows = stmt
