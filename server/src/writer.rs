@@ -233,6 +233,11 @@ pub fn spawn(
         path: config.path.clone(),
         source,
     })?;
+    if index.is_enabled() {
+        // Not in step with the database until the load is in; set before
+        // the server listens, so no scrape sees the gauge missing.
+        crate::metrics::set_change_log_lag(1);
+    }
     let (jobs, queue) = bounded(QUEUE_CAPACITY);
     let thread = thread::Builder::new()
         .name("writer".into())
