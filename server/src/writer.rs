@@ -615,7 +615,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use crate::store::{admin, OpenMode, Store, SyncMode};
+    use crate::store::{admin, OpenMode, Store, SyncMode, FIND_NARROW_CANDIDATES};
 
     const TTL_MS: i64 = 100;
     const HOSTS: [&str; 2] = ["10.0.0.1", "[::1]"];
@@ -726,6 +726,85 @@ mod tests {
                     index.apply(&change);
                 }
                 check(&index, &store, &conn, &path, now);
+            }
+        }
+    }
+
+    // ---- FIND: the narrowed query against the full one. ----
+
+    /// Pieces of names: cases, diacritics, digits, scripts without spaces.
+    const PIECES: [&str; 12] = [
+        "Holiday", "holi", "photo", "Café", "CAFÉ", "über", "2024", "ab", "abc", "日本", "ß", "x",
+    ];
+    const SEPARATORS: [&str; 5] = [" ", "-", ".", "_", ""];
+    /// Words of a FIND: prefixes, other cases, separators inside a word
+    /// (a phrase for FTS5), a word with no letter, a missing one.
+    const WORDS: [&str; 16] = [
+        "holi",
+        "HOLIDAY",
+        "pho",
+        "caf",
+        "café",
+        "2",
+        "2024",
+        "a",
+        "abc",
+        "b-c",
+        "holiday.photo",
+        "日",
+        "-",
+        "zzz",
+        "cafe",
+        "uber",
+    ];
+
+    fn name_of(parts: &[(usize, usize)]) -> String {
+        parts
+            .iter()
+            .map(|&(p, s)| format!("{}{}", PIECES[p], SEPARATORS[s]))
+            .collect::<String>()
+            .trim()
+            .to_owned()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn find_answers_as_the_full_query(
+            names in proptest::collection::vec(
+                (proptest::collection::vec((0..PIECES.len(), 0..SEPARATORS.len()), 1..4), 1u16..4, 0i64..3),
+                1..30,
+            ),
+            crowd in 0usize..2,
+            finds in proptest::collection::vec(proptest::collection::vec(0..WORDS.len(), 1..4), 1..12),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("r.db").to_string_lossy().into_owned();
+            let conn = store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+            let store = Store::open_readers(&path, 1).unwrap();
+            let mut seq = 0;
+            let mut register = |name: &str, port: u16, seen: i64| {
+                if name.is_empty() {
+                    return;
+                }
+                seq += 1;
+                let key = p2p_proto::protocol::name_key(name);
+                writes::register(&conn, "10.0.0.1", port, &key, name, 1, HASHES[0], Stamp { ms: seen, seq }).unwrap();
+            };
+            for (parts, port, seen) in &names {
+                register(&name_of(parts), *port, *seen);
+            }
+            // Sometimes more names than the narrowing takes share a word.
+            for i in 0..crowd * (FIND_NARROW_CANDIDATES + 5) {
+                register(&format!("photo crowd {i}"), 1, 2);
+            }
+            for words in finds {
+                let words: Vec<&str> = words.iter().map(|&w| WORDS[w]).collect();
+                for since in [0, 1, 2] {
+                    let narrowed = store.find(&words, since).unwrap();
+                    let full = store.find_unnarrowed(&words, since).unwrap();
+                    prop_assert_eq!(&narrowed, &full, "FIND {:?} live since {}", words, since);
+                }
             }
         }
     }
