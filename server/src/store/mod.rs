@@ -54,7 +54,7 @@ pub const MAX_FIND_EXAMINED: usize = 10_000;
 /// names alone (`Store::find_narrowed`): a handful of rows copied into a
 /// TEMP table, where the full query over a broad prefix costs a merge of
 /// its whole doclist.
-pub const FIND_NARROW_CANDIDATES: usize = 64;
+pub const FIND_NARROW_CANDIDATES: usize = 256;
 
 /// How durable a commit is (SQLite's `synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -449,8 +449,9 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
     }
 
-    /// FIND through the candidates of its longest word, when that word
-    /// alone matches at most [`FIND_NARROW_CANDIDATES`] names: those names
+    /// FIND through the candidates of one of its words (see
+    /// [`narrow_driver`]), when that word alone matches at most
+    /// [`FIND_NARROW_CANDIDATES`] names: those names
     /// are copied into a TEMP FTS5 table with the same tokenizer, and the
     /// whole query runs there, then the same grouping as [`Store::find`].
     /// `None` when the word matches more (the caller runs the full query).
@@ -471,10 +472,7 @@ impl Store {
         query: &str,
         live_since: i64,
     ) -> rusqlite::Result<Option<Vec<FindHit>>> {
-        let Some(longest) = words.iter().max_by_key(|w| w.chars().count()) else {
-            return Ok(None);
-        };
-        let Some(driver) = fts_prefix_query(&[longest]) else {
+        let Some(driver) = narrow_driver(conn, words)? else {
             return Ok(None);
         };
         // The TEMP schema is the connection's own (in memory, writable on a
@@ -600,6 +598,29 @@ fn read_pool(path: &str, size: u32) -> Result<r2d2::Pool<SqliteConnectionManager
             path: path.to_owned(),
             source,
         })
+}
+
+/// The word of a FIND to narrow by ([`Store::find_narrowed`]), as an FTS5
+/// prefix query: the longest word whose exact term (cheap to count: no
+/// doclists are merged for it) has at most [`FIND_NARROW_CANDIDATES`]
+/// names. A word whose exact term has more would have more as a prefix.
+fn narrow_driver(conn: &Connection, words: &[&str]) -> rusqlite::Result<Option<String>> {
+    let mut by_length: Vec<&str> = words.to_vec();
+    by_length.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
+    let mut probe = conn.prepare_cached(
+        "SELECT count(*) FROM (SELECT rowid FROM files_fts WHERE files_fts MATCH ?1 LIMIT ?2)",
+    )?;
+    for word in by_length {
+        let exact = format!("\"{}\"", word.replace('"', "\"\""));
+        let names: i64 = probe
+            .query_row(params![exact, FIND_NARROW_CANDIDATES as i64 + 1], |r| {
+                r.get(0)
+            })?;
+        if names as usize <= FIND_NARROW_CANDIDATES {
+            return Ok(fts_prefix_query(&[word]));
+        }
+    }
+    Ok(None)
 }
 
 /// Builds an FTS5 query in which each word is a quoted prefix term, so that
