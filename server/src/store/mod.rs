@@ -53,8 +53,17 @@ pub const MAX_FIND_EXAMINED: usize = 10_000;
 /// Most names a FIND's longest word may match for the FIND to run on those
 /// names alone (`Store::find_narrowed`): a handful of rows copied into a
 /// TEMP table, where the full query over a broad prefix costs a merge of
-/// its whole doclist.
+/// its whole doclist. (Its SQL says `LIMIT 257`, this plus one, as a
+/// literal: see `find_narrowed`.)
 pub const FIND_NARROW_CANDIDATES: usize = 256;
+const _: () = assert!(
+    FIND_NARROW_CANDIDATES + 1 == 257,
+    "the LIMITs of find_narrowed"
+);
+const _: () = assert!(
+    FIND_NARROW_CANDIDATES + 1 == 257,
+    "the LIMITs of find_narrowed"
+);
 
 /// How durable a commit is (SQLite's `synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -426,7 +435,8 @@ impl Store {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT count(*), r.size, r.sha256, f.name
-                 FROM (SELECT rowid AS id FROM files_fts WHERE files_fts MATCH ?1 LIMIT ?4) m
+                 FROM (SELECT rowid AS id FROM files_fts WHERE files_fts MATCH (SELECT ?1)
+                       LIMIT ?4) m
                  JOIN files f ON f.id = m.id
                  JOIN registrations r ON r.file_id = f.id
                  WHERE r.last_seen >= ?2
@@ -465,6 +475,11 @@ impl Store {
     /// those match in the TEMP table; and fewer than
     /// [`MAX_FIND_EXAMINED`] match, so that cap changes nothing. One read
     /// transaction makes it one snapshot, as the single statement was.
+    ///
+    /// `MATCH (SELECT ?1)` and literal limits, not `MATCH ?1 LIMIT ?2`:
+    /// FTS5 looks at a bound right-hand side when it plans, and SQLite then
+    /// prepares the statement again whenever the binding changes (15 % of
+    /// the CPU of a FIND); a subquery's value is not shown to the planner.
     fn find_narrowed(
         &self,
         conn: &Connection,
@@ -477,31 +492,44 @@ impl Store {
         };
         // The TEMP schema is the connection's own (in memory, writable on a
         // read-only connection); the table is made once per connection.
-        conn.execute_batch(
-            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.find_candidates
-             USING fts5 (name, tokenize = 'unicode61 remove_diacritics 0')",
-        )?;
+        let made: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM temp.sqlite_master WHERE name = 'find_candidates'",
+            )?
+            .query_row([], |r| r.get(0))?;
+        if made == 0 {
+            // Contentless: only rowids are read back, and 'delete-all'
+            // empties it at once (a DELETE would write tombstones to merge).
+            conn.execute_batch(
+                "CREATE VIRTUAL TABLE temp.find_candidates
+                 USING fts5 (name, content = '', tokenize = 'unicode61 remove_diacritics 0')",
+            )?;
+        }
         let tx = conn.unchecked_transaction()?;
-        tx.prepare_cached("DELETE FROM temp.find_candidates")?
+        tx.prepare_cached("INSERT INTO find_candidates (find_candidates) VALUES ('delete-all')")?
             .execute([])?;
         let copied = tx
             .prepare_cached(
                 "INSERT INTO temp.find_candidates (rowid, name)
                  SELECT f.id, f.name
-                 FROM (SELECT rowid AS id FROM files_fts WHERE files_fts MATCH ?1 LIMIT ?2) m
+                 FROM (SELECT rowid AS id FROM files_fts WHERE files_fts MATCH (SELECT ?1)
+                       LIMIT 257) m
                  JOIN files f ON f.id = m.id",
             )?
-            .execute(params![driver, FIND_NARROW_CANDIDATES as i64 + 1])?;
+            .execute(params![driver])?;
         if copied > FIND_NARROW_CANDIDATES {
-            tx.prepare_cached("DELETE FROM temp.find_candidates")?
-                .execute([])?;
+            tx.prepare_cached(
+                "INSERT INTO find_candidates (find_candidates) VALUES ('delete-all')",
+            )?
+            .execute([])?;
             tx.commit()?;
             return Ok(None);
         }
         let hits = {
             let mut stmt = tx.prepare_cached(
                 "SELECT count(*), r.size, r.sha256, f.name
-                 FROM (SELECT rowid AS id FROM find_candidates WHERE find_candidates MATCH ?1) m
+                 FROM (SELECT rowid AS id FROM find_candidates
+                       WHERE find_candidates MATCH (SELECT ?1)) m
                  JOIN files f ON f.id = m.id
                  JOIN registrations r ON r.file_id = f.id
                  WHERE r.last_seen >= ?2
@@ -520,7 +548,7 @@ impl Store {
                 })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
-        tx.prepare_cached("DELETE FROM temp.find_candidates")?
+        tx.prepare_cached("INSERT INTO find_candidates (find_candidates) VALUES ('delete-all')")?
             .execute([])?;
         tx.commit()?;
         Ok(Some(hits))
@@ -608,14 +636,12 @@ fn narrow_driver(conn: &Connection, words: &[&str]) -> rusqlite::Result<Option<S
     let mut by_length: Vec<&str> = words.to_vec();
     by_length.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
     let mut probe = conn.prepare_cached(
-        "SELECT count(*) FROM (SELECT rowid FROM files_fts WHERE files_fts MATCH ?1 LIMIT ?2)",
+        "SELECT count(*) FROM (SELECT rowid FROM files_fts WHERE files_fts MATCH (SELECT ?1)
+                               LIMIT 257)",
     )?;
     for word in by_length {
         let exact = format!("\"{}\"", word.replace('"', "\"\""));
-        let names: i64 = probe
-            .query_row(params![exact, FIND_NARROW_CANDIDATES as i64 + 1], |r| {
-                r.get(0)
-            })?;
+        let names: i64 = probe.query_row(params![exact], |r| r.get(0))?;
         if names as usize <= FIND_NARROW_CANDIDATES {
             return Ok(fts_prefix_query(&[word]));
         }
