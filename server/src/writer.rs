@@ -615,7 +615,9 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use crate::store::{admin, OpenMode, Store, SyncMode, FIND_NARROW_CANDIDATES};
+    use crate::store::{
+        admin, OpenMode, Store, SyncMode, FIND_NARROW_CANDIDATES, FIND_NARROW_PROBE,
+    };
 
     const TTL_MS: i64 = 100;
     const HOSTS: [&str; 2] = ["10.0.0.1", "[::1]"];
@@ -794,8 +796,8 @@ mod tests {
             for (parts, port, seen) in &names {
                 register(&name_of(parts), *port, *seen);
             }
-            // Sometimes more names than the narrowing takes share a word.
-            for i in 0..crowd * (FIND_NARROW_CANDIDATES + 5) {
+            // Sometimes a word is in too many names to be tried first.
+            for i in 0..crowd * (FIND_NARROW_PROBE + 5) {
                 register(&format!("photo crowd {i}"), 1, 2);
             }
             for words in finds {
@@ -806,6 +808,37 @@ mod tests {
                     prop_assert_eq!(&narrowed, &full, "FIND {:?} live since {}", words, since);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn find_with_too_many_candidates_runs_the_full_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db").to_string_lossy().into_owned();
+        let mut conn =
+            store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+        let store = Store::open_readers(&path, 1).unwrap();
+        let tx = conn.transaction().unwrap();
+        // "x"* is in every name, the exact term "x" in none: tried first,
+        // and over the candidates' limit.
+        for i in 0..FIND_NARROW_CANDIDATES + 5 {
+            let name = format!("x{i} y{}", i % 7);
+            let key = p2p_proto::protocol::name_key(&name);
+            let stamp = Stamp {
+                ms: 10,
+                seq: i as i64,
+            };
+            writes::register(&tx, "10.0.0.1", 1, &key, &name, 1, HASHES[0], stamp).unwrap();
+        }
+        tx.commit().unwrap();
+        for words in [["x", "y"], ["x", "y3"], ["x1", "y"], ["x40", "y5"]] {
+            let narrowed = store.find(&words, 0).unwrap();
+            assert_eq!(
+                narrowed,
+                store.find_unnarrowed(&words, 0).unwrap(),
+                "{words:?}"
+            );
+            assert!(!narrowed.is_empty(), "{words:?}");
         }
     }
 }

@@ -50,20 +50,22 @@ pub const MAX_FIND_WORDS: usize = 32;
 /// index order), so a broad FIND is a sample and a narrower one is exact.
 pub const MAX_FIND_EXAMINED: usize = 10_000;
 
-/// Most names a FIND's longest word may match for the FIND to run on those
-/// names alone (`Store::find_narrowed`): a handful of rows copied into a
-/// TEMP table, where the full query over a broad prefix costs a merge of
-/// its whole doclist. (Its SQL says `LIMIT 257`, this plus one, as a
-/// literal: see `find_narrowed`.)
-pub const FIND_NARROW_CANDIDATES: usize = 256;
-const _: () = assert!(
-    FIND_NARROW_CANDIDATES + 1 == 257,
-    "the LIMITs of find_narrowed"
-);
-const _: () = assert!(
-    FIND_NARROW_CANDIDATES + 1 == 257,
-    "the LIMITs of find_narrowed"
-);
+/// Most names a FIND's narrowing word may match for the FIND to run on
+/// those names alone (`Store::find_narrowed`): rows copied into a TEMP
+/// table (about 3 µs each), where the full query over a broad prefix costs
+/// a merge of its whole doclist (~100 ms for a million names). Below
+/// [`MAX_FIND_EXAMINED`], so that cap never applies to a narrowed FIND.
+/// (Its SQL says `LIMIT 4097`, this plus one, as a literal: see
+/// `find_narrowed`.)
+pub const FIND_NARROW_CANDIDATES: usize = 4096;
+const _: () = assert!(FIND_NARROW_CANDIDATES + 1 == 4097);
+const _: () = assert!(FIND_NARROW_CANDIDATES < MAX_FIND_EXAMINED);
+
+/// A word whose exact term is in more names than this is not tried as the
+/// narrowing word (its prefix is in at least as many); counting further
+/// would cost every FIND more. (`LIMIT 257` in `narrow_driver`.)
+pub const FIND_NARROW_PROBE: usize = 256;
+const _: () = assert!(FIND_NARROW_PROBE + 1 == 257);
 
 /// How durable a commit is (SQLite's `synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -513,7 +515,7 @@ impl Store {
                 "INSERT INTO temp.find_candidates (rowid, name)
                  SELECT f.id, f.name
                  FROM (SELECT rowid AS id FROM files_fts WHERE files_fts MATCH (SELECT ?1)
-                       LIMIT 257) m
+                       LIMIT 4097) m
                  JOIN files f ON f.id = m.id",
             )?
             .execute(params![driver])?;
@@ -630,8 +632,7 @@ fn read_pool(path: &str, size: u32) -> Result<r2d2::Pool<SqliteConnectionManager
 
 /// The word of a FIND to narrow by ([`Store::find_narrowed`]), as an FTS5
 /// prefix query: the longest word whose exact term (cheap to count: no
-/// doclists are merged for it) has at most [`FIND_NARROW_CANDIDATES`]
-/// names. A word whose exact term has more would have more as a prefix.
+/// doclists are merged for it) is in at most [`FIND_NARROW_PROBE`] names.
 fn narrow_driver(conn: &Connection, words: &[&str]) -> rusqlite::Result<Option<String>> {
     let mut by_length: Vec<&str> = words.to_vec();
     by_length.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
@@ -642,7 +643,7 @@ fn narrow_driver(conn: &Connection, words: &[&str]) -> rusqlite::Result<Option<S
     for word in by_length {
         let exact = format!("\"{}\"", word.replace('"', "\"\""));
         let names: i64 = probe.query_row(params![exact], |r| r.get(0))?;
-        if names as usize <= FIND_NARROW_CANDIDATES {
+        if names as usize <= FIND_NARROW_PROBE {
             return Ok(fts_prefix_query(&[word]));
         }
     }
