@@ -1,7 +1,7 @@
 //! Applies one parsed request to the registry and produces its reply.
 //!
-//! SEARCH reads the in-memory [`Index`] when it is enabled (else the
-//! [`Store`]'s pool, like FIND), writes
+//! SEARCH reads the in-memory [`Index`] when it is enabled and loaded (else
+//! the [`Store`]'s pool, like FIND), writes
 //! go to the [`WriterHandle`] (which answers only after the commit and after
 //! the index shows it). The caller's identity is the host the
 //! server saw on the socket, never one the client claims. Storage errors
@@ -70,7 +70,7 @@ fn rewrite_loopback(sources: &mut [Source], local_host: &str) {
 pub struct Registry {
     pub store: Store,
     /// Live registrations in memory: answers SEARCH when enabled
-    /// (`--memory-index`); otherwise SEARCH is an SQLite query.
+    /// (`--memory-index`) and loaded; otherwise SEARCH is an SQLite query.
     pub index: Arc<Index>,
     pub writer: WriterHandle,
     /// How long a registration lives without a heartbeat.
@@ -113,13 +113,15 @@ impl Registry {
                 host,
             ),
             Request::Search { name } => {
-                let mut sources = if self.index.is_enabled() {
-                    self.index.search(&Key::of_name(name), self.live_since())
-                } else {
-                    match self.store.search(&name_key(name), self.live_since()) {
+                let live_since = self.live_since();
+                // The index answers once loaded; before that (and without
+                // --memory-index, or while it reloads) the database does.
+                let mut sources = match self.index.search(&Key::of_name(name), live_since) {
+                    Some(sources) => sources,
+                    None => match self.store.search(&name_key(name), live_since) {
                         Ok(sources) => sources,
                         Err(e) => return internal(&e, e.short_reason(), host),
-                    }
+                    },
                 };
                 if sources.is_empty() {
                     return Reply::NotFound;

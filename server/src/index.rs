@@ -1,33 +1,50 @@
 //! The in-memory index of registrations that answers SEARCH without SQL.
 //!
 //! SQLite stays the durable truth; this is a copy of its registrations,
-//! keyed by the SHA-256 of the name, built at start-up from the database
-//! ([`Index::rebuild`]) and kept in step by the writer thread, which applies
-//! each batch's [`Change`]s only after that batch's `COMMIT` returned (so a
-//! reader never sees a change that is not on disk). Changes made to the file
-//! by another process (`p2p-admin prune`) are caught by the writer's poll of
-//! `PRAGMA data_version`, which rebuilds the index (see
+//! keyed by the SHA-256 of the name, loaded from the database
+//! ([`Index::rebuild`], on the writer thread once the server listens) and
+//! kept in step by the writer thread, which applies each batch's
+//! [`Change`]s only after that batch's `COMMIT` returned (so a reader never
+//! sees a change that is not on disk). Changes made to the file by another
+//! process (`p2p-admin prune`) are caught by the writer's poll of
+//! `PRAGMA data_version`, which loads the index again (see
 //! docs/architecture.md, "Reads from memory").
 //!
-//! Concurrency: [`SHARDS`] shards, each a `RwLock` over a hash map, chosen
-//! by the key's hash. Readers (every worker) take one shard's
-//! read lock for the time of one lookup; the single writer takes one shard's
-//! write lock per change. A SEARCH never waits for the disk.
+//! While a load runs (or after one failed) the index is *not ready*:
+//! [`Index::search`] answers `None` and the caller asks SQLite instead. A
+//! generation counter, odd while not ready, tells a reader whether what it
+//! read may be half-loaded: it is read before and after each lookup.
+//!
+//! Concurrency: [`SHARDS`] shards, each an `RwLock` over a hash table,
+//! chosen by the key's hash. Readers (every worker) take one shard's read
+//! lock, and the peer table's, for the time of one lookup; the single
+//! writer takes one shard's write lock per change. A SEARCH never waits for
+//! the disk.
+//!
+//! Layout, for memory (about 100 bytes a registration; BENCHMARKS.md): a
+//! shard is a slab of slots (the key and its sources) in fixed chunks, so it
+//! grows without doubling, and a table of 4-byte slot numbers; a name's
+//! sources are held inline when there is one (most names); a source names
+//! its peer by a 4-byte id into a peer table, and its content hash is 32
+//! bytes. No sequence number is kept: sources are held in the order they
+//! were last seen, which is all SEARCH needs.
 //!
 //! Like the SQL it replaces, a read filters by liveness (`last_seen >=
 //! live_since`) itself: expired registrations may stay here until the
 //! writer's sweep deletes them from the database and then from the index.
 //!
 //! This module must not touch the database (the rows it is built from come
-//! from [`crate::store::each_registration`]) and must not decide anything a
+//! from [`crate::store::load_index`]) and must not decide anything a
 //! write's SQL decides (`--max-per-host`, what a heartbeat refreshes is
 //! mirrored, not chosen, here).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use hashbrown::HashTable;
 use p2p_proto::protocol::Source;
 use sha2::{Digest, Sha256};
 
@@ -36,6 +53,18 @@ use crate::store::MAX_SEARCH_SOURCES;
 /// Shards of the index: enough that the workers and the writer rarely
 /// meet on one lock, few enough that a sweep's pass stays cheap.
 pub const SHARDS: usize = 64;
+
+/// Bits of a name id that give its shard ([`SHARDS`] = 2^6); the rest is
+/// the slot within the shard.
+const SHARD_BITS: u32 = 6;
+
+/// Slots one shard can number.
+const SLOTS_PER_SHARD: u32 = 1 << (32 - SHARD_BITS);
+
+/// Slots per chunk of a shard's slab (about 90 KiB): the slab grows a chunk
+/// at a time, so it wastes at most one chunk, where a `Vec` that doubles
+/// can hold twice what it uses.
+const CHUNK: usize = 1024;
 
 /// The key of a name: its SHA-256 (the bytes the protocol's hex `name_key` spells).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +78,11 @@ impl Key {
 
     /// The key spelled by 64 hex digits (a `name_key` column), if it is one.
     pub fn from_hex(hex: &str) -> Option<Key> {
-        p2p_proto::hex::from_hex_array(hex).map(Key)
+        hex32(hex).map(Key)
     }
 
     fn shard(&self) -> usize {
-        // Middle bits: the map takes its bucket from the low bits and its
+        // Middle bits: the table takes its bucket from the low bits and its
         // tag from the top 7; a shard must not make either constant.
         (self.mixed() >> 32) as usize % SHARDS
     }
@@ -85,7 +114,8 @@ impl Hash for Key {
     }
 }
 
-/// A hasher that passes [`Key`]'s `write_u64` through: no SipHash per lookup.
+/// A hasher that passes [`Key`]'s `write_u64` through and mixes a `u32`
+/// (a name id) with one multiplication: no SipHash per lookup.
 #[derive(Default)]
 pub struct KeyHasher(u64);
 
@@ -94,7 +124,7 @@ impl Hasher for KeyHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Not used by Key; correct (if slow) for anything else.
+        // Not used by Key or u32; correct (if slow) for anything else.
         for &b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
@@ -102,30 +132,359 @@ impl Hasher for KeyHasher {
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
     }
+    fn write_u32(&mut self, n: u32) {
+        // An odd multiplier permutes the low bits (the bucket) and mixes
+        // them into the top ones (the table's tag).
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
-type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
+/// A peer's id in the peer table: its index plus one (so that `Sources`
+/// finds a spare value in it and keeps one source inline in 56 bytes).
+type PeerId = NonZeroU32;
 
-/// One registration as the index holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    /// Shared by every registration of the peer.
-    host: Arc<str>,
-    port: u16,
-    size: u64,
-    sha256: [u8; 32],
-    last_seen: i64,
-    seen_seq: i64,
-}
+/// A name's id: its shard in the top [`SHARD_BITS`], its slot below.
+type NameId = u32;
 
-/// Sources of one name, in ascending `seen_seq`: every write takes a
-/// sequence above all before it, so a refreshed entry moves to the end and
-/// SEARCH reads from the end (most recently seen first, as `ORDER BY
-/// seen_seq DESC`).
-type Sources = Vec<Entry>;
+type NameSet = HashSet<NameId, BuildHasherDefault<KeyHasher>>;
 
-/// A peer address, with the host shared by its entries.
+/// A peer address as the table holds it.
 type PeerAddr = (Arc<str>, u16);
+
+/// One registration as the index holds it: 52 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    sha256: [u8; 32],
+    size: u64,
+    last_seen: i64,
+    peer: PeerId,
+}
+
+/// Sources of one name, oldest first: a write puts its source last (a
+/// refreshed one moves there), SEARCH reads from the end (most recently
+/// seen first, as `ORDER BY seen_seq DESC`). One source is held inline;
+/// an empty `Many` is a free slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sources {
+    One(Entry),
+    Many(Vec<Entry>),
+}
+
+impl Sources {
+    const EMPTY: Sources = Sources::Many(Vec::new());
+
+    fn as_slice(&self) -> &[Entry] {
+        match self {
+            Sources::One(e) => std::slice::from_ref(e),
+            Sources::Many(v) => v,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn position(&self, peer: PeerId) -> Option<usize> {
+        self.as_slice().iter().position(|e| e.peer == peer)
+    }
+
+    /// Appends `e` as the most recently seen.
+    fn push(&mut self, e: Entry) {
+        match self {
+            Sources::Many(v) if v.is_empty() => *self = Sources::One(e),
+            Sources::Many(v) => v.push(e),
+            Sources::One(first) => {
+                *self = Sources::Many(vec![*first, e]);
+            }
+        }
+    }
+
+    /// Removes and returns the source at `at` (a position from [`Sources::position`]).
+    fn remove(&mut self, at: usize) -> Entry {
+        let removed = match self {
+            Sources::One(e) => {
+                let e = *e;
+                *self = Sources::EMPTY;
+                return e;
+            }
+            Sources::Many(v) => v.remove(at),
+        };
+        self.settle();
+        removed
+    }
+
+    /// Keeps the sources for which `keep` holds.
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        match self {
+            Sources::One(e) => {
+                if !keep(e) {
+                    *self = Sources::EMPTY;
+                }
+            }
+            Sources::Many(v) => {
+                v.retain(|e| keep(e));
+                self.settle();
+            }
+        }
+    }
+
+    /// Back to one inline source when one is left; no spare room kept.
+    fn settle(&mut self) {
+        if let Sources::Many(v) = self {
+            if let [only] = v.as_slice() {
+                *self = Sources::One(*only);
+            } else if v.capacity() > 2 * v.len() {
+                v.shrink_to_fit();
+            }
+        }
+    }
+
+    fn from_group(mut group: Vec<(i64, Entry)>) -> Sources {
+        group.sort_by_key(|(seq, _)| *seq);
+        let mut sources = Sources::EMPTY;
+        if let [(_, only)] = group.as_slice() {
+            sources.push(*only);
+        } else {
+            // Exactly as many as there are: a collect could keep the
+            // group's larger buffer.
+            let mut v = Vec::with_capacity(group.len());
+            v.extend(group.into_iter().map(|(_, e)| e));
+            sources = Sources::Many(v);
+        }
+        sources
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    key: Key,
+    sources: Sources,
+}
+
+/// One shard: a slab of slots and a hash table of slot numbers.
+#[derive(Default)]
+struct Shard {
+    /// Numbers of the slots in use, hashed by their keys.
+    table: HashTable<u32>,
+    /// The slots, [`CHUNK`] to a chunk; a free slot has no sources.
+    chunks: Vec<Vec<Slot>>,
+    /// Free slots, reused first.
+    free: Vec<u32>,
+}
+
+fn slot_in(chunks: &[Vec<Slot>], n: u32) -> &Slot {
+    &chunks[n as usize / CHUNK][n as usize % CHUNK]
+}
+
+impl Shard {
+    fn slot(&self, n: u32) -> &Slot {
+        slot_in(&self.chunks, n)
+    }
+
+    fn slot_mut(&mut self, n: u32) -> &mut Slot {
+        &mut self.chunks[n as usize / CHUNK][n as usize % CHUNK]
+    }
+
+    fn find(&self, key: &Key) -> Option<u32> {
+        let chunks = &self.chunks;
+        self.table
+            .find(key.mixed(), |&n| slot_in(chunks, n).key == *key)
+            .copied()
+    }
+
+    fn get(&self, key: &Key) -> Option<&Sources> {
+        self.find(key).map(|n| &self.slot(n).sources)
+    }
+
+    /// The slot of `key`, a free one taken for it if it has none; `None`
+    /// when the shard cannot number another slot.
+    fn slot_for(&mut self, key: Key) -> Option<u32> {
+        if let Some(n) = self.find(&key) {
+            return Some(n);
+        }
+        self.new_slot(key)
+    }
+
+    /// A free slot for `key`, which has none (the caller checked).
+    fn new_slot(&mut self, key: Key) -> Option<u32> {
+        let fresh = Slot {
+            key,
+            sources: Sources::EMPTY,
+        };
+        let n = match self.free.pop() {
+            Some(n) => {
+                *self.slot_mut(n) = fresh;
+                n
+            }
+            None => {
+                let used = self.chunks.len().saturating_sub(1) * CHUNK
+                    + self.chunks.last().map_or(0, Vec::len);
+                let n = u32::try_from(used).ok().filter(|n| *n < SLOTS_PER_SHARD)?;
+                match self.chunks.last_mut() {
+                    Some(chunk) if chunk.len() < CHUNK => chunk.push(fresh),
+                    _ => {
+                        let mut chunk = Vec::with_capacity(CHUNK);
+                        chunk.push(fresh);
+                        self.chunks.push(chunk);
+                    }
+                }
+                n
+            }
+        };
+        let Shard { table, chunks, .. } = self;
+        table.insert_unique(key.mixed(), n, |&m| slot_in(chunks, m).key.mixed());
+        Some(n)
+    }
+
+    /// Frees slot `n` if it has no sources left.
+    fn release_if_empty(&mut self, n: u32) {
+        let slot = self.slot(n);
+        if !slot.sources.is_empty() {
+            return;
+        }
+        if let Ok(entry) = self.table.find_entry(slot.key.mixed(), |&m| m == n) {
+            entry.remove();
+        }
+        self.free.push(n);
+    }
+
+    /// Slots in use: `(number, slot)`.
+    fn used(&self) -> impl Iterator<Item = (u32, &Slot)> {
+        self.chunks
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, s)| !s.sources.is_empty())
+            .map(|(n, s)| (n as u32, s))
+    }
+}
+
+/// 32 bytes from 64 lowercase hex digits (what the server writes), or
+/// `None`: `p2p_proto::hex::from_hex_array` without its `Vec`, which was a
+/// tenth of the load of a million rows.
+fn hex32(text: &str) -> Option<[u8; 32]> {
+    fn digit(d: u8) -> Option<u8> {
+        match d {
+            b'0'..=b'9' => Some(d - b'0'),
+            b'a'..=b'f' => Some(d - b'a' + 10),
+            _ => None,
+        }
+    }
+    let text = text.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+fn name_id(shard: usize, slot: u32) -> NameId {
+    ((shard as u32) << (32 - SHARD_BITS)) | slot
+}
+
+fn split_name_id(id: NameId) -> (usize, u32) {
+    (
+        (id >> (32 - SHARD_BITS)) as usize,
+        id & (SLOTS_PER_SHARD - 1),
+    )
+}
+
+/// The writer's book of peers: ids by address and the names each peer
+/// has an entry for (what a heartbeat refreshes). Readers never lock it.
+#[derive(Default)]
+struct Book {
+    /// Host, then port, to the peer's id.
+    ids: HashMap<Arc<str>, HashMap<u16, PeerId>>,
+    /// Names of each peer, by id − 1; `None` for a free id.
+    names: Vec<Option<NameSet>>,
+    /// Ids free for reuse.
+    free: Vec<PeerId>,
+}
+
+impl Book {
+    fn lookup(&self, host: &str, port: u16) -> Option<PeerId> {
+        self.ids
+            .get(host)
+            .and_then(|ports| ports.get(&port))
+            .copied()
+    }
+
+    /// The id of `host:port`, a new one (recorded in `hosts`) if it has
+    /// none; `None` when no more ids can be made (4 billion peers).
+    fn id_for(
+        &mut self,
+        host: &str,
+        port: u16,
+        hosts: &mut Vec<Option<PeerAddr>>,
+    ) -> Option<PeerId> {
+        if let Some(id) = self.lookup(host, port) {
+            return Some(id);
+        }
+        let host: Arc<str> = match self.ids.get_key_value(host) {
+            Some((shared, _)) => Arc::clone(shared),
+            None => Arc::from(host),
+        };
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                let next = u32::try_from(self.names.len() + 1).ok()?;
+                let id = NonZeroU32::new(next)?;
+                self.names.push(None);
+                hosts.push(None);
+                id
+            }
+        };
+        let at = id.get() as usize - 1;
+        self.names[at] = Some(NameSet::default());
+        hosts[at] = Some((Arc::clone(&host), port));
+        self.ids.entry(host).or_default().insert(port, id);
+        Some(id)
+    }
+
+    fn names(&self, id: PeerId) -> Option<&NameSet> {
+        self.names
+            .get(id.get() as usize - 1)
+            .and_then(Option::as_ref)
+    }
+
+    fn names_mut(&mut self, id: PeerId) -> Option<&mut NameSet> {
+        self.names
+            .get_mut(id.get() as usize - 1)
+            .and_then(Option::as_mut)
+    }
+
+    /// `name` no longer has an entry of peer `id`; returns `true` when the
+    /// peer has no entry left (its id is then to be freed).
+    fn forget(&mut self, id: PeerId, name: NameId) -> bool {
+        match self.names_mut(id) {
+            Some(names) => {
+                names.remove(&name);
+                names.is_empty()
+            }
+            None => false,
+        }
+    }
+
+    /// Frees the id of a peer without entries.
+    fn free_peer(&mut self, id: PeerId, hosts: &mut [Option<PeerAddr>]) {
+        let at = id.get() as usize - 1;
+        if let Some(Some((host, port))) = hosts.get_mut(at).map(Option::take) {
+            if let Some(ports) = self.ids.get_mut(&host) {
+                ports.remove(&port);
+                if ports.is_empty() {
+                    self.ids.remove(&host);
+                }
+            }
+        }
+        if let Some(slot) = self.names.get_mut(at) {
+            *slot = None;
+        }
+        self.free.push(id);
+    }
+}
 
 /// A committed change, as the writer hands it to the index.
 #[derive(Debug, Clone)]
@@ -163,20 +522,78 @@ pub struct Row {
     pub size: u64,
     pub sha256: String,
     pub last_seen: i64,
+    /// The write sequence; from [`Index::dump`], the source's rank among
+    /// its name's (0 the least recently seen), as the index keeps no sequence.
     pub seen_seq: i64,
 }
 
 /// The index; shared by the workers (reads) and the writer (changes).
 pub struct Index {
-    shards: Box<[RwLock<KeyMap<Sources>>]>,
-    /// Names registered by each peer: what a heartbeat refreshes. Only the
-    /// writer touches it (readers never lock it).
-    peers: Mutex<HashMap<PeerAddr, HashSet<Key, BuildHasherDefault<KeyHasher>>>>,
+    shards: Box<[RwLock<Shard>]>,
+    /// Peer addresses by id − 1: what readers resolve a source's peer with.
+    /// Written only when a peer gets or loses its id.
+    hosts: RwLock<Vec<Option<PeerAddr>>>,
+    /// The writer's book (see [`Book`]).
+    book: Mutex<Book>,
     /// Registrations held, kept by the writer (a gauge; no lock to read).
     entries: AtomicUsize,
+    /// Even: in step with the database, answers SEARCH. Odd: a load runs
+    /// or failed, and SEARCH goes to SQLite. Starts odd: not yet loaded.
+    generation: AtomicU64,
     /// Whether the index holds anything (`dht-server --memory-index`). A
     /// disabled index ignores every change and SEARCH goes to SQLite.
     enabled: bool,
+}
+
+/// What [`Index::rebuild`] builds aside before swapping it in.
+struct Fresh {
+    shards: Vec<Shard>,
+    hosts: Vec<Option<PeerAddr>>,
+    book: Book,
+    /// Names of each peer, by id − 1, made into the book's sets at the end
+    /// (each set sized once, where inserting one by one rehashed as it grew).
+    names: Vec<Vec<NameId>>,
+    entries: usize,
+    /// A name's rows were not consecutive, or an id ran out: not loaded.
+    failed: Option<&'static str>,
+}
+
+impl Fresh {
+    fn new() -> Fresh {
+        Fresh {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            hosts: Vec::new(),
+            book: Book::default(),
+            names: Vec::new(),
+            entries: 0,
+            failed: None,
+        }
+    }
+
+    /// Adds one name's sources (all its rows, any order).
+    fn add(&mut self, key: Key, group: Vec<(i64, Entry)>) {
+        if group.is_empty() || self.failed.is_some() {
+            return;
+        }
+        let s = key.shard();
+        let shard = &mut self.shards[s];
+        if shard.find(&key).is_some() {
+            self.failed = Some("the rows of one name were not consecutive");
+            return;
+        }
+        let Some(n) = shard.new_slot(key) else {
+            self.failed = Some("a shard of the index is full");
+            return;
+        };
+        let id = name_id(s, n);
+        for (_, e) in &group {
+            if let Some(names) = self.names.get_mut(e.peer.get() as usize - 1) {
+                names.push(id);
+            }
+        }
+        self.entries += group.len();
+        shard.slot_mut(n).sources = Sources::from_group(group);
+    }
 }
 
 impl Default for Index {
@@ -186,12 +603,14 @@ impl Default for Index {
 }
 
 impl Index {
-    /// An empty index.
+    /// An empty index, not ready until its first [`Index::rebuild`].
     pub fn new() -> Index {
         Index {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            peers: Mutex::default(),
+            hosts: RwLock::default(),
+            book: Mutex::default(),
             entries: AtomicUsize::new(0),
+            generation: AtomicU64::new(1),
             enabled: true,
         }
     }
@@ -205,28 +624,52 @@ impl Index {
         }
     }
 
-    /// Whether this index answers SEARCH (see [`Index::disabled`]).
+    /// Whether this index answers SEARCH once loaded (see [`Index::disabled`]).
     pub fn is_enabled(&self) -> bool {
         self.enabled
     }
 
+    /// Whether the index is in step with the database and answers SEARCH.
+    pub fn is_ready(&self) -> bool {
+        self.enabled && self.generation.load(Ordering::Acquire).is_multiple_of(2)
+    }
+
     /// Live sources of the name keyed `key`, most recently seen first, at
-    /// most [`MAX_SEARCH_SOURCES`]: the answer `Store::search` gives.
-    pub fn search(&self, key: &Key, live_since: i64) -> Vec<Source> {
+    /// most [`MAX_SEARCH_SOURCES`]: the answer `Store::search` gives. `None`
+    /// when the index is not ready (loading, or disabled): ask the database.
+    pub fn search(&self, key: &Key, live_since: i64) -> Option<Vec<Source>> {
+        let before = self.generation.load(Ordering::Acquire);
+        if !self.enabled || !before.is_multiple_of(2) {
+            return None;
+        }
+        let out = self.lookup(key, live_since);
+        // A load that began meanwhile may have emptied what was read: its
+        // generation, stored before it took any lock, is then seen here.
+        (self.generation.load(Ordering::Acquire) == before).then_some(out)
+    }
+
+    fn lookup(&self, key: &Key, live_since: i64) -> Vec<Source> {
         let shard = self.shards[key.shard()]
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let Some(sources) = shard.get(key) else {
             return Vec::new();
         };
+        let sources = sources.as_slice();
+        // The shard stays locked while hosts are read: a peer's id is
+        // freed only after its last entry left its shard.
+        let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
         let mut out = Vec::with_capacity(sources.len().min(MAX_SEARCH_SOURCES));
         for e in sources.iter().rev().filter(|e| e.last_seen >= live_since) {
             if out.len() == MAX_SEARCH_SOURCES {
                 break;
             }
+            let Some(Some((host, port))) = hosts.get(e.peer.get() as usize - 1) else {
+                continue; // never: an entry's peer has an id
+            };
             out.push(Source {
-                host: e.host.as_ref().to_owned(),
-                port: e.port,
+                host: host.as_ref().to_owned(),
+                port: *port,
                 size: e.size,
                 sha256: p2p_proto::protocol::to_hex(&e.sha256),
             });
@@ -236,28 +679,34 @@ impl Index {
 
     /// How many registrations the index holds (live or not yet swept).
     pub fn len(&self) -> usize {
-        self.entries.load(Relaxed)
+        self.entries.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Every registration, sorted: to compare two indexes (tests).
+    /// Every registration, sorted, `seen_seq` the rank of the source among
+    /// its name's: to compare two indexes (tests).
     pub fn dump(&self) -> Vec<Row> {
         let mut rows = Vec::new();
+        let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
-            for (key, sources) in shard.iter() {
-                for e in sources {
+            for (_, slot) in shard.used() {
+                for (rank, e) in slot.sources.as_slice().iter().enumerate() {
+                    let (host, port) = match hosts.get(e.peer.get() as usize - 1) {
+                        Some(Some((host, port))) => (host.to_string(), *port),
+                        _ => (format!("<no peer {}>", e.peer), 0),
+                    };
                     rows.push(Row {
-                        name_key: p2p_proto::protocol::to_hex(&key.0),
-                        host: e.host.to_string(),
-                        port: e.port,
+                        name_key: p2p_proto::protocol::to_hex(&slot.key.0),
+                        host,
+                        port,
                         size: e.size,
                         sha256: p2p_proto::protocol::to_hex(&e.sha256),
                         last_seen: e.last_seen,
-                        seen_seq: e.seen_seq,
+                        seen_seq: rank as i64,
                     });
                 }
             }
@@ -266,76 +715,124 @@ impl Index {
         rows
     }
 
-    /// Replaces the whole content by `rows` (any order). Built aside, then
-    /// swapped in shard by shard: a reader sees, for any one name, either
-    /// the old sources or the new ones. An error from `rows` leaves the
-    /// index as it was. Rows whose keys or hashes are not
-    /// 64 hex digits (never written by the server) are skipped and counted.
+    /// Replaces the whole content by `rows`, in which the rows of one name
+    /// must be consecutive (ordered by name), in any order among them.
+    /// The index is not ready from the start of the load (SEARCH goes to
+    /// SQLite) and the old content is dropped first, so memory never holds
+    /// two copies; it is ready again once the new content is in. After an
+    /// error from `rows`, or rows that break the order above, it stays not
+    /// ready (a later rebuild may succeed). Rows whose keys or hashes are
+    /// not 64 hex digits (never written by the server) are skipped and
+    /// counted; the count is returned.
     pub fn rebuild<E>(&self, rows: impl IntoIterator<Item = Result<Row, E>>) -> Result<usize, E> {
-        let mut shards: Vec<KeyMap<Sources>> = (0..SHARDS).map(|_| KeyMap::default()).collect();
-        let mut peers: HashMap<PeerAddr, HashSet<Key, BuildHasherDefault<KeyHasher>>> =
-            HashMap::new();
-        let mut hosts: HashMap<String, Arc<str>> = HashMap::new();
+        if !self.enabled {
+            return Ok(0);
+        }
+        self.begin_load();
+        let mut fresh = Fresh::new();
         let mut skipped = 0;
+        let mut current: Option<Key> = None;
+        let mut group: Vec<(i64, Entry)> = Vec::new();
         for row in rows {
             let row = row?;
-            let (Some(key), Some(sha256)) = (
-                Key::from_hex(&row.name_key),
-                p2p_proto::hex::from_hex_array(&row.sha256),
-            ) else {
+            let (Some(key), Some(sha256)) = (Key::from_hex(&row.name_key), hex32(&row.sha256))
+            else {
                 skipped += 1;
                 continue;
             };
-            let host = match hosts.get(&row.host) {
-                Some(h) => Arc::clone(h),
-                None => {
-                    let h: Arc<str> = Arc::from(row.host.as_str());
-                    hosts.insert(row.host, Arc::clone(&h));
-                    h
+            if current != Some(key) {
+                if let Some(done) = current {
+                    fresh.add(done, std::mem::take(&mut group));
                 }
-            };
-            peers
-                .entry((Arc::clone(&host), row.port))
-                .or_default()
-                .insert(key);
-            // Most names have one source: a Vec's first push would reserve four.
-            let sources = shards[key.shard()]
-                .entry(key)
-                .or_insert_with(|| Vec::with_capacity(1));
-            sources.push(Entry {
-                host,
-                port: row.port,
-                size: row.size,
-                sha256,
-                last_seen: row.last_seen,
-                seen_seq: row.seen_seq,
-            });
-        }
-        let mut total = 0;
-        for (slot, mut fresh) in self.shards.iter().zip(shards) {
-            for sources in fresh.values_mut() {
-                sources.sort_by_key(|e| e.seen_seq);
-                total += sources.len();
+                current = Some(key);
             }
-            *slot.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+            let Some(peer) = fresh.book.id_for(&row.host, row.port, &mut fresh.hosts) else {
+                fresh.failed = Some("no peer id left");
+                break;
+            };
+            if fresh.names.len() < fresh.hosts.len() {
+                fresh.names.resize_with(fresh.hosts.len(), Vec::new);
+            }
+            group.push((
+                row.seen_seq,
+                Entry {
+                    sha256,
+                    size: row.size,
+                    last_seen: row.last_seen,
+                    peer,
+                },
+            ));
         }
-        *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = peers;
-        self.set_len(total);
+        if let Some(done) = current {
+            fresh.add(done, group);
+        }
         if skipped > 0 {
             tracing::warn!(
                 skipped,
                 "registrations with malformed keys left out of the index"
             );
         }
+        if let Some(reason) = fresh.failed {
+            tracing::error!(
+                reason,
+                "the index could not be loaded; SEARCH is answered by SQLite"
+            );
+            return Ok(skipped);
+        }
+        // Every peer has names: ids are made only for rows that are kept.
+        for (set, names) in fresh.book.names.iter_mut().zip(fresh.names) {
+            let mut full = NameSet::with_capacity_and_hasher(names.len(), Default::default());
+            full.extend(names);
+            *set = Some(full);
+        }
+        for (slot, shard) in self.shards.iter().zip(fresh.shards) {
+            *slot.write().unwrap_or_else(PoisonError::into_inner) = shard;
+        }
+        *self.hosts.write().unwrap_or_else(PoisonError::into_inner) = fresh.hosts;
+        *self.book.lock().unwrap_or_else(PoisonError::into_inner) = fresh.book;
+        self.set_len(fresh.entries);
+        // Ready: everything above is visible to a reader that sees this.
+        self.generation.fetch_add(1, Ordering::Release);
+        crate::metrics::set_change_log_lag(0);
         Ok(skipped)
     }
 
-    /// Applies changes the writer has committed, in commit order.
+    /// Not ready from now on (SEARCH goes to SQLite), and empty.
+    fn begin_load(&self) {
+        self.mark_not_ready();
+        crate::metrics::set_change_log_lag(1);
+        for shard in self.shards.iter() {
+            *shard.write().unwrap_or_else(PoisonError::into_inner) = Shard::default();
+        }
+        *self.hosts.write().unwrap_or_else(PoisonError::into_inner) = Vec::new();
+        *self.book.lock().unwrap_or_else(PoisonError::into_inner) = Book::default();
+        self.set_len(0);
+    }
+
+    fn mark_not_ready(&self) {
+        // Only the writer changes the generation, so load-then-add is no race.
+        if self.generation.load(Ordering::Relaxed).is_multiple_of(2) {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Gives up on the index until the next load (an id ran out).
+    fn fail(&self, reason: &'static str) {
+        tracing::error!(
+            reason,
+            "the index stopped following the database; SEARCH is answered by SQLite"
+        );
+        self.mark_not_ready();
+        crate::metrics::set_change_log_lag(1);
+    }
+
+    /// Applies changes the writer has committed, in commit order. Ignored
+    /// while the index is not ready: the next load reads them from disk.
     pub fn apply(&self, changes: &[Change]) {
-        if changes.is_empty() || !self.enabled {
+        if changes.is_empty() || !self.is_ready() {
             return;
         }
-        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
         let mut total = self.len();
         for change in changes {
             match change {
@@ -346,149 +843,168 @@ impl Index {
                     size,
                     sha256,
                     ms,
-                    seq,
+                    seq: _,
                 } => {
-                    let Some(sha256) = p2p_proto::hex::from_hex_array(sha256) else {
+                    let Some(sha256) = hex32(sha256) else {
                         continue; // the protocol admits only 64 hex digits
                     };
-                    let addr = peer_addr(&peers, host, *port);
-                    peers.entry(addr.clone()).or_default().insert(*key);
-                    let mut shard = self.shards[key.shard()]
+                    let peer = {
+                        let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
+                        book.id_for(host, *port, &mut hosts)
+                    };
+                    let Some(peer) = peer else {
+                        return self.fail("no peer id left");
+                    };
+                    let s = key.shard();
+                    let mut shard = self.shards[s]
                         .write()
                         .unwrap_or_else(PoisonError::into_inner);
-                    let sources = shard.entry(*key).or_insert_with(|| Vec::with_capacity(1));
-                    match position(sources, host, *port) {
+                    let Some(n) = shard.slot_for(*key) else {
+                        drop(shard);
+                        return self.fail("a shard of the index is full");
+                    };
+                    let sources = &mut shard.slot_mut(n).sources;
+                    match sources.position(peer) {
                         Some(at) => drop(sources.remove(at)),
                         None => total += 1,
                     }
                     sources.push(Entry {
-                        host: addr.0,
-                        port: *port,
-                        size: *size,
                         sha256,
+                        size: *size,
                         last_seen: *ms,
-                        seen_seq: *seq,
+                        peer,
                     });
+                    drop(shard);
+                    if let Some(names) = book.names_mut(peer) {
+                        names.insert(name_id(s, n));
+                    }
                 }
                 Change::Unregister { key, host, port } => {
-                    let addr: PeerAddr = (Arc::from(host.as_str()), *port);
-                    if let Some(names) = peers.get_mut(&addr) {
-                        names.remove(key);
-                        if names.is_empty() {
-                            peers.remove(&addr);
-                        }
-                    }
-                    let mut shard = self.shards[key.shard()]
+                    let Some(peer) = book.lookup(host, *port) else {
+                        continue;
+                    };
+                    let s = key.shard();
+                    let mut shard = self.shards[s]
                         .write()
                         .unwrap_or_else(PoisonError::into_inner);
-                    if let Some(sources) = shard.get_mut(key) {
-                        if let Some(at) = position(sources, host, *port) {
-                            sources.remove(at);
-                            total -= 1;
-                        }
-                        if sources.is_empty() {
-                            shard.remove(key);
-                        }
+                    let Some(n) = shard.find(key) else {
+                        continue;
+                    };
+                    let sources = &mut shard.slot_mut(n).sources;
+                    let Some(at) = sources.position(peer) else {
+                        continue;
+                    };
+                    sources.remove(at);
+                    total -= 1;
+                    shard.release_if_empty(n);
+                    drop(shard);
+                    if book.forget(peer, name_id(s, n)) {
+                        let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
+                        book.free_peer(peer, &mut hosts);
                     }
                 }
                 Change::Heartbeat {
                     host,
                     port,
                     ms,
-                    seq,
+                    seq: _,
                     live_since,
                 } => {
-                    let addr: PeerAddr = (Arc::from(host.as_str()), *port);
-                    let Some(names) = peers.get(&addr) else {
+                    let Some(peer) = book.lookup(host, *port) else {
                         continue;
                     };
-                    for key in names {
-                        let mut shard = self.shards[key.shard()]
+                    let Some(names) = book.names(peer) else {
+                        continue;
+                    };
+                    for &id in names {
+                        let (s, n) = split_name_id(id);
+                        let mut shard = self.shards[s]
                             .write()
                             .unwrap_or_else(PoisonError::into_inner);
-                        let Some(sources) = shard.get_mut(key) else {
+                        let sources = &mut shard.slot_mut(n).sources;
+                        let Some(at) = sources.position(peer) else {
                             continue;
                         };
-                        let Some(at) = position(sources, host, *port) else {
-                            continue;
-                        };
-                        if sources[at].last_seen < *live_since {
+                        if sources.as_slice()[at].last_seen < *live_since {
                             continue; // expired stays expired, as in the SQL
                         }
                         let mut e = sources.remove(at);
                         e.last_seen = *ms;
-                        e.seen_seq = *seq;
                         sources.push(e);
                     }
                 }
             }
         }
-        drop(peers);
+        drop(book);
         self.set_len(total);
     }
 
     /// Drops every registration not seen since `live_since`: after the
     /// writer's expiry sweep has deleted the same rows from the database.
     pub fn sweep(&self, live_since: i64) {
-        if !self.enabled {
+        if !self.is_ready() {
             return;
         }
-        let mut peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
         let mut total = 0;
-        for shard in self.shards.iter() {
+        let mut gone: Vec<(PeerId, NameId)> = Vec::new();
+        for (s, shard) in self.shards.iter().enumerate() {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
-            shard.retain(|key, sources| {
-                sources.retain(|e| {
-                    let live = e.last_seen >= live_since;
-                    if !live {
-                        let addr: PeerAddr = (Arc::clone(&e.host), e.port);
-                        if let Some(names) = peers.get_mut(&addr) {
-                            names.remove(key);
-                            if names.is_empty() {
-                                peers.remove(&addr);
-                            }
-                        }
+            let mut emptied = Vec::new();
+            for chunk_at in 0..shard.chunks.len() {
+                for i in 0..shard.chunks[chunk_at].len() {
+                    let slot = &mut shard.chunks[chunk_at][i];
+                    if slot.sources.is_empty() {
+                        continue; // a free slot
                     }
-                    live
-                });
-                total += sources.len();
-                !sources.is_empty()
-            });
+                    let n = (chunk_at * CHUNK + i) as u32;
+                    slot.sources.retain(|e| {
+                        let live = e.last_seen >= live_since;
+                        if !live {
+                            gone.push((e.peer, name_id(s, n)));
+                        }
+                        live
+                    });
+                    total += slot.sources.as_slice().len();
+                    if slot.sources.is_empty() {
+                        emptied.push(n);
+                    }
+                }
+            }
+            for n in emptied {
+                shard.release_if_empty(n);
+            }
         }
+        for (peer, name) in gone {
+            if book.forget(peer, name) {
+                let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
+                book.free_peer(peer, &mut hosts);
+            }
+        }
+        drop(book);
         self.set_len(total);
     }
 
     fn set_len(&self, total: usize) {
-        self.entries.store(total, Relaxed);
+        self.entries.store(total, Ordering::Relaxed);
         crate::metrics::set_index_entries(total);
     }
 }
 
-/// The shared host of `host:port` when the peer is known, else a new one.
-fn peer_addr(
-    peers: &HashMap<PeerAddr, HashSet<Key, BuildHasherDefault<KeyHasher>>>,
-    host: &str,
-    port: u16,
-) -> PeerAddr {
-    let probe: PeerAddr = (Arc::from(host), port);
-    match peers.get_key_value(&probe) {
-        Some((addr, _)) => addr.clone(),
-        None => probe,
-    }
-}
-
-fn position(sources: &[Entry], host: &str, port: u16) -> Option<usize> {
-    sources
-        .iter()
-        .position(|e| e.port == port && e.host.as_ref() == host)
-}
-
-/// 32 bytes from 64 hex digits (either case), or `None`.
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const HASH: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    /// An empty index in step with an empty database.
+    fn ready() -> Index {
+        let index = Index::new();
+        assert!(!index.is_ready(), "not ready before its first load");
+        assert_eq!(index.rebuild(std::iter::empty::<Result<Row, ()>>()), Ok(0));
+        assert!(index.is_ready());
+        index
+    }
 
     fn register(index: &Index, name: &str, port: u16, seq: i64) {
         index.apply(&[Change::Register {
@@ -505,6 +1021,7 @@ mod tests {
     fn ports(index: &Index, name: &str, since: i64) -> Vec<u16> {
         index
             .search(&Key::of_name(name), since)
+            .expect("ready")
             .iter()
             .map(|s| s.port)
             .collect()
@@ -512,13 +1029,13 @@ mod tests {
 
     #[test]
     fn order_heartbeat_unregister_and_sweep() {
-        let index = Index::new();
+        let index = ready();
         register(&index, "a", 1, 10);
         register(&index, "a", 2, 20);
         register(&index, "b", 1, 30);
         assert_eq!(ports(&index, "a", 0), [2, 1]);
         assert_eq!(ports(&index, "a", 15), [2], "expired entries are not shown");
-        let s = &index.search(&Key::of_name("a"), 0)[0];
+        let s = &index.search(&Key::of_name("a"), 0).expect("ready")[0];
         assert_eq!(
             (s.host.as_str(), s.size, s.sha256.as_str()),
             ("10.0.0.1", 5, HASH)
@@ -556,7 +1073,7 @@ mod tests {
 
     #[test]
     fn search_is_capped_and_rebuild_keeps_order() {
-        let index = Index::new();
+        let index = ready();
         for port in 1..=(MAX_SEARCH_SOURCES as u16 + 10) {
             register(&index, "many", port, i64::from(port));
         }
@@ -565,9 +1082,80 @@ mod tests {
         assert_eq!(got[0], MAX_SEARCH_SOURCES as u16 + 10);
         let rows = index.dump();
         let copy = Index::new();
+        // The rows of one name stay together, in any order among them.
         assert_eq!(copy.rebuild(rows.into_iter().rev().map(Ok::<_, ()>)), Ok(0));
         assert_eq!(copy.dump(), index.dump());
         assert_eq!(ports(&copy, "many", 0), got);
+    }
+
+    #[test]
+    fn one_source_is_held_inline_in_the_slot() {
+        // The layout the memory figures of BENCHMARKS.md rest on.
+        assert_eq!(std::mem::size_of::<Entry>(), 56);
+        assert_eq!(
+            std::mem::size_of::<Sources>(),
+            56,
+            "no tag beside the inline entry"
+        );
+        assert_eq!(std::mem::size_of::<Slot>(), 88);
+    }
+
+    #[test]
+    fn a_load_that_fails_leaves_the_index_not_ready() {
+        let index = ready();
+        register(&index, "a", 1, 1);
+        let row = |name: &str, port| Row {
+            name_key: p2p_proto::protocol::name_key(name),
+            host: "10.0.0.1".into(),
+            port,
+            size: 1,
+            sha256: HASH.into(),
+            last_seen: 1,
+            seen_seq: 1,
+        };
+        assert_eq!(index.rebuild([Ok(row("a", 1)), Err("disk")]), Err("disk"));
+        assert!(!index.is_ready());
+        assert_eq!(index.search(&Key::of_name("a"), 0), None, "ask SQL");
+        register(&index, "b", 1, 2); // ignored: the next load reads it from disk
+                                     // One name's rows apart: refused, not half-ordered.
+        let apart = [row("a", 1), row("b", 1), row("a", 2)];
+        assert_eq!(index.rebuild(apart.map(Ok::<_, ()>)), Ok(0));
+        assert!(!index.is_ready());
+        let together = [row("a", 1), row("a", 2), row("b", 1)];
+        assert_eq!(index.rebuild(together.map(Ok::<_, ()>)), Ok(0));
+        assert!(index.is_ready());
+        assert_eq!(index.len(), 3);
+    }
+
+    #[test]
+    fn peers_and_slots_are_reused() {
+        let index = ready();
+        for round in 0..3 {
+            for port in 1..=50 {
+                register(
+                    &index,
+                    &format!("n{port}"),
+                    port,
+                    round * 100 + i64::from(port),
+                );
+            }
+            for port in 1..=50 {
+                index.apply(&[Change::Unregister {
+                    key: Key::of_name(&format!("n{port}")),
+                    host: "10.0.0.1".into(),
+                    port,
+                }]);
+            }
+            assert!(index.is_empty());
+        }
+        let hosts = index.hosts.read().unwrap().len();
+        assert_eq!(hosts, 50, "ids of gone peers are reused");
+        let slots: usize = index
+            .shards
+            .iter()
+            .map(|s| s.read().unwrap().chunks.iter().map(Vec::len).sum::<usize>())
+            .sum();
+        assert_eq!(slots, 50, "slots of gone names are reused");
     }
 
     #[test]

@@ -109,8 +109,9 @@ pub struct Metrics {
     /// Entries of an in-memory index of live registrations, if the engine
     /// keeps one ([`UNSET`] until it reports).
     pub index_entries: AtomicU64,
-    /// Changes logged but not yet folded into the indexed tables, if the
-    /// engine has a change log ([`UNSET`] until it reports).
+    /// How far the in-memory index is behind the database ([`UNSET`]
+    /// without one): there is no change log, the index is reloaded whole,
+    /// so 1 while a load is due or running (or failed), 0 in step.
     pub change_log_lag: AtomicU64,
 }
 
@@ -221,7 +222,8 @@ pub fn set_index_entries(entries: usize) {
     METRICS.index_entries.store(n, Relaxed);
 }
 
-/// `changes` are logged but not yet folded in (hook: the change log's owner).
+/// The index is `changes` behind the database: 1 while a load of it is
+/// due or running, 0 in step (hook: the index and the writer).
 pub fn set_change_log_lag(changes: u64) {
     METRICS
         .change_log_lag

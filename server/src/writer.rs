@@ -12,7 +12,9 @@
 //! answered by the in-memory [`Index`], FIND by the read pool in
 //! [`crate::store::Store`].
 //!
-//! The writer alone keeps the index in step with the database: it applies a
+//! The writer alone keeps the index in step with the database: it loads it
+//! before it takes its first batch (the server already listens; SEARCH is
+//! answered by SQLite until the index is ready), applies a
 //! batch's changes to the index after the batch's `COMMIT` returned and
 //! before it answers any of them (so an `OK` means on disk *and* visible to
 //! SEARCH), the same for its expiry sweep, and every [`DATA_VERSION_POLL`]
@@ -207,16 +209,19 @@ pub const EXIT_WRITER_DIED: i32 = 70;
 /// Why the writer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("cannot load the index: {0}")]
+    #[error("cannot read the database's data_version: {0}")]
     Load(#[from] StoreError),
     #[error("cannot start the writer thread: {0}")]
     Thread(#[from] std::io::Error),
 }
 
-/// Loads `index` from the database on `conn` (a connection from
+/// Starts the writer thread on `conn` (a connection from
 /// [`store::open_connection`] in [`store::OpenMode::CreateOrMigrate`]),
-/// then starts the writer thread, which keeps it in step. The thread closes
-/// the connection when it stops.
+/// which first loads `index` from the database and then keeps it in step.
+/// It returns at once: the server listens while the index loads, and SEARCH
+/// is answered by SQLite until it is ready. Writes wait for the load (they
+/// are taken after it), so index and database stay in commit order. The
+/// thread closes the connection when it stops.
 pub fn spawn(
     conn: Connection,
     config: WriterConfig,
@@ -228,20 +233,25 @@ pub fn spawn(
         path: config.path.clone(),
         source,
     })?;
-    let started = Instant::now();
-    let loaded = store::load_index(&conn, &config.path, &index)?;
-    tracing::info!(
-        registrations = loaded,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "index loaded"
-    );
+    if index.is_enabled() {
+        // Not in step with the database until the load is in; set before
+        // the server listens, so no scrape sees the gauge missing.
+        crate::metrics::set_change_log_lag(1);
+    }
     let (jobs, queue) = bounded(QUEUE_CAPACITY);
     let thread = thread::Builder::new()
         .name("writer".into())
         .spawn(move || {
             let path = config.path.clone();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(conn, queue, config, &index, version)
+                wait_for_load_gate();
+                let mut state = IndexState {
+                    version,
+                    stale: true,
+                    next_retry: Instant::now(),
+                };
+                load(&conn, &config, &index, &mut state, version, "index loaded");
+                run(conn, queue, config, &index, state)
             }));
             if outcome.is_err() {
                 tracing::error!(%path, "the writer thread panicked; exiting");
@@ -251,12 +261,86 @@ pub fn spawn(
     Ok((WriterHandle { jobs }, thread))
 }
 
+/// Environment variable for tests: the writer waits until the file it
+/// names exists before it loads the index at start-up (at most
+/// [`LOAD_GATE_LIMIT`]), so a test can look at the server while the index
+/// is still loading without a database big enough to make that last.
+/// Not an option: nothing but a test has a use for it.
+pub const LOAD_GATE_ENV: &str = "DHT_SERVER_INDEX_LOAD_GATE";
+
+/// Longest wait for [`LOAD_GATE_ENV`]'s file.
+pub const LOAD_GATE_LIMIT: Duration = Duration::from_secs(120);
+
+fn wait_for_load_gate() {
+    let Some(gate) = std::env::var_os(LOAD_GATE_ENV) else {
+        return;
+    };
+    let gate = std::path::PathBuf::from(gate);
+    tracing::info!(gate = %gate.display(), "waiting for the load gate before loading the index");
+    let deadline = Instant::now() + LOAD_GATE_LIMIT;
+    while !gate.exists() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How soon a failed load of the index is tried again when nothing else
+/// changed (SEARCH is answered by SQLite meanwhile).
+pub const LOAD_RETRY: Duration = Duration::from_secs(10);
+
+/// Where the index stands against the database, for the writer.
+struct IndexState {
+    /// `data_version` the index was loaded at.
+    version: i64,
+    /// The last load failed (or none ran yet): load again, by `next_retry`.
+    stale: bool,
+    next_retry: Instant,
+}
+
+/// Loads the index from the database read at `version`. After a failure
+/// the index is not ready (SEARCH goes to SQLite) and `state` says to
+/// retry after [`LOAD_RETRY`].
+fn load(
+    conn: &Connection,
+    config: &WriterConfig,
+    index: &Index,
+    state: &mut IndexState,
+    version: i64,
+    what: &'static str,
+) {
+    if !index.is_enabled() {
+        state.stale = false;
+        return;
+    }
+    let started = Instant::now();
+    match store::load_index(conn, &config.path, index) {
+        Ok(loaded) if index.is_ready() => {
+            state.version = version;
+            state.stale = false;
+            tracing::info!(
+                registrations = loaded,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "{what}"
+            );
+        }
+        Ok(_) => {
+            // Logged by the index (rows out of order, ids exhausted).
+            state.stale = true;
+            state.next_retry = Instant::now() + LOAD_RETRY;
+        }
+        Err(e) => {
+            tracing::warn!(path = %config.path, error = %e, "loading the index failed; SEARCH is answered by SQLite");
+            state.stale = true;
+            state.next_retry = Instant::now() + LOAD_RETRY;
+        }
+    }
+}
+
 fn run(
     mut conn: Connection,
     queue: Receiver<Job>,
     config: WriterConfig,
     index: &Index,
-    mut version: i64,
+    mut state: IndexState,
 ) {
     // Continue the sequence after the newest write on disk. Should that read
     // fail, microseconds since the epoch are above any sequence we handed out.
@@ -296,7 +380,7 @@ fn run(
         // Writes that never pause must starve neither the sweep nor the poll.
         let now = Instant::now();
         if now >= next_poll {
-            poll_data_version(&conn, &config, index, &mut version);
+            poll_data_version(&conn, &config, index, &mut state);
             next_poll = Instant::now() + DATA_VERSION_POLL;
         }
         if now >= next_sweep {
@@ -426,8 +510,18 @@ fn change_of(write: &Write, outcome: Outcome, stamp: Stamp, live_since: i64) -> 
 }
 
 /// Reloads the index when another process committed to the file since the
-/// last look. A failed reload keeps the old version, so the next poll retries.
-fn poll_data_version(conn: &Connection, config: &WriterConfig, index: &Index, version: &mut i64) {
+/// last load, or when the last load failed and its retry is due (also
+/// when the index gave up following the database). A failed reload keeps
+/// the old version, so the next poll retries.
+fn poll_data_version(
+    conn: &Connection,
+    config: &WriterConfig,
+    index: &Index,
+    state: &mut IndexState,
+) {
+    if !index.is_enabled() {
+        return;
+    }
     let now = match store::data_version(conn) {
         Ok(v) => v,
         Err(e) => {
@@ -435,21 +529,26 @@ fn poll_data_version(conn: &Connection, config: &WriterConfig, index: &Index, ve
             return;
         }
     };
-    if now == *version {
+    if !state.stale && !index.is_ready() {
+        state.stale = true; // the index gave up (an id ran out): load again
+    }
+    let changed = now != state.version;
+    let retry_due = state.stale && Instant::now() >= state.next_retry;
+    if !changed && !retry_due {
         return;
     }
-    let started = Instant::now();
-    match store::load_index(conn, &config.path, index) {
-        Ok(loaded) => {
-            *version = now;
-            tracing::info!(
-                registrations = loaded,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "database changed by another process; index reloaded"
-            );
-        }
-        Err(e) => tracing::warn!(path = %config.path, error = %e, "reloading the index failed"),
+    if changed {
+        // Seen, not yet in the index: 1 until the reload is in (or failed).
+        crate::metrics::set_change_log_lag(1);
     }
+    load(
+        conn,
+        config,
+        index,
+        state,
+        now,
+        "database changed by another process; index reloaded",
+    );
 }
 
 fn apply(
@@ -517,7 +616,9 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use crate::store::{admin, OpenMode, Store, SyncMode};
+    use crate::store::{
+        admin, OpenMode, Store, SyncMode, FIND_NARROW_CANDIDATES, FIND_NARROW_PROBE,
+    };
 
     const TTL_MS: i64 = 100;
     const HOSTS: [&str; 2] = ["10.0.0.1", "[::1]"];
@@ -562,7 +663,9 @@ mod tests {
                 let sql = store
                     .search(&p2p_proto::protocol::name_key(name), since)
                     .unwrap();
-                let mem = index.search(&Key::of_name(name), since);
+                let mem = index
+                    .search(&Key::of_name(name), since)
+                    .expect("index ready");
                 assert_eq!(mem, sql, "SEARCH {name:?} live since {since}");
             }
         }
@@ -581,6 +684,7 @@ mod tests {
             let mut conn = store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
             let store = Store::open_readers(&path, 1).unwrap();
             let index = Index::new();
+            store::load_index(&conn, &path, &index).unwrap();
             let (mut now, mut seq) = (1_000i64, 0i64);
             for op in ops {
                 let live_since = now - TTL_MS;
@@ -626,6 +730,116 @@ mod tests {
                 }
                 check(&index, &store, &conn, &path, now);
             }
+        }
+    }
+
+    // ---- FIND: the narrowed query against the full one. ----
+
+    /// Pieces of names: cases, diacritics, digits, scripts without spaces.
+    const PIECES: [&str; 12] = [
+        "Holiday", "holi", "photo", "Café", "CAFÉ", "über", "2024", "ab", "abc", "日本", "ß", "x",
+    ];
+    const SEPARATORS: [&str; 5] = [" ", "-", ".", "_", ""];
+    /// Words of a FIND: prefixes, other cases, separators inside a word
+    /// (a phrase for FTS5), a word with no letter, a missing one.
+    const WORDS: [&str; 16] = [
+        "holi",
+        "HOLIDAY",
+        "pho",
+        "caf",
+        "café",
+        "2",
+        "2024",
+        "a",
+        "abc",
+        "b-c",
+        "holiday.photo",
+        "日",
+        "-",
+        "zzz",
+        "cafe",
+        "uber",
+    ];
+
+    fn name_of(parts: &[(usize, usize)]) -> String {
+        parts
+            .iter()
+            .map(|&(p, s)| format!("{}{}", PIECES[p], SEPARATORS[s]))
+            .collect::<String>()
+            .trim()
+            .to_owned()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn find_answers_as_the_full_query(
+            names in proptest::collection::vec(
+                (proptest::collection::vec((0..PIECES.len(), 0..SEPARATORS.len()), 1..4), 1u16..4, 0i64..3),
+                1..30,
+            ),
+            crowd in 0usize..2,
+            finds in proptest::collection::vec(proptest::collection::vec(0..WORDS.len(), 1..4), 1..12),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("r.db").to_string_lossy().into_owned();
+            let conn = store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+            let store = Store::open_readers(&path, 1).unwrap();
+            let mut seq = 0;
+            let mut register = |name: &str, port: u16, seen: i64| {
+                if name.is_empty() {
+                    return;
+                }
+                seq += 1;
+                let key = p2p_proto::protocol::name_key(name);
+                writes::register(&conn, "10.0.0.1", port, &key, name, 1, HASHES[0], Stamp { ms: seen, seq }).unwrap();
+            };
+            for (parts, port, seen) in &names {
+                register(&name_of(parts), *port, *seen);
+            }
+            // Sometimes a word is in too many names to be tried first.
+            for i in 0..crowd * (FIND_NARROW_PROBE + 5) {
+                register(&format!("photo crowd {i}"), 1, 2);
+            }
+            for words in finds {
+                let words: Vec<&str> = words.iter().map(|&w| WORDS[w]).collect();
+                for since in [0, 1, 2] {
+                    let narrowed = store.find(&words, since).unwrap();
+                    let full = store.find_unnarrowed(&words, since).unwrap();
+                    prop_assert_eq!(&narrowed, &full, "FIND {:?} live since {}", words, since);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn find_with_too_many_candidates_runs_the_full_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db").to_string_lossy().into_owned();
+        let mut conn =
+            store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+        let store = Store::open_readers(&path, 1).unwrap();
+        let tx = conn.transaction().unwrap();
+        // "x"* is in every name, the exact term "x" in none: tried first,
+        // and over the candidates' limit.
+        for i in 0..FIND_NARROW_CANDIDATES + 5 {
+            let name = format!("x{i} y{}", i % 7);
+            let key = p2p_proto::protocol::name_key(&name);
+            let stamp = Stamp {
+                ms: 10,
+                seq: i as i64,
+            };
+            writes::register(&tx, "10.0.0.1", 1, &key, &name, 1, HASHES[0], stamp).unwrap();
+        }
+        tx.commit().unwrap();
+        for words in [["x", "y"], ["x", "y3"], ["x1", "y"], ["x40", "y5"]] {
+            let narrowed = store.find(&words, 0).unwrap();
+            assert_eq!(
+                narrowed,
+                store.find_unnarrowed(&words, 0).unwrap(),
+                "{words:?}"
+            );
+            assert!(!narrowed.is_empty(), "{words:?}");
         }
     }
 }

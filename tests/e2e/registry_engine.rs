@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use p2p_tests::{bin, run, wait_until, Registry, WAIT_TIMEOUT};
+use p2p_tests::{bin, run, wait_until, Registry, Running, WAIT_TIMEOUT};
 
 const HASH: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 
@@ -110,9 +110,9 @@ fn answers(registry: &Registry, names: &[String]) -> BTreeMap<String, Vec<String
         .collect()
 }
 
-#[test]
-fn after_kill_9_the_index_rebuilt_from_disk_answers_as_before() {
-    let mut registry = Registry::start_with(&["--memory-index"]);
+/// Registers 20 names on 1 to 4 ports each, then reorders some sources
+/// and removes others, so order and absence matter; returns the names.
+fn fill(registry: &Registry) -> Vec<String> {
     let mut c = registry.client();
     let names: Vec<String> = (0..20).map(|i| format!("file {i}")).collect();
     for (i, name) in names.iter().enumerate() {
@@ -120,21 +120,37 @@ fn after_kill_9_the_index_rebuilt_from_disk_answers_as_before() {
             c.register(port, i as u64, HASH, name).expect("REGISTER");
         }
     }
-    // Reorder some sources and remove others, so order and absence matter.
     c.heartbeat(2).expect("HEARTBEAT");
     assert!(c.unregister(1, &names[3]).expect("UNREGISTER"));
     c.register(1, 99, HASH, &names[7]).expect("re-REGISTER");
-    drop(c);
+    names
+}
+
+#[test]
+fn after_kill_9_the_index_rebuilt_from_disk_answers_as_before() {
+    let mut registry = Registry::start_with(&["--memory-index"]);
+    let names = fill(&registry);
     let before = answers(&registry, &names);
     assert_eq!(before[&names[7]][0], "127.0.0.1:1 99 ".to_owned() + HASH);
 
     registry.crash();
-    registry.restart(&["--memory-index"]);
+    registry.restart(&["--memory-index", "--http", "127.0.0.1:0"]);
+    // The index loads after the server listens (SQLite answers until then):
+    // compare once it is in, so the answers are the rebuilt index's.
+    let http = http_addr(&registry);
+    wait_until("the index to be loaded", WAIT_TIMEOUT, || {
+        gauge(&http, "p2p_registry_change_log_lag") == Some(0)
+    });
     assert_eq!(answers(&registry, &names), before);
 }
 
 /// The `p2p_registry_index_entries` gauge of `GET /metrics`, if shown.
 fn index_entries(http: &str) -> Option<u64> {
+    gauge(http, "p2p_registry_index_entries")
+}
+
+/// The gauge `name` of `GET /metrics` on `http`, if shown.
+fn gauge(http: &str, name: &str) -> Option<u64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(http).expect("connect to --http");
     stream
@@ -148,23 +164,27 @@ fn index_entries(http: &str) -> Option<u64> {
     let mut body = String::new();
     stream.read_to_string(&mut body).expect("read /metrics");
     body.lines()
-        .find_map(|l| l.strip_prefix("p2p_registry_index_entries "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
 
-#[test]
-fn metrics_show_the_size_of_the_index() {
-    let mut registry = Registry::start_with(&["--http", "127.0.0.1:0", "--memory-index"]);
+/// The `--http` address the running registry printed.
+fn http_addr(registry: &Registry) -> String {
     let line = registry
         .process
         .as_ref()
         .expect("running")
         .wait_for_line(|l| l.starts_with("http on "), WAIT_TIMEOUT);
-    let http = line
-        .strip_prefix("http on http://")
+    line.strip_prefix("http on http://")
         .and_then(|rest| rest.strip_suffix('/'))
         .unwrap_or_else(|| panic!("bad http line {line:?}"))
-        .to_owned();
+        .to_owned()
+}
+
+#[test]
+fn metrics_show_the_size_of_the_index() {
+    let mut registry = Registry::start_with(&["--http", "127.0.0.1:0", "--memory-index"]);
+    let http = http_addr(&registry);
     assert_eq!(index_entries(&http), Some(0));
     let mut c = registry.client();
     for port in 1..=3 {
@@ -172,5 +192,73 @@ fn metrics_show_the_size_of_the_index() {
     }
     assert!(c.unregister(2, "counted").expect("UNREGISTER"));
     assert_eq!(index_entries(&http), Some(2));
+    registry.stop();
+}
+
+/// `dht-server`'s test-only variable: the start-up load of the index waits
+/// until this file exists (server/src/writer.rs, `LOAD_GATE_ENV`).
+const LOAD_GATE_ENV: &str = "DHT_SERVER_INDEX_LOAD_GATE";
+
+#[test]
+fn while_the_index_loads_search_answers_as_the_database_and_writes_wait_for_it() {
+    // Registrations made without the index: these answers are SQLite's.
+    let mut registry = Registry::start();
+    let names = fill(&registry);
+    let from_sql = answers(&registry, &names);
+    registry.stop();
+
+    // Restart with the index, its load held until the gate file exists.
+    let gate = registry.dir.path().join("load gate");
+    let db = registry.db.to_str().expect("UTF-8 temp path").to_owned();
+    let args = [
+        "--db",
+        &db,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--memory-index",
+        "--http",
+        "127.0.0.1:0",
+    ];
+    let gate_env = gate.to_str().expect("UTF-8 temp path");
+    let (addr, process) = Running::start(
+        &bin("dht-server"),
+        &args,
+        "listening on ",
+        &[(LOAD_GATE_ENV, gate_env)],
+    );
+    registry.addr = addr;
+    registry.process = Some(process);
+    let http = http_addr(&registry);
+
+    // Listening, the index not loaded (it cannot be: the gate is shut),
+    // and every SEARCH answered as the database answers it.
+    assert_eq!(gauge(&http, "p2p_registry_change_log_lag"), Some(1));
+    assert_eq!(answers(&registry, &names), from_sql, "SEARCH while loading");
+
+    // A write sent while the index loads waits for the load, then shows.
+    let writer = {
+        let mut c = registry.client();
+        let name = names[0].clone();
+        thread::spawn(move || c.register(4242, 7, HASH, &name))
+    };
+    std::fs::write(&gate, b"").expect("open the gate");
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("REGISTER during the load");
+    wait_until("the index to be loaded", WAIT_TIMEOUT, || {
+        gauge(&http, "p2p_registry_change_log_lag") == Some(0)
+    });
+    let mut expected = from_sql;
+    let first = expected.get_mut(&names[0]).expect("answer for names[0]");
+    first.insert(0, format!("127.0.0.1:4242 7 {HASH}"));
+    assert_eq!(
+        answers(&registry, &names),
+        expected,
+        "SEARCH from the index"
+    );
+    let held: usize = expected.values().map(Vec::len).sum();
+    assert_eq!(index_entries(&http), Some(held as u64));
     registry.stop();
 }

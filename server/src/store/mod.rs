@@ -50,6 +50,23 @@ pub const MAX_FIND_WORDS: usize = 32;
 /// index order), so a broad FIND is a sample and a narrower one is exact.
 pub const MAX_FIND_EXAMINED: usize = 10_000;
 
+/// Most names a FIND's narrowing word may match for the FIND to run on
+/// those names alone (`Store::find_narrowed`): rows copied into a TEMP
+/// table (about 3 µs each), where the full query over a broad prefix costs
+/// a merge of its whole doclist (~100 ms for a million names). Below
+/// [`MAX_FIND_EXAMINED`], so that cap never applies to a narrowed FIND.
+/// (Its SQL says `LIMIT 4097`, this plus one, as a literal: see
+/// `find_narrowed`.)
+pub const FIND_NARROW_CANDIDATES: usize = 4096;
+const _: () = assert!(FIND_NARROW_CANDIDATES + 1 == 4097);
+const _: () = assert!(FIND_NARROW_CANDIDATES < MAX_FIND_EXAMINED);
+
+/// A word whose exact term is in more names than this is not tried as the
+/// narrowing word (its prefix is in at least as many); counting further
+/// would cost every FIND more. (`LIMIT 257` in `narrow_driver`.)
+pub const FIND_NARROW_PROBE: usize = 256;
+const _: () = assert!(FIND_NARROW_PROBE + 1 == 257);
+
 /// How durable a commit is (SQLite's `synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncMode {
@@ -379,6 +396,25 @@ impl Store {
     /// [`MAX_FIND_EXAMINED`] matching names. Repeated words count once;
     /// more than [`MAX_FIND_WORDS`] distinct ones is [`StoreError::TooManyWords`].
     pub fn find(&self, words: &[&str], live_since: i64) -> Result<Vec<FindHit>, StoreError> {
+        self.find_with(words, live_since, true)
+    }
+
+    /// [`Store::find`] without the narrowing by one word (see
+    /// [`FIND_NARROW_CANDIDATES`]): the reference its answers must equal (tests).
+    pub fn find_unnarrowed(
+        &self,
+        words: &[&str],
+        live_since: i64,
+    ) -> Result<Vec<FindHit>, StoreError> {
+        self.find_with(words, live_since, false)
+    }
+
+    fn find_with(
+        &self,
+        words: &[&str],
+        live_since: i64,
+        narrow: bool,
+    ) -> Result<Vec<FindHit>, StoreError> {
         let mut distinct: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
         distinct.sort();
         distinct.dedup();
@@ -390,10 +426,19 @@ impl Store {
             return Ok(Vec::new());
         };
         let conn = self.find_conn()?;
+        if narrow && distinct.len() > 1 {
+            if let Some(hits) = self
+                .find_narrowed(&conn, &distinct, &query, live_since)
+                .map_err(|e| self.sql_err(e))?
+            {
+                return Ok(hits);
+            }
+        }
         let mut stmt = conn
             .prepare_cached(
                 "SELECT count(*), r.size, r.sha256, f.name
-                 FROM (SELECT rowid AS id FROM files_fts WHERE files_fts MATCH ?1 LIMIT ?4) m
+                 FROM (SELECT rowid AS id FROM files_fts WHERE files_fts MATCH (SELECT ?1)
+                       LIMIT ?4) m
                  JOIN files f ON f.id = m.id
                  JOIN registrations r ON r.file_id = f.id
                  WHERE r.last_seen >= ?2
@@ -414,6 +459,101 @@ impl Store {
             })
             .map_err(|e| self.sql_err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
+    }
+
+    /// FIND through the candidates of one of its words (see
+    /// [`narrow_driver`]), when that word alone matches at most
+    /// [`FIND_NARROW_CANDIDATES`] names: those names
+    /// are copied into a TEMP FTS5 table with the same tokenizer, and the
+    /// whole query runs there, then the same grouping as [`Store::find`].
+    /// `None` when the word matches more (the caller runs the full query).
+    ///
+    /// Why: FTS5 evaluates a prefix term (`"file"*`) by merging the doclists
+    /// of every matching term into memory first, whatever the other terms
+    /// and the LIMIT, so `file 523417` over a million `bench-file-N` costs
+    /// ~100 ms for `"file"*` alone. The answer is the same: every name the
+    /// full query matches matches each of its words, so it is among the
+    /// candidates; the tokenizer and the query are the same, so exactly
+    /// those match in the TEMP table; and fewer than
+    /// [`MAX_FIND_EXAMINED`] match, so that cap changes nothing. One read
+    /// transaction makes it one snapshot, as the single statement was.
+    ///
+    /// `MATCH (SELECT ?1)` and literal limits, not `MATCH ?1 LIMIT ?2`:
+    /// FTS5 looks at a bound right-hand side when it plans, and SQLite then
+    /// prepares the statement again whenever the binding changes (15 % of
+    /// the CPU of a FIND); a subquery's value is not shown to the planner.
+    fn find_narrowed(
+        &self,
+        conn: &Connection,
+        words: &[&str],
+        query: &str,
+        live_since: i64,
+    ) -> rusqlite::Result<Option<Vec<FindHit>>> {
+        let Some(driver) = narrow_driver(conn, words)? else {
+            return Ok(None);
+        };
+        // The TEMP schema is the connection's own (in memory, writable on a
+        // read-only connection); the table is made once per connection.
+        let made: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM temp.sqlite_master WHERE name = 'find_candidates'",
+            )?
+            .query_row([], |r| r.get(0))?;
+        if made == 0 {
+            // Contentless: only rowids are read back, and 'delete-all'
+            // empties it at once (a DELETE would write tombstones to merge).
+            conn.execute_batch(
+                "CREATE VIRTUAL TABLE temp.find_candidates
+                 USING fts5 (name, content = '', tokenize = 'unicode61 remove_diacritics 0')",
+            )?;
+        }
+        let tx = conn.unchecked_transaction()?;
+        tx.prepare_cached("INSERT INTO find_candidates (find_candidates) VALUES ('delete-all')")?
+            .execute([])?;
+        let copied = tx
+            .prepare_cached(
+                "INSERT INTO temp.find_candidates (rowid, name)
+                 SELECT f.id, f.name
+                 FROM (SELECT rowid AS id FROM files_fts WHERE files_fts MATCH (SELECT ?1)
+                       LIMIT 4097) m
+                 JOIN files f ON f.id = m.id",
+            )?
+            .execute(params![driver])?;
+        if copied > FIND_NARROW_CANDIDATES {
+            tx.prepare_cached(
+                "INSERT INTO find_candidates (find_candidates) VALUES ('delete-all')",
+            )?
+            .execute([])?;
+            tx.commit()?;
+            return Ok(None);
+        }
+        let hits = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT count(*), r.size, r.sha256, f.name
+                 FROM (SELECT rowid AS id FROM find_candidates
+                       WHERE find_candidates MATCH (SELECT ?1)) m
+                 JOIN files f ON f.id = m.id
+                 JOIN registrations r ON r.file_id = f.id
+                 WHERE r.last_seen >= ?2
+                 GROUP BY f.id, r.size, r.sha256
+                 ORDER BY count(*) DESC, f.name, r.sha256
+                 LIMIT ?3",
+            )?;
+            let rows =
+                stmt.query_map(params![query, live_since, MAX_FIND_RESULTS as i64], |row| {
+                    Ok(FindHit {
+                        sources: row.get::<_, i64>(0)? as u64,
+                        size: row.get::<_, i64>(1)? as u64,
+                        sha256: row.get(2)?,
+                        name: row.get(3)?,
+                    })
+                })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        tx.prepare_cached("INSERT INTO find_candidates (find_candidates) VALUES ('delete-all')")?
+            .execute([])?;
+        tx.commit()?;
+        Ok(Some(hits))
     }
 }
 
@@ -437,7 +577,10 @@ pub fn load_index(
             "SELECT f.name_key, p.host, p.port, r.size, r.sha256, r.last_seen, r.seen_seq
              FROM registrations r
              JOIN files f ON f.id = r.file_id
-             JOIN peers p ON p.id = r.peer_id",
+             JOIN peers p ON p.id = r.peer_id
+             ORDER BY r.file_id",
+            // One name's rows together, as Index::rebuild needs: the
+            // primary key's order, so SQLite scans without sorting.
         )
         .map_err(sql_err)?;
     let rows = stmt
@@ -485,6 +628,26 @@ fn read_pool(path: &str, size: u32) -> Result<r2d2::Pool<SqliteConnectionManager
             path: path.to_owned(),
             source,
         })
+}
+
+/// The word of a FIND to narrow by ([`Store::find_narrowed`]), as an FTS5
+/// prefix query: the longest word whose exact term (cheap to count: no
+/// doclists are merged for it) is in at most [`FIND_NARROW_PROBE`] names.
+fn narrow_driver(conn: &Connection, words: &[&str]) -> rusqlite::Result<Option<String>> {
+    let mut by_length: Vec<&str> = words.to_vec();
+    by_length.sort_by_key(|w| std::cmp::Reverse(w.chars().count()));
+    let mut probe = conn.prepare_cached(
+        "SELECT count(*) FROM (SELECT rowid FROM files_fts WHERE files_fts MATCH (SELECT ?1)
+                               LIMIT 257)",
+    )?;
+    for word in by_length {
+        let exact = format!("\"{}\"", word.replace('"', "\"\""));
+        let names: i64 = probe.query_row(params![exact], |r| r.get(0))?;
+        if names as usize <= FIND_NARROW_PROBE {
+            return Ok(fts_prefix_query(&[word]));
+        }
+    }
+    Ok(None)
 }
 
 /// Builds an FTS5 query in which each word is a quoted prefix term, so that

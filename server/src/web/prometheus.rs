@@ -88,7 +88,7 @@ pub fn render(m: &Metrics, stats: Option<&Stats>) -> String {
             &mut out,
             "p2p_registry_index_entries",
             "gauge",
-            "Live registrations held in the in-memory index.",
+            "Registrations held in the in-memory index (live or not yet swept).",
             entries,
         );
     }
@@ -97,7 +97,7 @@ pub fn render(m: &Metrics, stats: Option<&Stats>) -> String {
             &mut out,
             "p2p_registry_change_log_lag",
             "gauge",
-            "Changes logged but not yet folded into the indexed tables.",
+            "How far the in-memory index is behind the database: 1 while it loads or reloads, 0 in step.",
             lag,
         );
     }
