@@ -234,9 +234,10 @@ pub fn spawn(
         source,
     })?;
     if index.is_enabled() {
-        // Not in step with the database until the load is in; set before
-        // the server listens, so no scrape sees the gauge missing.
+        // Not in step with the database until the load is in, and empty;
+        // set before the server listens, so no scrape sees a gauge missing.
         crate::metrics::set_change_log_lag(1);
+        crate::metrics::set_index_entries(index.len());
     }
     let (jobs, queue) = bounded(QUEUE_CAPACITY);
     let thread = thread::Builder::new()
