@@ -511,6 +511,30 @@ pub enum Change {
         seq: i64,
         live_since: i64,
     },
+    /// The expiry sweep deleted every registration not seen since
+    /// `live_since` (what [`Index::sweep`] applies; kept in this form for a
+    /// load under way).
+    Sweep {
+        live_since: i64,
+    },
+}
+
+/// The content of an index built by [`Index::build`], to [`Index::install`].
+pub struct Built {
+    fresh: Fresh,
+    /// Rows left out (malformed keys or hashes).
+    pub skipped: usize,
+}
+
+impl Built {
+    /// Registrations it holds.
+    pub fn len(&self) -> usize {
+        self.fresh.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// One row of the database, for [`Index::rebuild`].
@@ -716,7 +740,8 @@ impl Index {
     }
 
     /// Replaces the whole content by `rows`, in which the rows of one name
-    /// must be consecutive (ordered by name), in any order among them.
+    /// must be consecutive (ordered by name), in any order among them:
+    /// [`Index::begin_load`], [`Index::build`], [`Index::install`] in one.
     /// The index is not ready from the start of the load (SEARCH goes to
     /// SQLite) and the old content is dropped first, so memory never holds
     /// two copies; it is ready again once the new content is in. After an
@@ -729,6 +754,15 @@ impl Index {
             return Ok(0);
         }
         self.begin_load();
+        let built = Index::build(rows)?;
+        let skipped = built.skipped;
+        self.install(built, &[]);
+        Ok(skipped)
+    }
+
+    /// Builds the content of an index from `rows` (see [`Index::rebuild`])
+    /// without touching any index: on any thread, while the writer goes on.
+    pub fn build<E>(rows: impl IntoIterator<Item = Result<Row, E>>) -> Result<Built, E> {
         let mut fresh = Fresh::new();
         let mut skipped = 0;
         let mut current: Option<Key> = None;
@@ -772,18 +806,29 @@ impl Index {
                 "registrations with malformed keys left out of the index"
             );
         }
+        // Every peer has names: ids are made only for rows that are kept.
+        let names = std::mem::take(&mut fresh.names);
+        for (set, names) in fresh.book.names.iter_mut().zip(names) {
+            let mut full = NameSet::with_capacity_and_hasher(names.len(), Default::default());
+            full.extend(names);
+            *set = Some(full);
+        }
+        Ok(Built { fresh, skipped })
+    }
+
+    /// Puts `built` in, then applies `later` (changes committed after the
+    /// snapshot `built` was read from, in commit order), then makes the
+    /// index ready. Call after [`Index::begin_load`]; returns whether the
+    /// index is ready (not when `built` could not be built: rows out of
+    /// order, ids exhausted, which is logged).
+    pub fn install(&self, built: Built, later: &[Change]) -> bool {
+        let fresh = built.fresh;
         if let Some(reason) = fresh.failed {
             tracing::error!(
                 reason,
                 "the index could not be loaded; SEARCH is answered by SQLite"
             );
-            return Ok(skipped);
-        }
-        // Every peer has names: ids are made only for rows that are kept.
-        for (set, names) in fresh.book.names.iter_mut().zip(fresh.names) {
-            let mut full = NameSet::with_capacity_and_hasher(names.len(), Default::default());
-            full.extend(names);
-            *set = Some(full);
+            return false;
         }
         for (slot, shard) in self.shards.iter().zip(fresh.shards) {
             *slot.write().unwrap_or_else(PoisonError::into_inner) = shard;
@@ -791,14 +836,18 @@ impl Index {
         *self.hosts.write().unwrap_or_else(PoisonError::into_inner) = fresh.hosts;
         *self.book.lock().unwrap_or_else(PoisonError::into_inner) = fresh.book;
         self.set_len(fresh.entries);
+        if !self.apply_all(later) {
+            return false;
+        }
         // Ready: everything above is visible to a reader that sees this.
         self.generation.fetch_add(1, Ordering::Release);
         crate::metrics::set_change_log_lag(0);
-        Ok(skipped)
+        true
     }
 
-    /// Not ready from now on (SEARCH goes to SQLite), and empty.
-    fn begin_load(&self) {
+    /// Not ready from now on (SEARCH goes to SQLite), and empty: the start
+    /// of a load. Changes are ignored until [`Index::install`].
+    pub fn begin_load(&self) {
         self.mark_not_ready();
         crate::metrics::set_change_log_lag(1);
         for shard in self.shards.iter() {
@@ -827,10 +876,20 @@ impl Index {
     }
 
     /// Applies changes the writer has committed, in commit order. Ignored
-    /// while the index is not ready: the next load reads them from disk.
+    /// while the index is not ready: the load under way (or the next)
+    /// gets them (see [`Index::install`]).
     pub fn apply(&self, changes: &[Change]) {
         if changes.is_empty() || !self.is_ready() {
             return;
+        }
+        self.apply_all(changes);
+    }
+
+    /// [`Index::apply`] whether ready or not; `false` when the index gave
+    /// up (an id ran out).
+    fn apply_all(&self, changes: &[Change]) -> bool {
+        if changes.is_empty() {
+            return true;
         }
         let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
         let mut total = self.len();
@@ -853,7 +912,8 @@ impl Index {
                         book.id_for(host, *port, &mut hosts)
                     };
                     let Some(peer) = peer else {
-                        return self.fail("no peer id left");
+                        self.fail("no peer id left");
+                        return false;
                     };
                     let s = key.shard();
                     let mut shard = self.shards[s]
@@ -861,7 +921,8 @@ impl Index {
                         .unwrap_or_else(PoisonError::into_inner);
                     let Some(n) = shard.slot_for(*key) else {
                         drop(shard);
-                        return self.fail("a shard of the index is full");
+                        self.fail("a shard of the index is full");
+                        return false;
                     };
                     let sources = &mut shard.slot_mut(n).sources;
                     match sources.position(peer) {
@@ -903,6 +964,9 @@ impl Index {
                         book.free_peer(peer, &mut hosts);
                     }
                 }
+                Change::Sweep { live_since } => {
+                    total = self.sweep_locked(&mut book, *live_since);
+                }
                 Change::Heartbeat {
                     host,
                     port,
@@ -937,15 +1001,25 @@ impl Index {
         }
         drop(book);
         self.set_len(total);
+        true
     }
 
     /// Drops every registration not seen since `live_since`: after the
     /// writer's expiry sweep has deleted the same rows from the database.
+    /// Ignored while not ready (the writer passes it to the load under way
+    /// as a [`Change::Sweep`]).
     pub fn sweep(&self, live_since: i64) {
         if !self.is_ready() {
             return;
         }
         let mut book = self.book.lock().unwrap_or_else(PoisonError::into_inner);
+        let total = self.sweep_locked(&mut book, live_since);
+        drop(book);
+        self.set_len(total);
+    }
+
+    /// The sweep with the book held; returns the registrations left.
+    fn sweep_locked(&self, book: &mut Book, live_since: i64) -> usize {
         let mut total = 0;
         let mut gone: Vec<(PeerId, NameId)> = Vec::new();
         for (s, shard) in self.shards.iter().enumerate() {
@@ -981,8 +1055,7 @@ impl Index {
                 book.free_peer(peer, &mut hosts);
             }
         }
-        drop(book);
-        self.set_len(total);
+        total
     }
 
     fn set_len(&self, total: usize) {
@@ -1125,6 +1198,43 @@ mod tests {
         assert_eq!(index.rebuild(together.map(Ok::<_, ()>)), Ok(0));
         assert!(index.is_ready());
         assert_eq!(index.len(), 3);
+    }
+
+    #[test]
+    fn changes_made_during_a_load_are_applied_before_it_answers() {
+        let rows = |index: &Index| index.dump().into_iter().map(Ok::<_, ()>);
+        let old = ready();
+        register(&old, "a", 1, 1);
+        register(&old, "b", 2, 2);
+        let later = [
+            Change::Register {
+                key: Key::of_name("c"),
+                host: "10.0.0.1".into(),
+                port: 3,
+                size: 5,
+                sha256: HASH.into(),
+                ms: 30,
+                seq: 30,
+            },
+            Change::Unregister {
+                key: Key::of_name("b"),
+                host: "10.0.0.1".into(),
+                port: 2,
+            },
+            Change::Sweep { live_since: 2 },
+        ];
+        let loaded = Index::new();
+        loaded.begin_load();
+        let built = Index::build(rows(&old)).unwrap();
+        assert!(!loaded.is_ready() && loaded.apply_all(&[]));
+        assert!(loaded.install(built, &later));
+        assert!(loaded.is_ready());
+        old.apply(&later[..2]);
+        old.sweep(2);
+        assert_eq!(loaded.dump(), old.dump());
+        assert_eq!(ports(&loaded, "c", 0), [3]);
+        assert!(ports(&loaded, "a", 0).is_empty(), "swept");
+        assert_eq!(loaded.len(), 1);
     }
 
     #[test]

@@ -12,10 +12,12 @@
 //! answered by the in-memory [`Index`], FIND by the read pool in
 //! [`crate::store::Store`].
 //!
-//! The writer alone keeps the index in step with the database: it loads it
-//! before it takes its first batch (the server already listens; SEARCH is
-//! answered by SQLite until the index is ready), applies a
-//! batch's changes to the index after the batch's `COMMIT` returned and
+//! The writer alone keeps the index in step with the database: it starts
+//! loading it (on a thread of its own, from a snapshot taken before the
+//! writer's first batch, which it keeps committing meanwhile: their changes
+//! are applied to the loaded content before it answers; the server already
+//! listens, and SEARCH is answered by SQLite until the index is ready),
+//! applies a batch's changes to the index after the batch's `COMMIT` returned and
 //! before it answers any of them (so an `OK` means on disk *and* visible to
 //! SEARCH), the same for its expiry sweep, and every [`DATA_VERSION_POLL`]
 //! it reads `PRAGMA data_version`, which changes only when another process
@@ -31,7 +33,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::index::{Change, Index, Key};
 use crate::store::writes::{self, Stamp};
-use crate::store::{self, StoreError};
+use crate::store::{self, OpenMode, StoreError, SyncMode};
 
 /// Most writes committed in one transaction: bounds how long one commit
 /// holds the write lock (and so how long `p2p-admin prune` may wait).
@@ -217,11 +219,13 @@ pub enum SpawnError {
 
 /// Starts the writer thread on `conn` (a connection from
 /// [`store::open_connection`] in [`store::OpenMode::CreateOrMigrate`]),
-/// which first loads `index` from the database and then keeps it in step.
-/// It returns at once: the server listens while the index loads, and SEARCH
-/// is answered by SQLite until it is ready. Writes wait for the load (they
-/// are taken after it), so index and database stay in commit order. The
-/// thread closes the connection when it stops.
+/// which loads `index` from the database and keeps it in step. It returns
+/// at once: the server listens while the index loads, and SEARCH is
+/// answered by SQLite until it is ready. Writes go on during the load: its
+/// snapshot is taken before the first batch, and what the writer commits
+/// meanwhile is applied to the loaded content before it answers, so index
+/// and database stay in commit order. The thread closes the connection
+/// when it stops.
 pub fn spawn(
     conn: Connection,
     config: WriterConfig,
@@ -234,9 +238,10 @@ pub fn spawn(
         source,
     })?;
     if index.is_enabled() {
-        // Not in step with the database until the load is in; set before
-        // the server listens, so no scrape sees the gauge missing.
+        // Not in step with the database until the load is in, and empty;
+        // set before the server listens, so no scrape sees a gauge missing.
         crate::metrics::set_change_log_lag(1);
+        crate::metrics::set_index_entries(index.len());
     }
     let (jobs, queue) = bounded(QUEUE_CAPACITY);
     let thread = thread::Builder::new()
@@ -244,14 +249,16 @@ pub fn spawn(
         .spawn(move || {
             let path = config.path.clone();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                wait_for_load_gate();
                 let mut state = IndexState {
                     version,
-                    stale: true,
+                    stale: false,
                     next_retry: Instant::now(),
                 };
-                load(&conn, &config, &index, &mut state, version, "index loaded");
-                run(conn, queue, config, &index, state)
+                // Before the first batch: the load's snapshot comes before
+                // any commit of ours, each of which it then gets as a change.
+                let loading =
+                    start_load(&config, &index, &mut state, version, "index loaded", true);
+                run(conn, queue, config, &index, state, loading)
             }));
             if outcome.is_err() {
                 tracing::error!(%path, "the writer thread panicked; exiting");
@@ -296,43 +303,132 @@ struct IndexState {
     next_retry: Instant,
 }
 
-/// Loads the index from the database read at `version`. After a failure
-/// the index is not ready (SEARCH goes to SQLite) and `state` says to
-/// retry after [`LOAD_RETRY`].
-fn load(
-    conn: &Connection,
+/// How often the writer looks whether a load running on its own thread
+/// is done, while one runs.
+const LOAD_CHECK: Duration = Duration::from_millis(5);
+
+/// A load of the index running on a thread of its own (`index-load`), on a
+/// read-only connection whose snapshot was taken before the writer's next
+/// commit; the writer keeps committing and collects what it commits.
+struct Loading {
+    done: Receiver<Result<crate::index::Built, StoreError>>,
+    thread: JoinHandle<()>,
+    /// `data_version` read just before the snapshot.
+    version: i64,
+    /// Changes committed since the snapshot, in commit order: applied to
+    /// the new content before it answers.
+    later: Vec<Change>,
+    started: Instant,
+    what: &'static str,
+}
+
+/// Starts loading the index from the database at `version`: the index is
+/// not ready (SEARCH goes to SQLite) from now until the load is in. `None`
+/// when it cannot start (logged; `state` says to retry), or without the
+/// index. `gate`: wait for [`LOAD_GATE_ENV`] first (the start-up load).
+fn start_load(
     config: &WriterConfig,
     index: &Index,
     state: &mut IndexState,
     version: i64,
     what: &'static str,
-) {
+    gate: bool,
+) -> Option<Loading> {
     if !index.is_enabled() {
-        state.stale = false;
-        return;
+        return None;
     }
-    let started = Instant::now();
-    match store::load_index(conn, &config.path, index) {
-        Ok(loaded) if index.is_ready() => {
-            state.version = version;
-            state.stale = false;
-            tracing::info!(
-                registrations = loaded,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "{what}"
-            );
-        }
-        Ok(_) => {
-            // Logged by the index (rows out of order, ids exhausted).
+    index.begin_load();
+    let opened = store::open_connection(&config.path, OpenMode::ExistingReadOnly, SyncMode::Normal)
+        .and_then(|conn| {
+            store::begin_snapshot(&conn).map_err(|source| StoreError::Sql {
+                path: config.path.clone(),
+                source,
+            })?;
+            Ok(conn)
+        });
+    let conn = match opened {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(path = %config.path, error = %e, "cannot start loading the index; SEARCH is answered by SQLite");
             state.stale = true;
             state.next_retry = Instant::now() + LOAD_RETRY;
+            return None;
+        }
+    };
+    let (report, done) = bounded(1);
+    let path = config.path.clone();
+    let spawned = thread::Builder::new()
+        .name("index-load".into())
+        .spawn(move || {
+            if gate {
+                wait_for_load_gate();
+            }
+            let built = store::build_index(&conn, &path);
+            // Only a read transaction: ending it cannot lose anything.
+            let _ = store::end_snapshot(&conn);
+            drop(conn);
+            let _ = report.send(built);
+        });
+    match spawned {
+        Ok(thread) => Some(Loading {
+            done,
+            thread,
+            version,
+            later: Vec::new(),
+            started: Instant::now(),
+            what,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the index's load thread; SEARCH is answered by SQLite");
+            state.stale = true;
+            state.next_retry = Instant::now() + LOAD_RETRY;
+            None
+        }
+    }
+}
+
+/// Puts in the load, if it is done, with the changes committed meanwhile.
+/// After a failure the index stays not ready (SEARCH goes to SQLite) and
+/// `state` says to retry after [`LOAD_RETRY`].
+fn finish_load(loading: &mut Option<Loading>, index: &Index, state: &mut IndexState) {
+    let Some(load) = loading.as_ref() else {
+        return;
+    };
+    let outcome = match load.done.try_recv() {
+        Ok(outcome) => outcome,
+        Err(crossbeam_channel::TryRecvError::Empty) => return,
+        Err(crossbeam_channel::TryRecvError::Disconnected) => Err(StoreError::Sql {
+            path: String::new(),
+            source: rusqlite::Error::InvalidQuery,
+        }),
+    };
+    let Some(load) = loading.take() else {
+        return;
+    };
+    let _ = load.thread.join();
+    match outcome {
+        Ok(built) => {
+            let loaded = built.len();
+            if index.install(built, &load.later) {
+                state.version = load.version;
+                state.stale = false;
+                tracing::info!(
+                    registrations = loaded,
+                    changes_meanwhile = load.later.len(),
+                    elapsed_ms = load.started.elapsed().as_millis() as u64,
+                    "{}",
+                    load.what
+                );
+                return;
+            }
+            // Logged by the index (rows out of order, ids exhausted).
         }
         Err(e) => {
-            tracing::warn!(path = %config.path, error = %e, "loading the index failed; SEARCH is answered by SQLite");
-            state.stale = true;
-            state.next_retry = Instant::now() + LOAD_RETRY;
+            tracing::warn!(error = %e, "loading the index failed; SEARCH is answered by SQLite");
         }
     }
+    state.stale = true;
+    state.next_retry = Instant::now() + LOAD_RETRY;
 }
 
 fn run(
@@ -341,6 +437,7 @@ fn run(
     config: WriterConfig,
     index: &Index,
     mut state: IndexState,
+    mut loading: Option<Loading>,
 ) {
     // Continue the sequence after the newest write on disk. Should that read
     // fail, microseconds since the epoch are above any sequence we handed out.
@@ -353,9 +450,12 @@ fn run(
     let mut next_sweep = Instant::now() + config.sweep_every;
     let mut next_poll = Instant::now() + DATA_VERSION_POLL;
     loop {
-        let wait = next_sweep
+        let mut wait = next_sweep
             .min(next_poll)
             .saturating_duration_since(Instant::now());
+        if loading.is_some() {
+            wait = wait.min(LOAD_CHECK);
+        }
         match queue.recv_timeout(wait) {
             Ok(job) => batch.push(job),
             Err(RecvTimeoutError::Timeout) => {}
@@ -375,18 +475,29 @@ fn run(
                 &mut seq,
                 index,
                 &mut changes,
+                loading.as_mut().map(|l| &mut l.later),
             );
         }
+        finish_load(&mut loading, index, &mut state);
         // Writes that never pause must starve neither the sweep nor the poll.
         let now = Instant::now();
         if now >= next_poll {
-            poll_data_version(&conn, &config, index, &mut state);
+            poll_data_version(&conn, &config, index, &mut state, &mut loading);
             next_poll = Instant::now() + DATA_VERSION_POLL;
         }
         if now >= next_sweep {
-            sweep(&mut conn, &config, index);
+            sweep(
+                &mut conn,
+                &config,
+                index,
+                loading.as_mut().map(|l| &mut l.later),
+            );
             next_sweep = Instant::now() + config.sweep_every;
         }
+    }
+    // The load's read transaction must end before the close checkpoints.
+    if let Some(load) = loading.take() {
+        let _ = load.thread.join();
     }
     // Every handle is gone: the last batch is committed. Close explicitly to
     // see the error (a failed checkpoint) instead of losing it in Drop.
@@ -405,6 +516,7 @@ fn commit_batch(
     seq: &mut i64,
     index: &Index,
     changes: &mut Vec<Change>,
+    later: Option<&mut Vec<Change>>,
 ) {
     crate::fault::before_writer_batch();
     changes.clear();
@@ -448,8 +560,13 @@ fn commit_batch(
     })();
     match result {
         Ok(outcomes) => {
-            // Committed: visible to SEARCH before anyone hears `OK`.
-            index.apply(changes);
+            // Committed: visible to SEARCH before anyone hears `OK` (from
+            // the index, or while it loads from SQLite, and then kept for
+            // the load, whose snapshot is older).
+            match later {
+                Some(later) => later.append(changes),
+                None => index.apply(changes),
+            }
             for (job, outcome) in batch.drain(..).zip(outcomes) {
                 job.answer(outcome.map_err(WriteError::from));
             }
@@ -509,17 +626,18 @@ fn change_of(write: &Write, outcome: Outcome, stamp: Stamp, live_since: i64) -> 
     }
 }
 
-/// Reloads the index when another process committed to the file since the
-/// last load, or when the last load failed and its retry is due (also
-/// when the index gave up following the database). A failed reload keeps
-/// the old version, so the next poll retries.
+/// Starts loading the index again when another process committed to the
+/// file since the last load, or when the last load failed and its retry is
+/// due (also when the index gave up following the database). Not while a
+/// load runs: once it is in, the next poll compares the version again.
 fn poll_data_version(
     conn: &Connection,
     config: &WriterConfig,
     index: &Index,
     state: &mut IndexState,
+    loading: &mut Option<Loading>,
 ) {
-    if !index.is_enabled() {
+    if !index.is_enabled() || loading.is_some() {
         return;
     }
     let now = match store::data_version(conn) {
@@ -537,17 +655,13 @@ fn poll_data_version(
     if !changed && !retry_due {
         return;
     }
-    if changed {
-        // Seen, not yet in the index: 1 until the reload is in (or failed).
-        crate::metrics::set_change_log_lag(1);
-    }
-    load(
-        conn,
+    *loading = start_load(
         config,
         index,
         state,
         now,
         "database changed by another process; index reloaded",
+        false,
     );
 }
 
@@ -586,7 +700,12 @@ fn apply(
     }
 }
 
-fn sweep(conn: &mut Connection, config: &WriterConfig, index: &Index) {
+fn sweep(
+    conn: &mut Connection,
+    config: &WriterConfig,
+    index: &Index,
+    later: Option<&mut Vec<Change>>,
+) {
     let live_since = store::live_since(store::now_ms(), config.ttl);
     let result = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -598,7 +717,10 @@ fn sweep(conn: &mut Connection, config: &WriterConfig, index: &Index) {
     match result {
         Ok(0) => {}
         Ok(removed) => {
-            index.sweep(live_since);
+            match later {
+                Some(later) => later.push(Change::Sweep { live_since }),
+                None => index.sweep(live_since),
+            }
             tracing::info!(removed, "expired registrations deleted");
         }
         Err(e) => tracing::warn!(path = %config.path, error = %e, "expiry sweep failed"),

@@ -568,6 +568,24 @@ pub fn load_index(
     if !index.is_enabled() {
         return Ok(0);
     }
+    with_index_rows(conn, path, |rows| index.rebuild(rows))?;
+    Ok(index.len())
+}
+
+/// Builds the content of an index from every registration of the database
+/// (one statement: one snapshot, or the transaction's, see
+/// [`begin_snapshot`]), without touching any index: the writer's load runs
+/// it on a thread of its own.
+pub fn build_index(conn: &Connection, path: &str) -> Result<crate::index::Built, StoreError> {
+    with_index_rows(conn, path, |rows| crate::index::Index::build(rows))
+}
+
+/// Runs `f` over the rows of every registration, one name's together.
+fn with_index_rows<T>(
+    conn: &Connection,
+    path: &str,
+    f: impl FnOnce(&mut dyn Iterator<Item = rusqlite::Result<crate::index::Row>>) -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
     let sql_err = |source| StoreError::Sql {
         path: path.to_owned(),
         source,
@@ -583,7 +601,7 @@ pub fn load_index(
             // primary key's order, so SQLite scans without sorting.
         )
         .map_err(sql_err)?;
-    let rows = stmt
+    let mut rows = stmt
         .query_map([], |row| {
             Ok(crate::index::Row {
                 name_key: row.get(0)?,
@@ -596,8 +614,24 @@ pub fn load_index(
             })
         })
         .map_err(sql_err)?;
-    index.rebuild(rows).map_err(sql_err)?;
-    Ok(index.len())
+    f(&mut rows).map_err(sql_err)
+}
+
+/// Opens a read transaction on `conn` and reads once, so that its snapshot
+/// is taken now: a commit made after this returns is not in what `conn`
+/// reads until [`end_snapshot`].
+pub fn begin_snapshot(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN")?;
+    conn.query_row(
+        "SELECT count(*) FROM (SELECT 1 FROM registrations LIMIT 1)",
+        [],
+        |_| Ok(()),
+    )
+}
+
+/// Ends the read transaction of [`begin_snapshot`].
+pub fn end_snapshot(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("COMMIT")
 }
 
 /// SQLite's `PRAGMA data_version` on `conn`: it changes when another
