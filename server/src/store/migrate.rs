@@ -10,6 +10,7 @@ use super::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0001_init.sql"),
     include_str!("../../../migrations/0002_host_counts.sql"),
+    include_str!("../../../migrations/0003_narrow_rows.sql"),
 ];
 
 /// The schema version this build writes and understands.

@@ -345,27 +345,31 @@ impl Store {
     /// Live sources of the file whose name hashes to `name_key`, most
     /// recently seen first, at most [`MAX_SEARCH_SOURCES`].
     pub fn search(&self, name_key: &str, live_since: i64) -> Result<Vec<Source>, StoreError> {
+        // Not a key this program writes (64 lowercase hex digits): no such name.
+        let Some(key) = p2p_proto::hex::from_hex_array::<32>(name_key) else {
+            return Ok(Vec::new());
+        };
         let conn = self.conn()?;
         let mut stmt = conn
             .prepare_cached(
                 "SELECT p.host, p.port, r.size, r.sha256
-                 FROM files f
-                 JOIN registrations r ON r.file_id = f.id
+                 FROM file_keys k
+                 JOIN registrations r ON r.file_id = k.file_id
                  JOIN peers p ON p.id = r.peer_id
-                 WHERE f.name_key = ?1 AND r.last_seen >= ?2
+                 WHERE k.name_key = ?1 AND r.last_seen >= ?2
                  ORDER BY r.seen_seq DESC
                  LIMIT ?3",
             )
             .map_err(|e| self.sql_err(e))?;
         let rows = stmt
             .query_map(
-                params![name_key, live_since, MAX_SEARCH_SOURCES as i64],
+                params![&key[..], live_since, MAX_SEARCH_SOURCES as i64],
                 |row| {
                     Ok(Source {
                         host: row.get(0)?,
                         port: row.get(1)?,
                         size: row.get::<_, i64>(2)? as u64,
-                        sha256: row.get(3)?,
+                        sha256: hex_column(row, 3)?,
                     })
                 },
             )
@@ -408,7 +412,7 @@ impl Store {
                 Ok(FindHit {
                     sources: row.get::<_, i64>(0)? as u64,
                     size: row.get::<_, i64>(1)? as u64,
-                    sha256: row.get(2)?,
+                    sha256: hex_column(row, 2)?,
                     name: row.get(3)?,
                 })
             })
@@ -434,20 +438,20 @@ pub fn load_index(
     };
     let mut stmt = conn
         .prepare(
-            "SELECT f.name_key, p.host, p.port, r.size, r.sha256, r.last_seen, r.seen_seq
-             FROM registrations r
-             JOIN files f ON f.id = r.file_id
+            "SELECT k.name_key, p.host, p.port, r.size, r.sha256, r.last_seen, r.seen_seq
+             FROM file_keys k
+             JOIN registrations r ON r.file_id = k.file_id
              JOIN peers p ON p.id = r.peer_id",
         )
         .map_err(sql_err)?;
     let rows = stmt
         .query_map([], |row| {
             Ok(crate::index::Row {
-                name_key: row.get(0)?,
+                name_key: hex_column(row, 0)?,
                 host: row.get(1)?,
                 port: row.get(2)?,
                 size: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
-                sha256: row.get(4)?,
+                sha256: hex_column(row, 4)?,
                 last_seen: row.get(5)?,
                 seen_seq: row.get(6)?,
             })
@@ -455,6 +459,12 @@ pub fn load_index(
         .map_err(sql_err)?;
     index.rebuild(rows).map_err(sql_err)?;
     Ok(index.len())
+}
+
+/// Column `index` of `row`, a digest stored as a BLOB, in the lowercase hex
+/// every surface shows.
+pub(crate) fn hex_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<String> {
+    Ok(p2p_proto::hex::to_hex(row.get_ref(index)?.as_blob()?))
 }
 
 /// SQLite's `PRAGMA data_version` on `conn`: it changes when another
