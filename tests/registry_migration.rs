@@ -251,6 +251,10 @@ fn a_version_2_database_is_migrated_on_start_keeping_every_registration() {
 
     let (addr, server) = start(&db, &[]);
     assert_eq!(user_version(&db), 3, "migrated to schema 3 on start-up");
+    let free: i64 = read_only(&db)
+        .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+        .expect("freelist_count");
+    assert_eq!(free, 0, "the old tables' pages given back (VACUUM)");
     let expected: BTreeSet<Reg> = regs.iter().cloned().collect();
     assert_eq!(
         v3_rows(&db),
