@@ -176,8 +176,11 @@ fn v3_rows(db: &Path) -> BTreeSet<Reg> {
     rows.collect::<Result<_, _>>().expect("rows")
 }
 
-/// The schema objects of a file and the version-2 rows it holds.
-fn v2_snapshot(db: &Path) -> (Vec<(String, String)>, Vec<(String, String, i64, String)>) {
+/// The schema objects (type, name) of a file and the version-2 rows it
+/// holds (name, peer, size, sha256).
+type Snapshot = (Vec<(String, String)>, Vec<(String, String, i64, String)>);
+
+fn v2_snapshot(db: &Path) -> Snapshot {
     let conn = read_only(db);
     let schema = conn
         .prepare("SELECT type, name FROM sqlite_schema ORDER BY type, name")
