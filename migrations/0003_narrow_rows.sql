@@ -12,7 +12,7 @@
 --   REGISTER and SEARCH), instead of twice (in `files` and in the UNIQUE
 --   index on it). `files` keeps id -> name, the external content of the
 --   full-text index. The key is SHA-256(name), so code that deletes a name
---   computes the key from the name; see writes::delete_file.
+--   computes the key from the name; see writes::delete_file_key.
 -- - The full-text index keeps no per-name column sizes (`columnsize=0`):
 --   they only serve ranking (bm25), which FIND does not use; one B-tree
 --   fewer written per new name.
