@@ -66,7 +66,7 @@ fn rows_of(db: &Path) -> (Vec<Row>, u64, u64) {
         .expect("open the database to inspect it");
     let mut stmt = conn
         .prepare(
-            "SELECT f.name, p.host || ':' || p.port, r.size, r.sha256, r.registered_at, r.last_seen
+            "SELECT f.name, p.host || ':' || p.port, r.size, lower(hex(r.sha256)), r.registered_at, r.last_seen
              FROM registrations r JOIN files f ON f.id = r.file_id JOIN peers p ON p.id = r.peer_id
              ORDER BY 1, 2",
         )

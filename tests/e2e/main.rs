@@ -31,6 +31,7 @@ mod registry_abuse;
 mod registry_durability;
 mod registry_engine;
 mod registry_http;
+mod registry_migration;
 mod reliability;
 mod ui_api;
 mod ui_browser;

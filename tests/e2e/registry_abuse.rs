@@ -292,15 +292,24 @@ fn writes_during_a_big_prune_are_acknowledged() {
         )
         .unwrap();
         for i in 0..STALE {
+            // Schema version 3: the name's SHA-256 as a BLOB in file_keys.
+            let name = format!("stale {i}");
+            let id: i64 = tx
+                .query_row(
+                    "INSERT INTO files (name) VALUES (?1) RETURNING id",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .unwrap();
             tx.execute(
-                "INSERT INTO files (name_key, name) VALUES (?1, ?2)",
-                rusqlite::params![format!("{i:064x}"), format!("stale {i}")],
+                "INSERT INTO file_keys (name_key, file_id) VALUES (unhex(?1), ?2)",
+                rusqlite::params![p2p_proto::protocol::name_key(&name), id],
             )
             .unwrap();
         }
         tx.execute(
             "INSERT INTO registrations (file_id, peer_id, size, sha256, registered_at, last_seen, seen_seq)
-             SELECT f.id, p.id, 1, ?1, ?2, ?2, f.id FROM files f, peers p",
+             SELECT f.id, p.id, 1, unhex(?1), ?2, ?2, f.id FROM files f, peers p",
             rusqlite::params![HASH, old],
         )
         .unwrap();

@@ -154,7 +154,7 @@ fn registration_from_row(row: &Row<'_>) -> rusqlite::Result<Registration> {
         name: row.get(0)?,
         // The schema's CHECK keeps sizes non-negative.
         size: u64::try_from(size).unwrap_or(0),
-        sha256: row.get(2)?,
+        sha256: super::hex_column(row, 2)?,
         host: row.get(3)?,
         port: row.get(4)?,
         registered_at_ms: row.get(5)?,

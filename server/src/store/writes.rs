@@ -33,6 +33,22 @@ pub fn last_seq(conn: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
+/// A 64-digit lowercase hex digest (a name key or a content hash, as the
+/// protocol spells them) as the 32 bytes the schema stores.
+pub fn digest_bytes(hex: &str) -> rusqlite::Result<[u8; 32]> {
+    p2p_proto::hex::from_hex_array(hex).ok_or_else(|| {
+        rusqlite::Error::ToSqlConversionFailure(
+            format!("not a 64-digit lowercase hex digest: {hex:?}").into(),
+        )
+    })
+}
+
+/// The stored key of `name`: its SHA-256 (what `name_key` spells in hex).
+pub fn key_of_name(name: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(name.as_bytes()).into()
+}
+
 /// `REGISTER`: adds or refreshes the registration of `name` by `host:port`.
 /// Registering the same name again from the same address replaces its size
 /// and hash (the peer's file changed) and counts as a heartbeat.
@@ -47,11 +63,20 @@ pub fn register(
     sha256: &str,
     stamp: Stamp,
 ) -> rusqlite::Result<()> {
-    let file_id = match file_id(conn, name_key)? {
+    let key = digest_bytes(name_key)?;
+    let sha256 = digest_bytes(sha256)?;
+    let file_id = match file_id(conn, &key)? {
         Some(id) => id,
-        None => conn
-            .prepare_cached("INSERT INTO files (name_key, name) VALUES (?1, ?2) RETURNING id")?
-            .query_row(params![name_key, name], |row| row.get(0))?,
+        None => {
+            // A new name: the only time `files`, `file_keys` and the
+            // full-text index (trigger on `files`) are written.
+            let id: i64 = conn
+                .prepare_cached("INSERT INTO files (name) VALUES (?1) RETURNING id")?
+                .query_row(params![name], |row| row.get(0))?;
+            conn.prepare_cached("INSERT INTO file_keys (name_key, file_id) VALUES (?1, ?2)")?
+                .execute(params![&key[..], id])?;
+            id
+        }
     };
     let peer_id = upsert_peer(conn, host, port)?;
     let size = i64::try_from(size).map_err(|_| {
@@ -69,7 +94,14 @@ pub fn register(
              last_seen = excluded.last_seen,
              seen_seq = excluded.seen_seq",
     )?
-    .execute(params![file_id, peer_id, size, sha256, stamp.ms, stamp.seq])?;
+    .execute(params![
+        file_id,
+        peer_id,
+        size,
+        &sha256[..],
+        stamp.ms,
+        stamp.seq
+    ])?;
     Ok(())
 }
 
@@ -83,9 +115,9 @@ fn upsert_peer(conn: &Connection, host: &str, port: u16) -> rusqlite::Result<i64
         .query_row(params![host, port], |row| row.get(0))
 }
 
-fn file_id(conn: &Connection, name_key: &str) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT id FROM files WHERE name_key = ?1")?
-        .query_row(params![name_key], |row| row.get(0))
+fn file_id(conn: &Connection, key: &[u8; 32]) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT file_id FROM file_keys WHERE name_key = ?1")?
+        .query_row(params![&key[..]], |row| row.get(0))
         .optional()
 }
 
@@ -111,8 +143,8 @@ pub fn is_registered(
     port: u16,
     name_key: &str,
 ) -> rusqlite::Result<bool> {
-    let (Some(peer_id), Some(file_id)) = (peer_id(conn, host, port)?, file_id(conn, name_key)?)
-    else {
+    let key = digest_bytes(name_key)?;
+    let (Some(peer_id), Some(file_id)) = (peer_id(conn, host, port)?, file_id(conn, &key)?) else {
         return Ok(false);
     };
     conn.prepare_cached("SELECT 1 FROM registrations WHERE file_id = ?1 AND peer_id = ?2")?
@@ -129,10 +161,11 @@ pub fn unregister(
     port: u16,
     name_key: &str,
 ) -> rusqlite::Result<bool> {
+    let key = digest_bytes(name_key)?;
     let Some(peer_id) = peer_id(conn, host, port)? else {
         return Ok(false);
     };
-    let Some(file_id) = file_id(conn, name_key)? else {
+    let Some(file_id) = file_id(conn, &key)? else {
         return Ok(false);
     };
     let removed = conn
@@ -146,18 +179,49 @@ pub fn unregister(
 }
 
 /// Removes file `file_id` and peer `peer_id` if no registration refers to
-/// them any more (index lookups, unlike [`delete_orphans`]).
+/// them any more (index lookups).
 pub fn delete_if_orphan(conn: &Connection, file_id: i64, peer_id: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "DELETE FROM files WHERE id = ?1
-         AND NOT EXISTS (SELECT 1 FROM registrations WHERE file_id = ?1)",
-    )?
-    .execute(params![file_id])?;
+    delete_file_if_orphan(conn, file_id)?;
+    delete_peer_if_orphan(conn, peer_id)
+}
+
+fn delete_file_if_orphan(conn: &Connection, file_id: i64) -> rusqlite::Result<()> {
+    let name: Option<String> = conn
+        .prepare_cached(
+            "DELETE FROM files WHERE id = ?1
+             AND NOT EXISTS (SELECT 1 FROM registrations WHERE file_id = ?1)
+             RETURNING name",
+        )?
+        .query_row(params![file_id], |row| row.get(0))
+        .optional()?;
+    match name {
+        Some(name) => delete_file_key(conn, file_id, &name),
+        None => Ok(()),
+    }
+}
+
+fn delete_peer_if_orphan(conn: &Connection, peer_id: i64) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "DELETE FROM peers WHERE id = ?1
          AND NOT EXISTS (SELECT 1 FROM registrations WHERE peer_id = ?1)",
     )?
     .execute(params![peer_id])?;
+    Ok(())
+}
+
+/// Removes the key of file `file_id`, whose `files` row (named `name`) was
+/// just deleted. `file_keys` is keyed by the key, which is SHA-256(name):
+/// one primary-key delete. Only a hand-made file whose key is not the
+/// hash of its name falls back to a scan by id, so no key is left pointing
+/// at a file that is gone.
+fn delete_file_key(conn: &Connection, file_id: i64, name: &str) -> rusqlite::Result<()> {
+    let removed = conn
+        .prepare_cached("DELETE FROM file_keys WHERE name_key = ?1 AND file_id = ?2")?
+        .execute(params![&key_of_name(name)[..], file_id])?;
+    if removed == 0 {
+        conn.prepare_cached("DELETE FROM file_keys WHERE file_id = ?1")?
+            .execute(params![file_id])?;
+    }
     Ok(())
 }
 
@@ -184,28 +248,34 @@ pub fn heartbeat(
 }
 
 /// Deletes every registration not seen since `live_since`, then the files
-/// and peers left without any; returns how many registrations went.
+/// and peers left without any; returns how many registrations went. The
+/// orphans are looked for among the deleted rows' files and peers only
+/// (index lookups), not by scanning every file and peer.
 pub fn sweep_expired(conn: &Connection, live_since: i64) -> rusqlite::Result<u64> {
-    let removed = conn
-        .prepare_cached("DELETE FROM registrations WHERE last_seen < ?1")?
-        .execute(params![live_since])?;
-    if removed > 0 {
-        delete_orphans(conn)?;
-    }
-    Ok(removed as u64)
+    let gone: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "DELETE FROM registrations WHERE last_seen < ?1 RETURNING file_id, peer_id",
+        )?
+        .query_map(params![live_since], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    delete_orphans_of(conn, &gone)?;
+    Ok(gone.len() as u64)
 }
 
-/// Removes files and peers that no registration refers to any more.
-pub fn delete_orphans(conn: &Connection) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "DELETE FROM files WHERE NOT EXISTS
-         (SELECT 1 FROM registrations r WHERE r.file_id = files.id)",
-    )?
-    .execute([])?;
-    conn.prepare_cached(
-        "DELETE FROM peers WHERE NOT EXISTS
-         (SELECT 1 FROM registrations r WHERE r.peer_id = peers.id)",
-    )?
-    .execute([])?;
+/// Removes, among the files and peers of the deleted registrations `gone`
+/// (`(file_id, peer_id)` pairs), those that no registration refers to any more.
+pub fn delete_orphans_of(conn: &Connection, gone: &[(i64, i64)]) -> rusqlite::Result<()> {
+    let mut files: Vec<i64> = gone.iter().map(|&(f, _)| f).collect();
+    let mut peers: Vec<i64> = gone.iter().map(|&(_, p)| p).collect();
+    files.sort_unstable();
+    files.dedup();
+    peers.sort_unstable();
+    peers.dedup();
+    for file_id in files {
+        delete_file_if_orphan(conn, file_id)?;
+    }
+    for peer_id in peers {
+        delete_peer_if_orphan(conn, peer_id)?;
+    }
     Ok(())
 }
