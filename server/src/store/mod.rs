@@ -560,7 +560,7 @@ impl Store {
                     Ok(FindHit {
                         sources: row.get::<_, i64>(0)? as u64,
                         size: row.get::<_, i64>(1)? as u64,
-                        sha256: row.get(2)?,
+                        sha256: hex_column(row, 2)?,
                         name: row.get(3)?,
                     })
                 })?;
