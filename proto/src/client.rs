@@ -25,7 +25,7 @@ const MAX_REPLY_LINE: usize = 2 * MAX_LINE_BYTES;
 /// Most source lines accepted after `FOUND`: the registry answers a SEARCH
 /// with at most this many (the most recently seen). More is a broken or
 /// hostile registry, refused before a line of it is buffered.
-pub const MAX_SEARCH_SOURCES: usize = 200;
+pub const MAX_SEARCH_SOURCES: usize = crate::protocol::MAX_SEARCH_SOURCES;
 
 /// Most lines accepted after `RESULTS`: the registry's own cap on FIND.
 pub const MAX_FIND_HITS: usize = crate::protocol::MAX_FIND_RESULTS;

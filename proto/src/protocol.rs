@@ -21,6 +21,11 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// Most lines a `FIND` reply carries, so one query cannot dump the registry.
 pub const MAX_FIND_RESULTS: usize = 100;
 
+/// Most sources one `SEARCH` reply lists: the most recently seen ones. It
+/// bounds the reply (about 100 bytes a source) however many ports one name
+/// is registered on; `FOUND n` gives the number sent.
+pub const MAX_SEARCH_SOURCES: usize = 200;
+
 /// Length of a SHA-256 digest written as lowercase hex.
 pub const SHA256_HEX_LEN: usize = 64;
 

@@ -48,7 +48,7 @@ use hashbrown::HashTable;
 use p2p_proto::protocol::Source;
 use sha2::{Digest, Sha256};
 
-use crate::store::MAX_SEARCH_SOURCES;
+use p2p_proto::protocol::MAX_SEARCH_SOURCES;
 
 /// Shards of the index: enough that the workers and the writer rarely
 /// meet on one lock, few enough that a sweep's pass stays cheap.

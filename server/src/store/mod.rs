@@ -31,10 +31,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// network layer, so `p2p-admin` shares it without depending on the server.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(150);
 
-/// Most sources one SEARCH reply lists: the most recently seen ones. It
-/// bounds the reply (about 100 bytes a source) however many ports one name
-/// is registered on; `FOUND n` gives the number sent.
-pub const MAX_SEARCH_SOURCES: usize = 200;
+/// Most sources one SEARCH reply lists (the wire vocabulary's cap, which
+/// the client enforces too).
+pub use p2p_proto::protocol::MAX_SEARCH_SOURCES;
 
 /// Read connections in the pool. Reads in WAL mode never block each other,
 /// so a few per core is plenty; workers beyond that wait their turn briefly.
