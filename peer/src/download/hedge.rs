@@ -8,7 +8,8 @@
 //! instead of one each.
 //!
 //! Each request runs on its own short-lived thread that owns what it needs,
-//! so a connect still in progress never holds the download. This module
+//! so a connect still in progress never holds the download (a lone source
+//! is asked on the caller's thread: there is nobody to hedge to). This module
 //! must not read a body: it hands the winner's connection, with its head
 //! read, to the sequential path. In a batch the requests go through the
 //! batch's connection `pool`.
@@ -46,6 +47,14 @@ pub fn race(sources: &[&Source], name: &str, range: Option<u64>, pool: Option<&P
     let mut launched = 0usize;
     let mut in_flight = 0usize;
     let mut next_launch = Instant::now();
+    if let [source] = sources {
+        // Nobody to hedge to: ask here, without a thread.
+        match ask(source, name, range, pool).and_then(|r| usable(source, name, r)) {
+            Ok(response) => raced.winner = Some((0, response)),
+            Err(error) => raced.failed.push((0, error)),
+        }
+        return raced;
+    }
     loop {
         let now = Instant::now();
         if launched < sources.len() && in_flight < PROBE_PARALLEL && now >= next_launch {

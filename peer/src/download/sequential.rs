@@ -383,7 +383,11 @@ fn copy_body(
 /// download waited 3 s for it). Instead, every [`WRITEBACK_EVERY_BYTES`] a
 /// helper thread calls `fdatasync` on a second handle of the file, so the
 /// write-back overlaps the transfer and the final sync only has the tail.
+/// The helper starts with the first flush: a file smaller than that (most
+/// files of a batch) costs no thread.
 struct WriteBack {
+    /// The second handle, until the helper takes it.
+    handle: Option<File>,
     requests: Option<crossbeam_channel::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     unsynced: u64,
@@ -397,10 +401,24 @@ impl WriteBack {
         let handle = file
             .try_clone()
             .map_err(DownloadError::io("duplicate the handle of", part))?;
+        Ok(WriteBack {
+            handle: Some(handle),
+            requests: None,
+            thread: None,
+            unsynced: 0,
+        })
+    }
+
+    /// Starts the helper thread; without one (no thread to be had) the
+    /// final sync does all the work, as it would anyway.
+    fn spawn(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
         // At most one flush waits while another runs: more would only queue
         // the same work.
         let (requests, pending) = crossbeam_channel::bounded::<()>(1);
-        let thread = std::thread::Builder::new()
+        self.thread = std::thread::Builder::new()
             .name("writeback".into())
             .spawn(move || {
                 for () in pending.iter() {
@@ -410,16 +428,13 @@ impl WriteBack {
                 }
             })
             .ok();
-        Ok(WriteBack {
-            requests: thread.as_ref().map(|_| requests),
-            thread,
-            unsynced: 0,
-        })
+        self.requests = self.thread.as_ref().map(|_| requests);
     }
 
     fn wrote(&mut self, n: u64) {
         self.unsynced += n;
         if self.unsynced >= WRITEBACK_EVERY_BYTES {
+            self.spawn();
             if let Some(requests) = &self.requests {
                 let _ = requests.try_send(());
             }
