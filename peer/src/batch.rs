@@ -2,8 +2,11 @@
 //! and `peer get --from-file FILE`. The registry lookups of the whole batch
 //! go over one connection, [`LOOKUP_PIPELINE_DEPTH`] `SEARCH`es written at
 //! a time before their replies are read; a bounded pool of `jobs` threads
-//! fetches the files, each with [`download::download_from`] (verified,
-//! resumable, multi-source, as a single `peer get`). One display shows the
+//! fetches the files, each with [`download::download_pooled`] (verified,
+//! resumable, multi-source, as a single `peer get`), sharing one
+//! [`Pool`] of keep-alive connections: a worker asks for its next file over
+//! an idle connection to the same source, so a batch of many small files
+//! from one peer opens about `jobs` connections to it, not one per file. One display shows the
 //! whole batch (files done, bytes received, the files in flight; each
 //! file's transfer reports to it through a progress [`Observer`]), and a
 //! [`Summary`] says what happened to every name.
@@ -29,7 +32,7 @@ use p2p_proto::client::{Client, ClientError, Reply};
 use p2p_proto::protocol::{check_name, Request, Source};
 use p2p_proto::units::human_size;
 
-use crate::download::{self, choose_content, DownloadError, Options, Outcome};
+use crate::download::{self, choose_content, DownloadError, Options, Outcome, Pool, PoolStats};
 use crate::find::printable;
 use crate::progress::{self, Observer, ObserverGuard, Reporter};
 
@@ -155,6 +158,8 @@ pub struct FileReport {
 #[derive(Debug, Default)]
 pub struct Summary {
     pub files: Vec<FileReport>,
+    /// What the batch's connection pool did (connections opened, reused).
+    pub connections: PoolStats,
 }
 
 /// How a batch ended, for the exit status.
@@ -249,6 +254,9 @@ pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Sum
     // batch display instead (`BatchDisplay::file_reporter`).
     let (work_tx, work_rx) = bounded::<(usize, Vec<Source>)>(2 * LOOKUP_PIPELINE_DEPTH);
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    // Idle connections to one source: never more than there are workers
+    // to use them.
+    let pool = Pool::new(jobs);
     std::thread::scope(|scope| {
         let lookup_done = done_tx.clone();
         let names_ref = &names;
@@ -267,17 +275,19 @@ pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Sum
             let done_tx = done_tx.clone();
             let names = &names;
             let display = &display;
+            let pool = &pool;
             scope.spawn(move || {
                 for (index, sources) in work_rx {
                     let name = &names[index];
                     display.started(name);
                     let (file_reporter, _watching) = display.file_reporter(name);
-                    let result = download::download_from(
+                    let result = download::download_pooled(
                         &sources,
                         name,
                         &config.downloads,
                         &config.download,
                         &file_reporter,
+                        pool,
                     );
                     display.finished(name, &result);
                     if done_tx.send((index, result)).is_err() {
@@ -293,6 +303,13 @@ pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Sum
         }
     });
     display.finish();
+    let connections = pool.stats();
+    tracing::info!(
+        opened = connections.opened,
+        reused = connections.reused,
+        retried = connections.retried,
+        "batch connections to sources"
+    );
     let files = names
         .into_iter()
         .zip(results)
@@ -305,7 +322,7 @@ pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Sum
             FileReport { name, result }
         })
         .collect();
-    Summary { files }
+    Summary { files, connections }
 }
 
 /// A copy of `error` for one more name: every name still waiting when the
@@ -732,6 +749,7 @@ mod tests {
                     registry: "r".into(),
                 }),
             }],
+            ..Summary::default()
         };
         assert_eq!(summary.verdict(), Verdict::OnlyNotFound);
         assert_eq!(Summary::default().verdict(), Verdict::AllThere);

@@ -1,16 +1,23 @@
 //! `peer find` and the batch forms of `peer get` (several names,
 //! `--find`, `--from-file`, stdin), with the real binaries: exit codes,
-//! the JSON shape, the per-file failure lines and the summary, and that
-//! every file that ends up in the downloads folder is the registered one.
+//! the JSON shape, the per-file failure lines and the summary, that every
+//! file that ends up in the downloads folder is the registered one, and
+//! that a batch reuses keep-alive connections to a source (counted on the
+//! source's side) and survives sources that close idle ones.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use p2p_tests::{bin, pseudo_random_bytes, run, sha256_hex, Peer, Registry, WAIT_TIMEOUT};
+use p2p_tests::{
+    bin, pseudo_random_bytes, run, serve_content, sha256_hex, FakeRequest, FakeSource, Peer,
+    Registry, WAIT_TIMEOUT,
+};
 
 fn peer(args: &[&str]) -> Output {
     run(&bin("peer"), args, WAIT_TIMEOUT)
@@ -376,4 +383,161 @@ fn a_single_name_not_found_suggests_find_hits() {
         .read_to_end(&mut content)
         .unwrap();
     assert_eq!(content, b"big");
+}
+
+/// Names and contents of the files a fake source serves.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// `count` files of 4 KiB (sequential path: below one piece), named
+/// `<prefix>NN.bin` (no character the URL escapes), registered by `source`.
+fn fake_files(
+    registry: &Registry,
+    source: &FakeSource,
+    prefix: &str,
+    count: u64,
+) -> Vec<(String, Vec<u8>)> {
+    let files: Vec<(String, Vec<u8>)> = (0..count)
+        .map(|i| {
+            let content = pseudo_random_bytes(4096, 1000 + i);
+            (format!("{prefix}{i:02}.bin"), content)
+        })
+        .collect();
+    for (name, content) in &files {
+        source.register(registry, name, content.len() as u64, &sha256_hex(content));
+    }
+    files
+}
+
+/// The file of `files` a request asks for.
+fn requested<'a>(files: &'a [(String, Vec<u8>)], request: &FakeRequest) -> Option<&'a [u8]> {
+    files
+        .iter()
+        .find(|(name, _)| request.path == format!("/files/{name}"))
+        .map(|(_, content)| content.as_slice())
+}
+
+fn not_found(stream: &mut TcpStream) -> bool {
+    stream
+        .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        .is_ok()
+}
+
+fn fetch_list(client: &Client, files: &[(String, Vec<u8>)], jobs: &str) -> Output {
+    let list = client.downloads.parent().unwrap().join("names.txt");
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    std::fs::write(&list, names.join("\n")).unwrap();
+    client.run(&["get", "--from-file", list.to_str().unwrap(), "--jobs", jobs])
+}
+
+#[test]
+fn a_batch_reuses_keep_alive_connections_per_source() {
+    let registry = Registry::start();
+    let files: Arc<Mutex<Files>> = Arc::default();
+    let served = Arc::clone(&files);
+    let source = FakeSource::start(move |request, stream| {
+        let files = served.lock().unwrap();
+        match requested(&files, request) {
+            Some(content) => serve_content(request, stream, content, None),
+            None => not_found(stream),
+        }
+    });
+    *files.lock().unwrap() = fake_files(&registry, &source, "kept-", 20);
+    let files = files.lock().unwrap().clone();
+
+    let client = Client::new(&registry);
+    let out = fetch_list(&client, &files, "2");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("batch of 20 files: 20 downloaded"),
+        "{}",
+        text(&out.stdout)
+    );
+    for (name, content) in &files {
+        assert_eq!(client.file(name).as_ref(), Some(content), "{name}");
+    }
+    let gets = source
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count();
+    assert_eq!(gets, 20, "one request per file");
+    // Each worker keeps its connection from file to file: one per job
+    // (without the pool, one per file: 20).
+    let opened = source.connections();
+    assert!(
+        (1..=2).contains(&opened),
+        "{opened} connections for 20 files with --jobs 2"
+    );
+}
+
+#[test]
+fn sources_that_drop_idle_connections_still_give_a_verified_batch() {
+    let registry = Registry::start();
+    // One source closes after every response without saying so
+    // (`Connection: close` is never sent); the other answers one request
+    // per connection and closes, unanswered, when the next one arrives:
+    // the keep-alive race, every time.
+    let closing_files: Arc<Mutex<Files>> = Arc::default();
+    let served = Arc::clone(&closing_files);
+    let closing = FakeSource::start(move |request, stream| {
+        let files = served.lock().unwrap();
+        match requested(&files, request) {
+            Some(content) => {
+                serve_content(request, stream, content, None);
+            }
+            None => {
+                not_found(stream);
+            }
+        }
+        false
+    });
+    let racing_files: Arc<Mutex<Files>> = Arc::default();
+    let served = Arc::clone(&racing_files);
+    let answered: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let racing = FakeSource::start(move |request, stream| {
+        let Ok(client) = stream.peer_addr() else {
+            return false;
+        };
+        if !answered.lock().unwrap().insert(client) {
+            // Read and left unanswered: the connection just closes.
+            return false;
+        }
+        let files = served.lock().unwrap();
+        match requested(&files, request) {
+            Some(content) => serve_content(request, stream, content, None),
+            None => not_found(stream),
+        }
+    });
+    *closing_files.lock().unwrap() = fake_files(&registry, &closing, "closing-", 10);
+    *racing_files.lock().unwrap() = fake_files(&registry, &racing, "racing-", 10);
+    let mut files = closing_files.lock().unwrap().clone();
+    files.extend(racing_files.lock().unwrap().iter().cloned());
+
+    let client = Client::new(&registry);
+    let out = fetch_list(&client, &files, "2");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("batch of 20 files: 20 downloaded"),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    for (name, content) in &files {
+        assert_eq!(client.file(name).as_ref(), Some(content), "{name}");
+    }
+    assert!(
+        std::fs::read_dir(&client.downloads).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".part")),
+        "no .part left"
+    );
+    // The batch did reuse connections to the racing source (it got
+    // requests it left unanswered) and sent those requests again.
+    let asked = racing.requests().len();
+    assert!(
+        asked > 10,
+        "{asked} requests for 10 files: no connection was reused"
+    );
 }

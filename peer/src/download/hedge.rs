@@ -8,9 +8,11 @@
 //! instead of one each.
 //!
 //! Each request runs on its own short-lived thread that owns what it needs,
-//! so a connect still in progress never holds the download. This module
+//! so a connect still in progress never holds the download (a lone source
+//! is asked on the caller's thread: there is nobody to hedge to). This module
 //! must not read a body: it hands the winner's connection, with its head
-//! read, to the sequential path.
+//! read, to the sequential path. In a batch the requests go through the
+//! batch's connection `pool`.
 
 use std::sync::mpsc;
 use std::thread;
@@ -21,6 +23,7 @@ use p2p_proto::protocol::Source;
 use super::error::SourceError;
 use super::http::{request_file, Response};
 use super::limits::PROBE_PARALLEL;
+use super::pool::Pool;
 
 /// How long one source may take to answer before the next one is asked
 /// as well. The one limit `P2P_TEST_TIMEOUT_SCALE` leaves alone (see
@@ -37,22 +40,31 @@ pub struct Raced {
 }
 
 /// Asks `sources` (in order, hedged) for `name` from byte `range` on (see
-/// the module doc).
-pub fn race(sources: &[&Source], name: &str, range: Option<u64>) -> Raced {
+/// the module doc), over `pool`'s connections when given.
+pub fn race(sources: &[&Source], name: &str, range: Option<u64>, pool: Option<&Pool>) -> Raced {
     let (done, results) = mpsc::channel::<(usize, Result<Response, SourceError>)>();
     let mut raced = Raced::default();
     let mut launched = 0usize;
     let mut in_flight = 0usize;
     let mut next_launch = Instant::now();
+    if let [source] = sources {
+        // Nobody to hedge to: ask here, without a thread.
+        match ask(source, name, range, pool).and_then(|r| usable(source, name, r)) {
+            Ok(response) => raced.winner = Some((0, response)),
+            Err(error) => raced.failed.push((0, error)),
+        }
+        return raced;
+    }
     loop {
         let now = Instant::now();
         if launched < sources.len() && in_flight < PROBE_PARALLEL && now >= next_launch {
             let source = sources[launched].clone();
             let (owned_name, sender, index) = (name.to_owned(), done.clone(), launched);
+            let owned_pool = pool.cloned();
             let spawned = thread::Builder::new()
                 .name(format!("ask-{index}"))
                 .spawn(move || {
-                    let answer = request_file(&source, &owned_name, range)
+                    let answer = ask(&source, &owned_name, range, owned_pool.as_ref())
                         .and_then(|r| usable(&source, &owned_name, r));
                     // Nobody listens once another source won: the answer
                     // (and its connection) is dropped.
@@ -60,7 +72,7 @@ pub fn race(sources: &[&Source], name: &str, range: Option<u64>) -> Raced {
                 });
             if spawned.is_err() {
                 // No thread: ask this one alone, here.
-                let answer = request_file(sources[launched], name, range)
+                let answer = ask(sources[launched], name, range, pool)
                     .and_then(|r| usable(sources[launched], name, r));
                 let _ = done.send((launched, answer));
             }
@@ -95,6 +107,19 @@ pub fn race(sources: &[&Source], name: &str, range: Option<u64>) -> Raced {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return raced,
         }
+    }
+}
+
+/// One request, over the pool's connections when there is one.
+fn ask(
+    source: &Source,
+    name: &str,
+    range: Option<u64>,
+    pool: Option<&Pool>,
+) -> Result<Response, SourceError> {
+    match pool {
+        Some(pool) => pool.request_file(source, name, range),
+        None => request_file(source, name, range),
     }
 }
 

@@ -9,7 +9,9 @@
 //! [`MAX_RESPONSE_HEADERS`]), bodies are read only as far as the caller
 //! allows, and bytes a source sends beyond an announced body are reported
 //! ([`Connection::has_stray_bytes`]) rather than taken for the next
-//! response.
+//! response. A connection also keeps track of whether it may carry another
+//! request once its current response is done ([`Connection::reusable`]),
+//! which is what `pool` asks before keeping it for the next file.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -143,6 +145,20 @@ pub struct Connection {
     end: usize,
     /// Where a chunked body is, when the response has one.
     chunked: Option<Chunked>,
+    /// The current response allows another request after it: no
+    /// `Connection: close`, and a body of announced length (not chunked, not
+    /// "until the source closes").
+    keep_alive: bool,
+    /// Body bytes of the current response not yet read (of its
+    /// `Content-Length`).
+    body_left: u64,
+    /// Something went wrong on this connection (an I/O error, an early
+    /// close, a bad head, more body than announced): never reuse it.
+    broken: bool,
+    /// At least one byte of the current response arrived. A request on a
+    /// reused connection that fails before this may be sent again on a new
+    /// one (the source closed the idle connection as we reused it).
+    answered: bool,
 }
 
 /// The decoder's place in a `Transfer-Encoding: chunked` body.
@@ -191,7 +207,38 @@ impl Connection {
             start: 0,
             end: 0,
             chunked: None,
+            keep_alive: false,
+            body_left: 0,
+            broken: false,
+            answered: false,
         })
+    }
+
+    /// Whether this connection may carry another request now: the last
+    /// response allowed it, its whole body was read and nothing more came,
+    /// and nothing went wrong.
+    pub fn reusable(&self) -> bool {
+        self.keep_alive && !self.broken && self.body_left == 0 && !self.has_stray_bytes()
+    }
+
+    /// Whether no byte of the current response has arrived (see
+    /// [`Connection::reusable`]'s use in `pool`).
+    pub fn unanswered(&self) -> bool {
+        !self.answered
+    }
+
+    /// Whether an idle connection still looks usable: the source has
+    /// neither closed it nor sent anything unasked (checked without
+    /// blocking). The source may still close it a moment later, which is
+    /// why a request on a reused connection is retried once.
+    pub fn idle_and_open(&self) -> bool {
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut one = [0u8; 1];
+        let peeked = self.stream.peek(&mut one);
+        let restored = self.stream.set_nonblocking(false).is_ok();
+        restored && matches!(peeked, Err(e) if e.kind() == ErrorKind::WouldBlock)
     }
 
     /// `host:port` of the source.
@@ -220,9 +267,12 @@ impl Connection {
 
     /// Sends a request head (see [`get_request`]).
     pub fn send(&mut self, head: &str) -> Result<(), SourceError> {
-        self.stream
-            .write_all(head.as_bytes())
-            .map_err(|e| self.network(e))
+        self.answered = false;
+        let sent = self.stream.write_all(head.as_bytes());
+        sent.map_err(|e| {
+            self.broken = true;
+            self.network(e)
+        })
     }
 
     /// Reads until the blank line that ends the head, at most
@@ -249,14 +299,28 @@ impl Connection {
         self.start = 0;
         self.end = 0;
         self.chunked = None;
+        self.keep_alive = false;
+        self.body_left = 0;
         let asked = Instant::now();
         let result = self.read_head_by(asked + scaled(first_byte), asked + scaled(whole_head));
         let restored = self
             .stream
             .set_read_timeout(Some(scaled(READ_TIMEOUT)))
             .map_err(|e| self.network(e));
-        let head = result?;
-        restored?;
+        let (head, ()) = match (result, restored) {
+            (Ok(head), Ok(())) => (head, ()),
+            (Err(e), _) | (_, Err(e)) => {
+                self.broken = true;
+                return Err(e);
+            }
+        };
+        match head.content_length {
+            Some(len) if !head.close && !head.chunked => {
+                self.keep_alive = true;
+                self.body_left = len;
+            }
+            _ => {}
+        }
         Ok(head)
     }
 
@@ -328,6 +392,7 @@ impl Connection {
             }
             self.end += n;
             received = true;
+            self.answered = true;
         }
     }
 
@@ -336,11 +401,27 @@ impl Connection {
     /// last chunk) or the source closed the connection.
     pub fn read_body(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let Some(mut state) = self.chunked else {
-            return self.read_raw(out);
+            let n = self.read_raw(out);
+            self.count_body(&n, out.len());
+            return n;
         };
         let n = self.read_chunked(&mut state, out);
+        if n.is_err() {
+            self.broken = true;
+        }
         self.chunked = Some(state);
         n
+    }
+
+    /// Keeps [`Connection::reusable`] true to what a plain body read did.
+    fn count_body(&mut self, read: &io::Result<usize>, asked: usize) {
+        match *read {
+            Ok(n) if n as u64 <= self.body_left && (n > 0 || asked == 0) => {
+                self.body_left -= n as u64;
+            }
+            // An error, the source closed, or more than it announced.
+            _ => self.broken = true,
+        }
     }
 
     /// Bytes as they come: buffered first, then the socket.
@@ -538,14 +619,22 @@ impl std::ops::Deref for Response {
 }
 
 /// Connects to the source and sends `GET /files/<name>`, with a guarded
-/// range when resuming at `range`; reads the response head.
+/// range when resuming at `range`, asking the source to close after it;
+/// reads the response head.
 pub fn request_file(
     source: &Source,
     name: &str,
     range: Option<u64>,
 ) -> Result<Response, SourceError> {
-    let addr = source.addr();
-    let mut conn = Connection::open(&addr)?;
+    let mut conn = Connection::open(&source.addr())?;
+    let head = exchange(&mut conn, &file_request(source, name, range, true))?;
+    Ok(Response { conn, head })
+}
+
+/// The request head of `GET /files/<name>` from `source`, with a guarded
+/// range when resuming at `range`; `close` asks the source to close after
+/// answering.
+pub fn file_request(source: &Source, name: &str, range: Option<u64>, close: bool) -> String {
     let extra = match range {
         Some(first) => format!(
             "Range: bytes={first}-\r\nIf-Range: \"{}\"\r\n",
@@ -553,9 +642,13 @@ pub fn request_file(
         ),
         None => String::new(),
     };
-    conn.send(&get_request(&addr, &file_path(name), true, &extra))?;
-    let head = conn.read_head()?;
-    Ok(Response { conn, head })
+    get_request(&source.addr(), &file_path(name), close, &extra)
+}
+
+/// Sends a request head on `conn` and reads the response head.
+pub fn exchange(conn: &mut Connection, request: &str) -> Result<ResponseHead, SourceError> {
+    conn.send(request)?;
+    conn.read_head()
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - this module: the entry points ([`download`], [`search`],
-//!   [`download_from`]), [`Options`] and [`Outcome`]; it picks the path.
+//!   [`download_from`], and [`download_pooled`] for a batch), [`Options`]
+//!   and [`Outcome`]; it picks the path.
 //! - `error`: [`DownloadError`] (the download fails) and [`SourceError`]
 //!   (one source is left out).
 //! - [`limits`]: every time limit and buffer size (and the test scale).
@@ -29,10 +30,13 @@
 //!   `hedge` asks the next source too when one is slow to answer.
 //! - [`http`]: the client side of HTTP/1.1 (connections, heads with
 //!   deadlines, bodies, chunked).
+//! - [`pool`]: idle keep-alive connections kept between the files of a
+//!   batch, per source, bounded; a reused connection the source closed
+//!   meanwhile is replaced once (sequential path only).
 //!
-//! Imports go one way: (`limits`, `text`, `behind`) ← `error` ← `http` ← (`part`,
-//! `swarm`, `choose`, `hedge`) ← `worker` ← `coordinator`, `sequential` ←
-//! this module.
+//! Imports go one way: (`limits`, `text`, `behind`) ← `error` ← `http` ←
+//! `pool` ← (`part`, `swarm`, `choose`, `hedge`) ← `worker` ← `coordinator`,
+//! `sequential` ← this module.
 //!
 //! # Which path
 //! The multi-source path runs when `--max-sources` is at least 2, at least
@@ -55,6 +59,7 @@ mod hedge;
 pub mod http;
 pub mod limits;
 mod part;
+pub mod pool;
 pub mod resume;
 pub mod scheduler;
 mod sequential;
@@ -85,6 +90,7 @@ pub use limits::{
     WRITE_TIMEOUT,
 };
 pub use part::{part_name, MAX_FILE_NAME_BYTES, PART_SUFFIX};
+pub use pool::{Pool, PoolStats};
 pub use swarm::PROGRESS_TICK;
 pub use text::printable;
 
@@ -189,6 +195,31 @@ pub fn download_from(
     downloads: &Path,
     options: &Options,
     reporter: &Reporter,
+) -> Result<Outcome, DownloadError> {
+    fetch_into(sources, name, downloads, options, reporter, None)
+}
+
+/// [`download_from`] for one file of a batch: the sequential path asks over
+/// `pool`'s idle keep-alive connections and leaves clean ones there for the
+/// next file (the multi-source path keeps its own connections).
+pub fn download_pooled(
+    sources: &[Source],
+    name: &str,
+    downloads: &Path,
+    options: &Options,
+    reporter: &Reporter,
+    pool: &Pool,
+) -> Result<Outcome, DownloadError> {
+    fetch_into(sources, name, downloads, options, reporter, Some(pool))
+}
+
+fn fetch_into(
+    sources: &[Source],
+    name: &str,
+    downloads: &Path,
+    options: &Options,
+    reporter: &Reporter,
+    pool: Option<&Pool>,
 ) -> Result<Outcome, DownloadError> {
     check_name(name).map_err(|reason| DownloadError::BadName {
         name: name.to_owned(),
@@ -299,7 +330,7 @@ pub fn download_from(
     }
     while let Some(&first) = remaining.first() {
         let have = sequential::existing_prefix(&part, first, reporter)?;
-        let raced = hedge::race(&remaining, name, (have > 0).then_some(have));
+        let raced = hedge::race(&remaining, name, (have > 0).then_some(have), pool);
         let mut gone: Vec<usize> = Vec::new();
         for (index, error) in raced.failed {
             reporter.note(format_args!("{error}; trying the next source"));
@@ -311,7 +342,7 @@ pub fn download_from(
             let source = remaining[index];
             tried += 1;
             gone.push(index);
-            match sequential::fetch(source, name, &mut part, reporter, Some(response)) {
+            match sequential::fetch(source, name, &mut part, reporter, Some(response), pool) {
                 Ok(fetched) => {
                     part.publish(&target, downloads)?;
                     return Ok(Outcome::Downloaded {

@@ -7,7 +7,10 @@
 //! checked against the registered size and SHA-256 ([`Part::accept`],
 //! which hashes the whole file again if anyone else changed it meanwhile).
 //! The first answer may come from `hedge`, which asked several sources at
-//! once.
+//! once. In a batch, requests go through the batch's `pool` and a
+//! connection whose whole body arrived cleanly goes back to it for the next
+//! file, before the file is verified (the digest, not the connection,
+//! vouches for the bytes).
 //!
 //! Used when there is a single source, when `--max-sources 1`, when the
 //! file is too small to share out, and as the fallback of a multi-source
@@ -29,6 +32,7 @@ use super::error::{DownloadError, SourceError};
 use super::http::{check_etag, parse_content_range, request_file, Response};
 use super::limits::{scaled, COPY_BUFFER_BYTES, MIN_BYTES_PER_WINDOW, SLOW_WINDOW};
 use super::part::{Checked, Part};
+use super::pool::Pool;
 use crate::progress::Reporter;
 
 /// How one attempt failed: because of the source (try the next) or because
@@ -64,13 +68,14 @@ pub(super) struct Fetched {
 /// culprit (they may come from another version of the file), so the source
 /// gets one more try from scratch before it is blamed. Bytes that fail the
 /// check are removed (the `.part` is emptied) so no later source resumes
-/// them.
+/// them. With a `pool`, requests reuse its connections and give them back.
 pub(super) fn fetch(
     source: &Source,
     name: &str,
     part: &mut Part,
     reporter: &Reporter,
     mut first: Option<Response>,
+    pool: Option<&Pool>,
 ) -> Result<Fetched, Attempt> {
     let mut allow_resume = true;
     loop {
@@ -82,7 +87,8 @@ pub(super) fn fetch(
         };
         // The answer to a request already sent (for the bytes after
         // `have`) is used for the first transfer only.
-        let result = transfer(part, have, source, name, reporter, first.take());
+        let asked = (have, source, name);
+        let result = transfer(part, asked, reporter, first.take(), pool);
         match result {
             Ok(resumed_at) => return Ok(Fetched { resumed_at }),
             Err(Transfer::Mismatch(e, resumed)) => {
@@ -171,11 +177,10 @@ pub(super) fn existing_prefix(
 /// Returns how many bytes of the verified file came from the old `.part`.
 fn transfer(
     part: &mut Part,
-    mut have: u64,
-    source: &Source,
-    name: &str,
+    (mut have, source, name): (u64, &Source, &str),
     reporter: &Reporter,
     answered: Option<Response>,
+    pool: Option<&Pool>,
 ) -> Result<u64, Transfer> {
     let addr = source.addr();
     let size = source.size;
@@ -183,7 +188,10 @@ fn transfer(
         let range = (have > 0).then_some(have);
         let mut response = match answered {
             Some(response) => response,
-            None => request_file(source, name, range)?,
+            None => match pool {
+                Some(pool) => pool.request_file(source, name, range)?,
+                None => request_file(source, name, range)?,
+            },
         };
         if matches!(response.status, 200 | 206) {
             check_etag(&response, source, name)?;
@@ -261,6 +269,10 @@ fn transfer(
             ));
         }
         progress.finish();
+        if let Some(pool) = pool {
+            // Kept only if the exchange was complete and clean.
+            pool.put(response.conn);
+        }
         return verify(part, source, name, reporter, start, Some(behind));
     }
     // The .part is already complete: it only needs checking.
@@ -371,7 +383,11 @@ fn copy_body(
 /// download waited 3 s for it). Instead, every [`WRITEBACK_EVERY_BYTES`] a
 /// helper thread calls `fdatasync` on a second handle of the file, so the
 /// write-back overlaps the transfer and the final sync only has the tail.
+/// The helper starts with the first flush: a file smaller than that (most
+/// files of a batch) costs no thread.
 struct WriteBack {
+    /// The second handle, until the helper takes it.
+    handle: Option<File>,
     requests: Option<crossbeam_channel::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     unsynced: u64,
@@ -385,10 +401,24 @@ impl WriteBack {
         let handle = file
             .try_clone()
             .map_err(DownloadError::io("duplicate the handle of", part))?;
+        Ok(WriteBack {
+            handle: Some(handle),
+            requests: None,
+            thread: None,
+            unsynced: 0,
+        })
+    }
+
+    /// Starts the helper thread; without one (no thread to be had) the
+    /// final sync does all the work, as it would anyway.
+    fn spawn(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
         // At most one flush waits while another runs: more would only queue
         // the same work.
         let (requests, pending) = crossbeam_channel::bounded::<()>(1);
-        let thread = std::thread::Builder::new()
+        self.thread = std::thread::Builder::new()
             .name("writeback".into())
             .spawn(move || {
                 for () in pending.iter() {
@@ -398,16 +428,13 @@ impl WriteBack {
                 }
             })
             .ok();
-        Ok(WriteBack {
-            requests: thread.as_ref().map(|_| requests),
-            thread,
-            unsynced: 0,
-        })
+        self.requests = self.thread.as_ref().map(|_| requests);
     }
 
     fn wrote(&mut self, n: u64) {
         self.unsynced += n;
         if self.unsynced >= WRITEBACK_EVERY_BYTES {
+            self.spawn();
             if let Some(requests) = &self.requests {
                 let _ = requests.try_send(());
             }
