@@ -6,17 +6,16 @@
 //! source's side) and survives sources that close idle ones.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
 
 use p2p_tests::{
-    bin, pseudo_random_bytes, run, serve_content, sha256_hex, FakeRequest, FakeSource, Peer,
-    Registry, WAIT_TIMEOUT,
+    bin, pseudo_random_bytes, run, serve_content, serve_content_as, sha256_hex, FakeRequest,
+    FakeSource, Peer, Registry, WAIT_TIMEOUT,
 };
 
 fn peer(args: &[&str]) -> Output {
@@ -85,50 +84,14 @@ impl Client {
     }
 }
 
-/// A source that answers every request for its one file with 200, the
-/// registered length and ETag, and the wrong bytes: a corrupt peer.
+/// A source that answers every request for its one file with the
+/// registered length and ETag and the wrong bytes: a corrupt peer (the
+/// suites' scripted [`FakeSource`], keeping its connections alive).
 fn corrupt_source(length: usize, etag: String) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { break };
-            let etag = etag.clone();
-            thread::spawn(move || answer_corrupt(stream, length, &etag));
-        }
-    });
-    port
-}
-
-fn answer_corrupt(stream: TcpStream, length: usize, etag: &str) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut head = Vec::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if line == "\r\n" || line == "\n" {
-                break;
-            }
-            head.push(line);
-        }
-        let is_head = head.first().is_some_and(|l| l.starts_with("HEAD "));
-        let reply =
-            format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nETag: \"{etag}\"\r\n\r\n");
-        if writer.write_all(reply.as_bytes()).is_err() {
-            return;
-        }
-        if !is_head && writer.write_all(&vec![b'X'; length]).is_err() {
-            return;
-        }
-    }
+    let wrong = vec![b'X'; length];
+    FakeSource::start(move |request, stream| serve_content_as(request, stream, &wrong, &etag, None))
+        .addr
+        .port()
 }
 
 #[test]
