@@ -218,11 +218,14 @@ pub fn open_connection(
         Ok(found) => found,
         Err(e)
             if mode == OpenMode::ExistingReadOnly
-                && e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) =>
+                && e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen)
+                && !Path::new(&format!("{path}-shm")).exists() =>
         {
             // A WAL database in a folder we cannot write: the shared-memory
             // file cannot be made. Nothing can be writing it then (a writer
-            // needs that file too), so read the file as immutable.
+            // needs that file too), so read the file as immutable. Never
+            // while a `-shm` exists: a writer may be running, and an
+            // immutable read would miss what is still in its WAL.
             tracing::debug!(path, error = %e, "opening the database as immutable");
             conn = Connection::open_with_flags(immutable_uri(path), flags).map_err(open_err)?;
             migrate::version_of(&conn).map_err(|source| classify_open_error(path, source))?
