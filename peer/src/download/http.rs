@@ -654,8 +654,6 @@ pub fn exchange(conn: &mut Connection, request: &str) -> Result<ResponseHead, So
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
-    use std::thread;
 
     #[test]
     fn content_range_parsing() {
@@ -685,19 +683,20 @@ mod tests {
     /// head's read; then stray bytes after a body.
     #[test]
     fn keep_alive_responses_and_stray_bytes() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let server = thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            for reply in [
+        // The suites' scripted fake source: these two replies in turn on one
+        // connection, the second with bytes after its body.
+        let answered = std::sync::atomic::AtomicUsize::new(0);
+        let fake = p2p_tests::FakeSource::start(move |_, stream| {
+            let replies = [
                 &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"[..],
                 b"HTTP/1.1 206 Partial Content\r\nContent-Length: 3\r\nETag: \"ab\"\r\n\r\nabcEXTRA",
-            ] {
-                let _ = s.read(&mut buf).unwrap();
-                s.write_all(reply).unwrap();
-            }
+            ];
+            let n = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            replies
+                .get(n)
+                .is_some_and(|reply| stream.write_all(reply).is_ok())
         });
+        let addr = fake.addr.to_string();
         let mut conn = Connection::open(&addr).unwrap();
         conn.send(&get_request(&addr, "/a", false, "")).unwrap();
         let head = conn.read_head().unwrap();
@@ -714,7 +713,6 @@ mod tests {
         assert_eq!(head.etag_value(), Some("ab"));
         let mut body = [0u8; 3];
         conn.read_body_exact(&mut body, &mut 0).unwrap();
-        server.join().unwrap();
         // "EXTRA" came in the same segment or follows; either way it is not
         // a head of ours.
         if !conn.has_stray_bytes() {
