@@ -220,10 +220,9 @@ impl Idle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::sync::atomic::AtomicUsize;
-    use std::thread;
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::sync::Mutex;
 
     const BODY: &[u8] = b"hello";
 
@@ -236,43 +235,24 @@ mod tests {
         }
     }
 
-    /// Reads one request head; `false` when the client closed.
-    fn read_request(stream: &mut TcpStream) -> bool {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            match stream.read(&mut byte) {
-                Ok(1) => head.push(byte[0]),
-                _ => return false,
+    /// A source answering each request with `reply`, `answers` times per
+    /// connection; then it reads the next request and closes unanswered.
+    /// (The suites' scripted `FakeSource`, counting per connection.)
+    fn serve(answers: usize, reply: &'static str) -> p2p_tests::FakeSource {
+        let per_connection = Mutex::new(HashMap::<std::net::SocketAddr, usize>::new());
+        let fake = p2p_tests::FakeSource::start(move |_, stream| {
+            let Ok(peer) = stream.peer_addr() else {
+                return false;
+            };
+            let mut counts = per_connection.lock().unwrap();
+            let done = counts.entry(peer).or_insert(0);
+            if *done >= answers {
+                return false;
             }
-        }
-        true
-    }
-
-    /// A source answering each request with `BODY`; `answers` per
-    /// connection, then it closes without answering the next request.
-    fn serve(answers: usize, reply: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                count.fetch_add(1, Ordering::SeqCst);
-                thread::spawn(move || {
-                    for _ in 0..answers {
-                        if !read_request(&mut stream) {
-                            return;
-                        }
-                        let _ = stream.write_all(reply.as_bytes());
-                    }
-                    // The next request is read and left unanswered.
-                    read_request(&mut stream);
-                });
-            }
+            *done += 1;
+            stream.write_all(reply.as_bytes()).is_ok()
         });
-        (addr, accepted)
+        fake
     }
 
     fn fetch(pool: &Pool, source: &Source) -> Result<Vec<u8>, SourceError> {
@@ -287,12 +267,13 @@ mod tests {
 
     #[test]
     fn one_connection_carries_request_after_request() {
-        let (addr, accepted) = serve(usize::MAX, KEEP);
+        let fake = serve(usize::MAX, KEEP);
+        let addr = fake.addr;
         let pool = Pool::new(2);
         for _ in 0..5 {
             assert_eq!(fetch(&pool, &source(addr)).unwrap(), BODY);
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.connections(), 1);
         let stats = pool.stats();
         assert_eq!((stats.opened, stats.reused, stats.retried), (1, 4, 0));
         assert_eq!(pool.idle(), 1);
@@ -300,12 +281,13 @@ mod tests {
 
     #[test]
     fn a_connection_closed_unanswered_is_retried_once_on_a_new_one() {
-        let (addr, accepted) = serve(1, KEEP);
+        let fake = serve(1, KEEP);
+        let addr = fake.addr;
         let pool = Pool::new(2);
         for _ in 0..3 {
             assert_eq!(fetch(&pool, &source(addr)).unwrap(), BODY);
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(fake.connections(), 3);
         // The source reads the second request of each connection and
         // closes: each reuse fails unanswered and is sent again.
         let stats = pool.stats();
@@ -321,7 +303,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloSTRAY",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ] {
-            let (addr, _) = serve(usize::MAX, reply);
+            let addr = serve(usize::MAX, reply).addr;
             let mut response = pool.request_file(&source(addr), "a", None).unwrap();
             let mut body = vec![0u8; BODY.len()];
             response.conn.read_body_exact(&mut body, &mut 0).unwrap();
@@ -329,7 +311,7 @@ mod tests {
             assert_eq!(pool.idle(), 0, "{reply:?} was kept");
         }
         // A body not read to its end.
-        let (addr, _) = serve(usize::MAX, KEEP);
+        let addr = serve(usize::MAX, KEEP).addr;
         let response = pool.request_file(&source(addr), "a", None).unwrap();
         pool.put(response.conn);
         assert_eq!(pool.idle(), 0);
@@ -337,7 +319,8 @@ mod tests {
 
     #[test]
     fn the_pool_is_bounded_per_source() {
-        let (addr, accepted) = serve(usize::MAX, KEEP);
+        let fake = serve(usize::MAX, KEEP);
+        let addr = fake.addr;
         let pool = Pool::new(2);
         let responses: Vec<Response> = (0..3)
             .map(|_| pool.request_file(&source(addr), "a", None).unwrap())
@@ -347,7 +330,7 @@ mod tests {
             response.conn.read_body_exact(&mut body, &mut 0).unwrap();
             pool.put(response.conn);
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(fake.connections(), 3);
         assert_eq!(pool.idle(), 2);
     }
 }
