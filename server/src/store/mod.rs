@@ -467,14 +467,7 @@ impl Store {
             .map_err(|e| self.sql_err(e))?;
         let limits = (MAX_FIND_RESULTS as i64, MAX_FIND_EXAMINED as i64);
         let rows = stmt
-            .query_map(params![query, live_since, limits.0, limits.1], |row| {
-                Ok(FindHit {
-                    sources: row.get::<_, i64>(0)? as u64,
-                    size: row.get::<_, i64>(1)? as u64,
-                    sha256: hex_column(row, 2)?,
-                    name: row.get(3)?,
-                })
-            })
+            .query_map(params![query, live_since, limits.0, limits.1], find_hit)
             .map_err(|e| self.sql_err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.sql_err(e))
     }
@@ -557,15 +550,10 @@ impl Store {
                  ORDER BY count(*) DESC, f.name, r.sha256
                  LIMIT ?3",
             )?;
-            let rows =
-                stmt.query_map(params![query, live_since, MAX_FIND_RESULTS as i64], |row| {
-                    Ok(FindHit {
-                        sources: row.get::<_, i64>(0)? as u64,
-                        size: row.get::<_, i64>(1)? as u64,
-                        sha256: hex_column(row, 2)?,
-                        name: row.get(3)?,
-                    })
-                })?;
+            let rows = stmt.query_map(
+                params![query, live_since, MAX_FIND_RESULTS as i64],
+                find_hit,
+            )?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
         tx.prepare_cached("INSERT INTO find_candidates (find_candidates) VALUES ('delete-all')")?
@@ -654,6 +642,17 @@ pub fn end_snapshot(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Column `index` of `row`, a digest stored as a BLOB, in the lowercase hex
 /// every surface shows.
+/// One FIND hit from a row `count(*), r.size, r.sha256, f.name` (the
+/// columns of both FIND queries).
+fn find_hit(row: &rusqlite::Row<'_>) -> rusqlite::Result<FindHit> {
+    Ok(FindHit {
+        sources: row.get::<_, i64>(0)? as u64,
+        size: row.get::<_, i64>(1)? as u64,
+        sha256: hex_column(row, 2)?,
+        name: row.get(3)?,
+    })
+}
+
 pub(crate) fn hex_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<String> {
     Ok(p2p_proto::hex::to_hex(row.get_ref(index)?.as_blob()?))
 }
