@@ -463,11 +463,7 @@ fn the_menu_with_dht_downloads_from_a_dht_source() {
 fn a_peer_started_before_its_registry_registers_once_it_is_up() {
     let testnet = Testnet::start(3);
     // A port nothing listens on yet, for the registry to take later.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = p2p_tests::free_port();
     let registry_addr = format!("127.0.0.1:{port}");
     let content = b"shared before the registry was up".to_vec();
     let peer = serve(

@@ -4,7 +4,7 @@
 //! files that are byte-identical to the shared ones, never half-written.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
 use std::thread;
@@ -319,10 +319,7 @@ fn serve_waits_for_a_registry_that_is_down_at_start() {
     let shared = dir.path().join("shared");
     std::fs::create_dir_all(&shared).expect("mkdir");
     std::fs::write(shared.join("patient.txt"), b"waiting").expect("write");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = p2p_tests::free_port();
     let server = format!("127.0.0.1:{port}");
 
     let mut command = std::process::Command::new(bin("peer"));

@@ -80,11 +80,7 @@ impl Browser {
             return None;
         };
         // chromedriver cannot report a port it picked itself: take a free one.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = p2p_tests::free_port();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())

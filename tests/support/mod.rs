@@ -41,6 +41,38 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A loopback port that is free now, for a program that must be given its
+/// port before it starts (a registry a peer is already pointed at,
+/// chromedriver). Taken from below the kernel's ephemeral range
+/// (`ip_local_port_range`), so no `:0` listener or outgoing connection of a
+/// test running beside it can take it before the program binds it, as a
+/// port picked by binding `:0` and letting go could be. Skips the control
+/// UI's default ports (8390-8489) and the DHT's (6881).
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12_000, 65_535);
+    let (first, span) = (10_000u32, low - 10_000);
+    // Processes running at once start at different places (pid), calls of
+    // one process never repeat (the counter).
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let port = first + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if (8390..8490).contains(&port) || port == 6881 {
+            continue;
+        }
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {low}");
+}
+
 /// Polls `condition` until it holds or `timeout` passes; panics naming `what`.
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
