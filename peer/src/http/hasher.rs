@@ -135,44 +135,49 @@ impl Hasher {
     /// The SHA-256 of `file`: cached, hashed here for a small file, or
     /// awaited from the background thread for a big one.
     pub fn digest(&self, file: &SharedFile) -> Result<Ready<String>, FilesError> {
-        if let Some(sha256) = self.hashes.cached(file) {
-            return Ok(Ready::Now(sha256));
-        }
-        if file.size <= INLINE_HASH_MAX {
-            return self.hashes.digest(file).map(Ready::Now);
-        }
-        Ok(match self.await_background(file) {
-            Some(later) => later,
-            None => self
-                .hashes
-                .cached(file)
-                .map_or(Ready::Later { retry_after: 1 }, Ready::Now),
-        })
+        self.get(
+            file,
+            || self.hashes.cached(file),
+            || self.hashes.digest(file),
+        )
     }
 
     /// The piece list of `file` (open as `opened`, whose offset the caller
     /// no longer needs): cached, computed here for a small file, or
-    /// scheduled for a big one.
+    /// awaited from the background thread for a big one.
     pub fn pieces(
         &self,
         file: &SharedFile,
         opened: &File,
     ) -> Result<Ready<Arc<PieceList>>, FilesError> {
-        if let Some(list) = self.pieces.cached(file) {
-            return Ok(Ready::Now(list));
+        self.get(
+            file,
+            || self.pieces.cached(file),
+            || {
+                self.pieces
+                    .get(file, Some(opened), &self.hashes, &mut |_| {})
+            },
+        )
+    }
+
+    /// What both answers share: `cached`, else `inline` for a small file,
+    /// else the background read (after which the cache has it, unless the
+    /// file changed meanwhile: then `503` for a second).
+    fn get<T>(
+        &self,
+        file: &SharedFile,
+        cached: impl Fn() -> Option<T>,
+        inline: impl FnOnce() -> Result<T, FilesError>,
+    ) -> Result<Ready<T>, FilesError> {
+        if let Some(found) = cached() {
+            return Ok(Ready::Now(found));
         }
         if file.size <= INLINE_HASH_MAX {
-            return self
-                .pieces
-                .get(file, Some(opened), &self.hashes, &mut |_| {})
-                .map(Ready::Now);
+            return inline().map(Ready::Now);
         }
         Ok(match self.await_background(file) {
             Some(later) => later,
-            None => self
-                .pieces
-                .cached(file)
-                .map_or(Ready::Later { retry_after: 1 }, Ready::Now),
+            None => cached().map_or(Ready::Later { retry_after: 1 }, Ready::Now),
         })
     }
 
