@@ -24,6 +24,11 @@ use p2p_proto::protocol::{FindHit, Source, MAX_FIND_RESULTS};
 /// beside the server) before it reports the database busy.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a writer in another process (`p2p-admin prune`, opened with
+/// [`OpenMode::ExistingReadWrite`]) waits for the write lock per
+/// transaction before it fails with `database is locked`.
+pub const EXTERNAL_WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Default time a registration lives without a heartbeat (`--ttl` of both
 /// `dht-server` and `p2p-admin`). With the peer's 45 s heartbeat a live
 /// peer survives two lost heartbeats, and a killed one is gone from SEARCH
@@ -211,7 +216,15 @@ pub fn open_connection(
         source,
     };
     let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    // Another process's writer (`p2p-admin prune`) competes with a server
+    // that commits without pause and, every `WAL_AUTOCHECKPOINT_PAGES`,
+    // copies up to ~40 MiB back inside one commit: it gets longer to win
+    // the lock than the server's own connections.
+    let busy = match mode {
+        OpenMode::ExistingReadWrite => EXTERNAL_WRITER_BUSY_TIMEOUT,
+        OpenMode::CreateOrMigrate | OpenMode::ExistingReadOnly => BUSY_TIMEOUT,
+    };
+    conn.busy_timeout(busy).map_err(open_err)?;
 
     // The first read of the header: fails here for a file that is not SQLite.
     let found = match migrate::version_of(&conn) {
