@@ -13,8 +13,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use p2p_peer::pieces::{PieceList, PIECE_SIZE};
 use p2p_tests::{
@@ -297,16 +299,44 @@ fn a_tampering_writer_during_a_multi_source_download_is_caught() {
     let sha = sha256_hex(&content);
     let list = PieceList::hash(&mut &content[..], PIECE_SIZE, &mut |_| {}).expect("hash");
     let doc = list.to_document().into_bytes();
+    // The last two pieces are held back (head sent, body paused) until the
+    // tamper has landed, so a write of ours always follows it, however late
+    // the loaded test thread gets to it; at most 10 s.
+    let tampered = Arc::new(AtomicBool::new(false));
     let mut sources = Vec::new();
     for _ in 0..2 {
         let content = content.clone();
         let doc = doc.clone();
-        // A slow uplink: a pause before each piece.
+        let tampered = Arc::clone(&tampered);
         let source = FakeSource::start(move |request: &FakeRequest, stream| {
-            if !request.is_pieces() {
-                thread::sleep(Duration::from_millis(300));
+            let late = request
+                .range
+                .is_some_and(|(first, _)| first >= 2 * PIECE_SIZE);
+            if request.is_pieces() || !late {
+                return serve_content(request, stream, &content, Some(&doc));
             }
-            serve_content(request, stream, &content, Some(&doc))
+            let Some((first, last)) = request.range else {
+                return false;
+            };
+            let last = last.map_or(content.len() as u64 - 1, |l| {
+                l.min(content.len() as u64 - 1)
+            });
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nETag: \"{}\"\r\nContent-Range: bytes {first}-{last}/{}\r\n\r\n",
+                last - first + 1,
+                sha256_hex(&content),
+                content.len()
+            );
+            if stream.write_all(head.as_bytes()).is_err() {
+                return false;
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !tampered.load(Ordering::SeqCst) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+            stream
+                .write_all(&content[first as usize..=last as usize])
+                .is_ok()
         });
         source.register(&registry, "M", size as u64, &sha);
         sources.push(source);
@@ -326,6 +356,7 @@ fn a_tampering_writer_during_a_multi_source_download_is_caught() {
         .expect("open the .part as another program");
     tamper.write_all_at(b"EVIL", 0).expect("write EVIL");
     drop(tamper);
+    tampered.store(true, Ordering::SeqCst);
     running.wait_for_line(
         |line| line.contains("was changed by another program"),
         RUN_TIMEOUT,
