@@ -754,42 +754,28 @@ fn search_is_answered_while_other_clients_flood_find() {
 /// disk, and the database is intact.
 #[test]
 fn a_dead_writer_ends_the_process_with_status_70() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("registry.db");
-    let db_arg = db.to_str().expect("UTF-8 temp path");
-    let args = ["--db", db_arg, "--listen", "127.0.0.1:0", "--no-mdns"];
-    let (addr, server) = Running::start(
-        &bin("dht-server"),
-        &args,
-        "listening on ",
-        &[("P2P_FAULT", "writer-panic-after:1")],
-    );
-    let mut wire = Wire::connect(addr);
+    let mut registry = Registry::start_with_env(&[], &[("P2P_FAULT", "writer-panic-after:1")]);
+    let mut wire = Wire::connect(registry.addr);
     assert_eq!(wire.ask(&format!("REGISTER 7001 5 {HASH} kept.txt")), "OK");
     // The second batch finds the writer dead: no OK, then the process ends.
-    let mut other = Wire::connect(addr);
+    let mut other = Wire::connect(registry.addr);
     other.send(format!("REGISTER 7001 5 {HASH} lost.txt\n"));
     let answer = other.try_line();
     assert!(
         !matches!(&answer, Ok(Some(line)) if line == "OK"),
         "an unwritten registration was acknowledged: {answer:?}"
     );
+    let server = registry.process.take().expect("registry is running");
     let (status, stderr) = server.wait_exit(WAIT_TIMEOUT);
     assert_eq!(status.code(), Some(70), "{status}: {stderr}");
     assert!(stderr.contains("writer thread panicked"), "{stderr}");
 
-    let mut registry = Registry {
-        addr,
-        db: db.clone(),
-        process: None,
-        dir,
-    };
     registry.restart(&[]);
     let mut wire = Wire::connect(registry.addr);
     assert!(wire.call("SEARCH kept.txt")[0].starts_with("FOUND 1"));
     assert_eq!(wire.ask("SEARCH lost.txt"), "NOT_FOUND");
     registry.stop();
-    let conn = rusqlite::Connection::open(&db).expect("open the database");
+    let conn = rusqlite::Connection::open(&registry.db).expect("open the database");
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |row| row.get(0))
         .expect("integrity_check");

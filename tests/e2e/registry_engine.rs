@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use p2p_tests::{bin, run, wait_until, Registry, Running, WAIT_TIMEOUT};
+use p2p_tests::{bin, metric, run, wait_until, Registry, Running, WAIT_TIMEOUT};
 
 const HASH: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 
@@ -137,54 +137,22 @@ fn after_kill_9_the_index_rebuilt_from_disk_answers_as_before() {
     registry.restart(&["--memory-index", "--http", "127.0.0.1:0"]);
     // The index loads after the server listens (SQLite answers until then):
     // compare once it is in, so the answers are the rebuilt index's.
-    let http = http_addr(&registry);
+    let http = registry.http_addr();
     wait_until("the index to be loaded", WAIT_TIMEOUT, || {
-        gauge(&http, "p2p_registry_change_log_lag") == Some(0)
+        metric(&http, "p2p_registry_change_log_lag") == Some(0)
     });
     assert_eq!(answers(&registry, &names), before);
 }
 
 /// The `p2p_registry_index_entries` gauge of `GET /metrics`, if shown.
 fn index_entries(http: &str) -> Option<u64> {
-    gauge(http, "p2p_registry_index_entries")
-}
-
-/// The gauge `name` of `GET /metrics` on `http`, if shown.
-fn gauge(http: &str, name: &str) -> Option<u64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(http).expect("connect to --http");
-    stream
-        .set_read_timeout(Some(WAIT_TIMEOUT))
-        .expect("read timeout");
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("read /metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// The `--http` address the running registry printed.
-fn http_addr(registry: &Registry) -> String {
-    let line = registry
-        .process
-        .as_ref()
-        .expect("running")
-        .wait_for_line(|l| l.starts_with("http on "), WAIT_TIMEOUT);
-    line.strip_prefix("http on http://")
-        .and_then(|rest| rest.strip_suffix('/'))
-        .unwrap_or_else(|| panic!("bad http line {line:?}"))
-        .to_owned()
+    metric(http, "p2p_registry_index_entries")
 }
 
 #[test]
 fn metrics_show_the_size_of_the_index() {
     let mut registry = Registry::start_with(&["--http", "127.0.0.1:0", "--memory-index"]);
-    let http = http_addr(&registry);
+    let http = registry.http_addr();
     assert_eq!(index_entries(&http), Some(0));
     let mut c = registry.client();
     for port in 1..=3 {
@@ -229,11 +197,11 @@ fn while_the_index_loads_search_answers_as_the_database_and_writes_go_on() {
     );
     registry.addr = addr;
     registry.process = Some(process);
-    let http = http_addr(&registry);
+    let http = registry.http_addr();
 
     // Listening, the index not loaded (it cannot be: the gate is shut),
     // and every SEARCH answered as the database answers it.
-    assert_eq!(gauge(&http, "p2p_registry_change_log_lag"), Some(1));
+    assert_eq!(metric(&http, "p2p_registry_change_log_lag"), Some(1));
     assert_eq!(answers(&registry, &names), from_sql, "SEARCH while loading");
 
     // Writes go on while the index loads (the gate is still shut: a write
@@ -252,11 +220,11 @@ fn while_the_index_loads_search_answers_as_the_database_and_writes_go_on() {
     let fifth = expected.get_mut(&names[5]).expect("answer for names[5]");
     fifth.retain(|line| !line.starts_with("127.0.0.1:2 "));
     assert_eq!(answers(&registry, &names), expected, "SEARCH while loading");
-    assert_eq!(gauge(&http, "p2p_registry_change_log_lag"), Some(1));
+    assert_eq!(metric(&http, "p2p_registry_change_log_lag"), Some(1));
 
     std::fs::write(&gate, b"").expect("open the gate");
     wait_until("the index to be loaded", WAIT_TIMEOUT, || {
-        gauge(&http, "p2p_registry_change_log_lag") == Some(0)
+        metric(&http, "p2p_registry_change_log_lag") == Some(0)
     });
     assert_eq!(
         answers(&registry, &names),

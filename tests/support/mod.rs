@@ -299,6 +299,34 @@ impl Registry {
         }
     }
 
+    /// A fresh registry whose process gets the environment `env` (e.g. a
+    /// debug build's `P2P_FAULT`, server/src/fault.rs).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Registry {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("registry.db");
+        let (addr, process) = start_registry_env(&db, "127.0.0.1:0", extra, env);
+        Registry {
+            addr,
+            db,
+            process: Some(process),
+            dir,
+        }
+    }
+
+    /// The `--http` address the running registry printed (started with
+    /// `--http 127.0.0.1:0`).
+    pub fn http_addr(&self) -> String {
+        let line = self
+            .process
+            .as_ref()
+            .expect("registry is running")
+            .wait_for_line(|l| l.starts_with("http on "), WAIT_TIMEOUT);
+        line.strip_prefix("http on http://")
+            .and_then(|rest| rest.strip_suffix('/'))
+            .unwrap_or_else(|| panic!("bad http line {line:?}"))
+            .to_owned()
+    }
+
     /// A fresh registry listening on `listen` (e.g. `0.0.0.0:0`).
     pub fn start_on(listen: &str, extra: &[&str]) -> Registry {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -355,10 +383,38 @@ fn start_registry(db: &Path, extra: &[&str]) -> (SocketAddr, Running) {
 }
 
 fn start_registry_at(db: &Path, listen: &str, extra: &[&str]) -> (SocketAddr, Running) {
+    start_registry_env(db, listen, extra, &[])
+}
+
+fn start_registry_env(
+    db: &Path,
+    listen: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (SocketAddr, Running) {
     let db = db.to_str().expect("temp paths are UTF-8");
     let mut args = vec!["--db", db, "--listen", listen, "--no-mdns"];
     args.extend_from_slice(extra);
-    Running::start(&bin("dht-server"), &args, "listening on ", &[])
+    Running::start(&bin("dht-server"), &args, "listening on ", env)
+}
+
+/// The value of the metric `name` (a counter or gauge line, no labels) on
+/// the registry's `GET /metrics` at `http` (`host:port`), if shown.
+pub fn metric(http: &str, name: &str) -> Option<u64> {
+    let mut stream = TcpStream::connect(http).expect("connect to --http");
+    stream
+        .set_read_timeout(Some(WAIT_TIMEOUT))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("read /metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Runs a program to completion with a deadline; returns its output.
