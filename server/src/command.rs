@@ -3,7 +3,9 @@
 //! SEARCH reads the in-memory [`Index`] when it is enabled and loaded (else
 //! the [`Store`]'s pool, like FIND), writes
 //! go to the [`WriterHandle`] (which answers only after the commit and after
-//! the index shows it). The caller's identity is the host the
+//! the index shows it): one at a time ([`Registry::apply`]), or a run of
+//! writes a client pipelined as one submission ([`Registry::apply_writes`],
+//! one commit wait for the run). The caller's identity is the host the
 //! server saw on the socket, never one the client claims. Storage errors
 //! become `ERR internal` here, the one place they are mapped to the protocol:
 //! the client gets a short reason, the log gets the details (paths, SQLite
@@ -22,7 +24,7 @@ use std::sync::Arc;
 
 use crate::index::{Index, Key};
 use crate::store::{self, Store};
-use crate::writer::{Outcome, Write, WriterHandle};
+use crate::writer::{Outcome, Write, WriteError, WriterHandle, Writes};
 use p2p_proto::protocol::{name_key, ErrorCode, Reply, Request, Source};
 
 /// Who sent a request, as the server saw the connection.
@@ -78,40 +80,59 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The reply to `request` from `caller`.
-    pub fn apply(&self, request: Request<'_>, caller: &Caller) -> Reply {
+    /// The write `request` from `caller` asks for, if it is one (REGISTER,
+    /// UNREGISTER, HEARTBEAT): what the worker may submit together with the
+    /// writes pipelined after it ([`Registry::apply_writes`]).
+    pub fn write_of(request: &Request<'_>, caller: &Caller) -> Option<Write> {
         let host = caller.host.as_str();
-        match request {
+        match *request {
             Request::Register {
                 port,
                 size,
                 sha256,
                 name,
-            } => self.write(
-                Write::Register {
-                    host: host.to_owned(),
-                    port,
-                    name: name.to_owned(),
-                    size,
-                    sha256: sha256.to_owned(),
-                },
-                host,
-            ),
-            Request::Unregister { port, name } => self.write(
-                Write::Unregister {
-                    host: host.to_owned(),
-                    port,
-                    name: name.to_owned(),
-                },
-                host,
-            ),
-            Request::Heartbeat { port } => self.write(
-                Write::Heartbeat {
-                    host: host.to_owned(),
-                    port,
-                },
-                host,
-            ),
+            } => Some(Write::Register {
+                host: host.to_owned(),
+                port,
+                name: name.to_owned(),
+                size,
+                sha256: sha256.to_owned(),
+            }),
+            Request::Unregister { port, name } => Some(Write::Unregister {
+                host: host.to_owned(),
+                port,
+                name: name.to_owned(),
+            }),
+            Request::Heartbeat { port } => Some(Write::Heartbeat {
+                host: host.to_owned(),
+                port,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The replies to `writes` from `caller`, in order, once all of them
+    /// are committed (one submission, one wait): see
+    /// [`WriterHandle::submit_all`].
+    pub fn apply_writes<'c>(
+        &self,
+        writes: Writes,
+        caller: &'c Caller,
+    ) -> impl Iterator<Item = Reply> + 'c {
+        let host = caller.host.as_str();
+        self.writer
+            .submit_all(writes)
+            .into_iter()
+            .map(move |outcome| reply_to_write(outcome, host))
+    }
+
+    /// The reply to `request` from `caller`.
+    pub fn apply(&self, request: Request<'_>, caller: &Caller) -> Reply {
+        let host = caller.host.as_str();
+        if let Some(write) = Registry::write_of(&request, caller) {
+            return reply_to_write(self.writer.submit(write), host);
+        }
+        match request {
             Request::Search { name } => {
                 let live_since = self.live_since();
                 // The index answers once loaded; before that (and without
@@ -140,26 +161,29 @@ impl Registry {
             },
             Request::Ping => Reply::Pong,
             Request::Quit => Reply::Bye,
+            // Answered above, by `write_of`; never reached.
+            Request::Register { .. } | Request::Unregister { .. } | Request::Heartbeat { .. } => {
+                Reply::Err(ErrorCode::Internal, "write not dispatched".into())
+            }
         }
     }
 
     fn live_since(&self) -> i64 {
         store::live_since(store::now_ms(), self.ttl)
     }
+}
 
-    fn write(&self, write: Write, host: &str) -> Reply {
-        match self.writer.submit(write) {
-            Ok(Outcome::Registered) | Ok(Outcome::Unregistered(true)) => Reply::Ok,
-            Ok(Outcome::Unregistered(false)) => Reply::NotFound,
-            Ok(Outcome::Refreshed(n)) => Reply::Refreshed(n),
-            Ok(Outcome::HostFull(limit)) => Reply::Err(
-                ErrorCode::Busy,
-                format!(
-                    "too many registrations from {host} (limit {limit}); unregister some first"
-                ),
-            ),
-            Err(e) => internal(&e, e.short_reason(), host),
-        }
+/// The reply to a write's outcome, for a client at `host`.
+fn reply_to_write(outcome: Result<Outcome, WriteError>, host: &str) -> Reply {
+    match outcome {
+        Ok(Outcome::Registered) | Ok(Outcome::Unregistered(true)) => Reply::Ok,
+        Ok(Outcome::Unregistered(false)) => Reply::NotFound,
+        Ok(Outcome::Refreshed(n)) => Reply::Refreshed(n),
+        Ok(Outcome::HostFull(limit)) => Reply::Err(
+            ErrorCode::Busy,
+            format!("too many registrations from {host} (limit {limit}); unregister some first"),
+        ),
+        Err(e) => internal(&e, e.short_reason(), host),
     }
 }
 

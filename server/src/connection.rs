@@ -200,6 +200,27 @@ impl Connection {
         }
     }
 
+    /// Takes the next request line if it is already complete in the buffer
+    /// and `take` accepts it (returns `Some`); otherwise leaves it for
+    /// [`Connection::read_line`]. Never reads from the socket, never
+    /// flushes: this is how the worker gathers a run of pipelined writes to
+    /// submit together. A line that is too long or not UTF-8 is left alone
+    /// (the next `read_line` reports it, after the run is answered).
+    pub fn take_buffered_line<T>(&mut self, take: impl FnOnce(&str) -> Option<T>) -> Option<T> {
+        let pending = &self.buf[self.start..self.end];
+        let pos = pending.iter().position(|&b| b == b'\n')?;
+        if pos + 1 > MAX_LINE_BYTES {
+            return None;
+        }
+        let mut line = &pending[..pos];
+        if let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
+        let taken = take(std::str::from_utf8(line).ok()?)?;
+        self.start += pos + 1;
+        Some(taken)
+    }
+
     /// Moves unconsumed bytes to the front so a whole line always fits.
     fn compact(&mut self) {
         if self.start > 0 {

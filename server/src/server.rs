@@ -56,13 +56,22 @@ use crate::command::{Caller, Registry};
 use crate::connection::{Connection, FrameError, Limits};
 use crate::registry::OpenError;
 use crate::store::{self, StoreError, SyncMode};
-use crate::writer::DEFAULT_MAX_PER_HOST;
+use crate::writer::{Write, Writes, DEFAULT_MAX_PER_HOST};
 use p2p_net::{accept_loop, Admission, ConnTable, Policy, Slot, Waker};
 use p2p_proto::protocol::{self, ErrorCode, Reply, Request};
 
 /// Default connection limit: hundreds of peers keeping a connection open
 /// must still leave room for new clients.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Most writes one connection has in flight: a client that pipelines
+/// REGISTER, UNREGISTER or HEARTBEAT lines has the ones already in its read
+/// buffer, up to this many, submitted to the writer as one job and
+/// answered after one commit (instead of one commit wait each). Bounds the
+/// memory one connection's writes hold, and keeps a job well under the
+/// writer's [`crate::writer::MAX_BATCH`] so the runs of several
+/// connections share a commit.
+pub const MAX_PIPELINED_WRITES: usize = 128;
 
 /// Default number of workers started with the server; the pool grows past
 /// it, one thread per open connection, up to the connection limit.
@@ -429,7 +438,17 @@ fn serve_connection(
                         conn.close_gracefully();
                         return;
                     }
-                    Ok(request) => registry.apply(request, &caller),
+                    Ok(request) => match Registry::write_of(&request, &caller) {
+                        Some(write) => {
+                            let run = pipelined_run(&mut conn, write, &caller);
+                            for reply in registry.apply_writes(run, &caller) {
+                                crate::metrics::count_reply(&reply);
+                                conn.write_reply(&reply);
+                            }
+                            continue;
+                        }
+                        None => registry.apply(request, &caller),
+                    },
                     Err(e) => e.to_reply(),
                 }
             }
@@ -465,6 +484,30 @@ fn serve_connection(
         crate::metrics::count_reply(&reply);
         conn.write_reply(&reply);
     }
+}
+
+/// The writes submitted together from one connection: the write just read
+/// (`first`) and the writes that follow it already complete in the read
+/// buffer, up to [`MAX_PIPELINED_WRITES`]. The first other line (a read, a
+/// QUIT, a line that does not parse, one not yet complete) ends the run and
+/// is left for the next `read_line`, so it is answered after the run is
+/// committed: a client reads its own writes.
+fn pipelined_run(conn: &mut Connection, first: Write, caller: &Caller) -> Writes {
+    let mut run = Writes::new();
+    run.push(first);
+    while run.len() < MAX_PIPELINED_WRITES {
+        let next = conn.take_buffered_line(|line| {
+            let request = protocol::parse_request(line).ok()?;
+            let write = Registry::write_of(&request, caller)?;
+            crate::metrics::count_request(&request);
+            Some(write)
+        });
+        match next {
+            Some(write) => run.push(write),
+            None => break,
+        }
+    }
+    run
 }
 
 /// Answers a request that ends the connection, and closes it.

@@ -30,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use rusqlite::{Connection, TransactionBehavior};
+use smallvec::{smallvec, SmallVec};
 
 use crate::index::{Change, Index, Key};
 use crate::store::writes::{self, Stamp};
@@ -104,47 +105,25 @@ impl WriteError {
     }
 }
 
+/// The writes of one submission: one, or a pipelined run (inline when
+/// one, so the common single write allocates nothing for the list).
+pub type Writes = SmallVec<[Write; 1]>;
+
+/// The outcomes of one submission, one per write, in order.
+pub type Outcomes = SmallVec<[Result<Outcome, WriteError>; 1]>;
+
+/// One submission: the writes of one worker, committed in one transaction
+/// and answered with one wake-up.
 struct Job {
-    write: Write,
+    writes: Writes,
     /// Taken when the job is answered.
     done: Option<Arc<Ack>>,
 }
 
 impl Job {
-    fn answer(mut self, outcome: Result<Outcome, WriteError>) {
+    fn answer(mut self, outcomes: Outcomes) {
         if let Some(done) = self.done.take() {
-            done.send(outcome);
-        }
-    }
-}
-
-/// Where the writer leaves one job's outcome for the worker waiting on it.
-///
-/// A mutex and condvar, not a channel: the worker parks at once instead of
-/// spinning and yielding first (crossbeam's receive backoff), which under
-/// 64 waiting workers took CPU the writer itself needed.
-#[derive(Default)]
-struct Ack {
-    outcome: Mutex<Option<Result<Outcome, WriteError>>>,
-    ready: Condvar,
-}
-
-impl Ack {
-    fn send(&self, outcome: Result<Outcome, WriteError>) {
-        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
-        self.ready.notify_one();
-    }
-
-    fn wait(&self) -> Result<Outcome, WriteError> {
-        let mut slot = self.outcome.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(outcome) = slot.take() {
-                return outcome;
-            }
-            slot = self
-                .ready
-                .wait(slot)
-                .unwrap_or_else(PoisonError::into_inner);
+            done.send(outcomes);
         }
     }
 }
@@ -154,7 +133,45 @@ impl Drop for Job {
     /// leave its worker waiting forever.
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done.send(Err(WriteError::Stopped));
+            let failed = self
+                .writes
+                .iter()
+                .map(|_| Err(WriteError::Stopped))
+                .collect();
+            done.send(failed);
+        }
+    }
+}
+
+/// Where the writer leaves one job's outcomes for the worker waiting on it.
+///
+/// A mutex and condvar, not a channel: the worker parks at once instead of
+/// spinning and yielding first (crossbeam's receive backoff), which under
+/// 64 waiting workers took CPU the writer itself needed. (A futex with a
+/// tree of wake-ups spread over the workers was tried and measured slower
+/// at 16 connections: BENCHMARKS.md, "Pipelined writes".)
+#[derive(Default)]
+struct Ack {
+    outcomes: Mutex<Option<Outcomes>>,
+    ready: Condvar,
+}
+
+impl Ack {
+    fn send(&self, outcomes: Outcomes) {
+        *self.outcomes.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcomes);
+        self.ready.notify_one();
+    }
+
+    fn wait(&self) -> Outcomes {
+        let mut slot = self.outcomes.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(outcomes) = slot.take() {
+                return outcomes;
+            }
+            slot = self
+                .ready
+                .wait(slot)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -169,14 +186,36 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Queues a write and blocks until it is committed (or failed).
     pub fn submit(&self, write: Write) -> Result<Outcome, WriteError> {
+        self.submit_all(smallvec![write])
+            .pop()
+            .unwrap_or(Err(WriteError::Stopped))
+    }
+
+    /// Queues `writes` as one job and blocks until all are committed (or
+    /// failed): one outcome per write, in order, after one wait. A job is
+    /// never split between transactions: its writes are applied in order in
+    /// one, so a failed commit fails all of them (and the other jobs of
+    /// that batch). Callers keep jobs small (the server's
+    /// [`crate::server::MAX_PIPELINED_WRITES`]): a batch holds up to
+    /// [`MAX_BATCH`] writes, plus the rest of the job that crossed it.
+    pub fn submit_all(&self, writes: Writes) -> Outcomes {
+        let count = writes.len();
+        if count == 0 {
+            return Outcomes::new();
+        }
         let done = Arc::new(Ack::default());
-        self.jobs
-            .send(Job {
-                write,
-                done: Some(Arc::clone(&done)),
-            })
-            .map_err(|_| WriteError::Stopped)?;
-        done.wait()
+        let job = Job {
+            writes,
+            done: Some(Arc::clone(&done)),
+        };
+        if let Err(crossbeam_channel::SendError(mut job)) = self.jobs.send(job) {
+            job.done = None;
+            return (0..count).map(|_| Err(WriteError::Stopped)).collect();
+        }
+        let mut outcomes = done.wait();
+        // A short answer cannot happen; never hand back fewer than asked.
+        outcomes.resize_with(count, || Err(WriteError::Stopped));
+        outcomes
     }
 }
 
@@ -456,15 +495,22 @@ fn run(
         if loading.is_some() {
             wait = wait.min(LOAD_CHECK);
         }
+        let mut writes = 0;
         match queue.recv_timeout(wait) {
-            Ok(job) => batch.push(job),
+            Ok(job) => {
+                writes += job.writes.len();
+                batch.push(job);
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if !batch.is_empty() {
-            while batch.len() < MAX_BATCH {
+            while writes < MAX_BATCH {
                 match queue.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => {
+                        writes += job.writes.len();
+                        batch.push(job);
+                    }
                     Err(_) => break,
                 }
             }
@@ -520,14 +566,16 @@ fn commit_batch(
 ) {
     crate::fault::before_writer_batch();
     changes.clear();
-    let _timer = crate::metrics::commit_started(batch.len());
+    let writes: usize = batch.iter().map(|job| job.writes.len()).sum();
+    let _timer = crate::metrics::commit_started(writes);
     let sql_err = |source| StoreError::Sql {
         path: config.path.clone(),
         source,
     };
     let now = store::now_ms();
     let live_since = store::live_since(now, config.ttl);
-    let result = (|| -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+    type Applied = Vec<SmallVec<[Result<Outcome, StoreError>; 1]>>;
+    let result = (|| -> Result<Applied, StoreError> {
         // IMMEDIATE: the write lock is taken at BEGIN, where the busy
         // timeout applies. A deferred transaction would first read, then
         // meet another writer (`p2p-admin prune`) at its first write, where
@@ -536,30 +584,39 @@ fn commit_batch(
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err)?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        for job in batch.iter() {
-            *seq += 1;
-            let stamp = Stamp { ms: now, seq: *seq };
-            let outcome =
-                apply(&tx, &job.write, stamp, live_since, config.max_per_host).map_err(sql_err);
-            if let Ok(done) = &outcome {
-                if let Some(change) = change_of(&job.write, *done, stamp, live_since) {
-                    changes.push(change);
+        'jobs: for job in batch.iter() {
+            let mut of_job = SmallVec::with_capacity(job.writes.len());
+            for write in &job.writes {
+                *seq += 1;
+                let stamp = Stamp { ms: now, seq: *seq };
+                let outcome =
+                    apply(&tx, write, stamp, live_since, config.max_per_host).map_err(sql_err);
+                if let Ok(done) = &outcome {
+                    if let Some(change) = change_of(write, *done, stamp, live_since) {
+                        changes.push(change);
+                    }
+                }
+                let failed = outcome.is_err();
+                of_job.push(outcome);
+                // Some errors (disk full, I/O) make SQLite roll the whole
+                // transaction back; later statements would then each commit
+                // on their own. Stop, and fail the batch at commit below.
+                if failed && tx.is_autocommit() {
+                    outcomes.push(of_job);
+                    break 'jobs;
                 }
             }
-            let failed = outcome.is_err();
-            outcomes.push(outcome);
-            // Some errors (disk full, I/O) make SQLite roll the whole
-            // transaction back; later statements would then each commit on
-            // their own. Stop, and fail the batch at commit below.
-            if failed && tx.is_autocommit() {
-                break;
-            }
+            outcomes.push(of_job);
+        }
+        if let Some(e) = crate::fault::writer_commit_failure() {
+            // Dropping `tx` rolls the batch back, as a failed COMMIT does.
+            return Err(sql_err(e));
         }
         crate::metrics::time_fsync(|| tx.commit()).map_err(sql_err)?;
         Ok(outcomes)
     })();
     match result {
-        Ok(outcomes) => {
+        Ok(mut outcomes) => {
             // Committed: visible to SEARCH before anyone hears `OK` (from
             // the index, or while it loads from SQLite, and then kept for
             // the load, whose snapshot is older).
@@ -567,19 +624,39 @@ fn commit_batch(
                 Some(later) => later.append(changes),
                 None => index.apply(changes),
             }
-            for (job, outcome) in batch.drain(..).zip(outcomes) {
-                job.answer(outcome.map_err(WriteError::from));
+            // A batch cut short by a rolled-back transaction has fewer
+            // outcomes than writes: the rest were never applied.
+            outcomes.resize_with(batch.len(), SmallVec::new);
+            for (job, outcomes) in batch.drain(..).zip(outcomes) {
+                let mut outcomes: Outcomes = outcomes
+                    .into_iter()
+                    .map(|o| o.map_err(WriteError::from))
+                    .collect();
+                outcomes.resize_with(job.writes.len(), || {
+                    Err(WriteError::Commit {
+                        reason: "the transaction was rolled back by an earlier error".into(),
+                        short: "commit failed",
+                    })
+                });
+                job.answer(outcomes);
             }
         }
         Err(e) => {
-            tracing::error!(path = %config.path, error = %e, writes = batch.len(), "commit failed");
+            tracing::error!(path = %config.path, error = %e, writes, "commit failed");
             let reason = e.to_string();
             let short = e.short_reason();
             for job in batch.drain(..) {
-                job.answer(Err(WriteError::Commit {
-                    reason: reason.clone(),
-                    short,
-                }));
+                let failed = job
+                    .writes
+                    .iter()
+                    .map(|_| {
+                        Err(WriteError::Commit {
+                            reason: reason.clone(),
+                            short,
+                        })
+                    })
+                    .collect();
+                job.answer(failed);
             }
         }
     }

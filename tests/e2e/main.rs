@@ -32,6 +32,7 @@ mod registry_durability;
 mod registry_engine;
 mod registry_http;
 mod registry_migration;
+mod registry_pipeline;
 mod reliability;
 mod ui_api;
 mod ui_browser;
