@@ -136,6 +136,7 @@ pub(crate) mod testdb {
             )
             .unwrap();
         }
+        writes::index_new_names(&tx).unwrap();
         tx.commit().unwrap();
         drop(conn);
         TestDb {

@@ -608,6 +608,9 @@ fn commit_batch(
             }
             outcomes.push(of_job);
         }
+        // The batch's new names enter the full-text index in one statement
+        // (one FTS segment per commit, not one per name).
+        writes::index_new_names(&tx).map_err(sql_err)?;
         if let Some(e) = crate::fault::writer_commit_failure() {
             // Dropping `tx` rolls the batch back, as a failed COMMIT does.
             return Err(sql_err(e));
@@ -1030,6 +1033,7 @@ mod tests {
             };
             writes::register(&tx, "10.0.0.1", 1, &key, &name, 1, HASHES[0], stamp).unwrap();
         }
+        writes::index_new_names(&tx).unwrap();
         tx.commit().unwrap();
         for words in [["x", "y"], ["x", "y3"], ["x1", "y"], ["x40", "y5"]] {
             let narrowed = store.find(&words, 0).unwrap();

@@ -292,7 +292,8 @@ fn writes_during_a_big_prune_are_acknowledged() {
         )
         .unwrap();
         for i in 0..STALE {
-            // Schema version 3: the name's SHA-256 as a BLOB in file_keys.
+            // Schema version 4: the name's SHA-256 as a BLOB in file_keys,
+            // and its words put in the full-text index by the writer.
             let name = format!("stale {i}");
             let id: i64 = tx
                 .query_row(
@@ -304,6 +305,11 @@ fn writes_during_a_big_prune_are_acknowledged() {
             tx.execute(
                 "INSERT INTO file_keys (name_key, file_id) VALUES (unhex(?1), ?2)",
                 rusqlite::params![p2p_proto::protocol::name_key(&name), id],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO files_fts (rowid, name) VALUES (?1, ?2)",
+                rusqlite::params![id, name],
             )
             .unwrap();
         }

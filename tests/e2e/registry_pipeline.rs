@@ -195,3 +195,62 @@ fn pipelined_oks_survive_kill_9() {
     }
     registry.stop();
 }
+
+/// New names enter the full-text index once per commit (schema 4, no
+/// trigger): a run that registers new names and unregisters some of them
+/// again before its commit leaves FIND and the index exactly right, and
+/// SQLite's own FTS5 integrity check (which compares the index with the
+/// `files` table) passes after a restart.
+#[test]
+fn new_names_unregistered_in_the_same_commit_leave_the_full_text_index_right() {
+    let mut registry = Registry::start();
+    let mut wire = Wire::connect(registry.addr);
+    let mut batch = String::new();
+    for i in 0..40 {
+        batch.push_str(&register_line(7001, &format!("batched word{i}.txt")));
+        if i % 3 == 0 {
+            batch.push_str(&format!("UNREGISTER 7001 batched word{i}.txt\n"));
+        }
+    }
+    batch.push_str("FIND batched\n");
+    wire.send(&batch);
+    for i in 0..40 {
+        assert_eq!(wire.line(), "OK", "REGISTER batched word{i}.txt");
+        if i % 3 == 0 {
+            assert_eq!(wire.line(), "OK", "UNREGISTER batched word{i}.txt");
+        }
+    }
+    let mut found: Vec<String> = wire.reply()[1..]
+        .iter()
+        .map(|line| line.rsplit(' ').next().unwrap_or_default().to_owned())
+        .collect();
+    found.sort();
+    let mut kept: Vec<String> = (0..40)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("word{i}.txt"))
+        .collect();
+    kept.sort();
+    assert_eq!(found, kept, "FIND lists the names kept, and only them");
+    assert_eq!(
+        wire.call("FIND word3")[0],
+        "RESULTS 6",
+        "word31, 32, 34, 35, 37, 38 (3, 30, 33, 36, 39 gone)"
+    );
+    drop(wire);
+    registry.stop();
+
+    let conn = rusqlite::Connection::open(&registry.db).expect("open the database");
+    conn.execute(
+        "INSERT INTO files_fts (files_fts, rank) VALUES ('integrity-check', 1)",
+        [],
+    )
+    .expect("the full-text index matches the files table");
+    registry.restart(&[]);
+    let mut wire = Wire::connect(registry.addr);
+    assert_eq!(
+        wire.call("FIND word1")[0],
+        "RESULTS 8",
+        "word1, word10-19 but 12, 15, 18"
+    );
+    registry.stop();
+}

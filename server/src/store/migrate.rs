@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/0001_init.sql"),
     include_str!("../../../migrations/0002_host_counts.sql"),
     include_str!("../../../migrations/0003_narrow_rows.sql"),
+    include_str!("../../../migrations/0004_fts_fed_per_batch.sql"),
 ];
 
 /// The schema version this build writes and understands.

@@ -275,6 +275,7 @@ pub fn open_connection(
             conn.pragma_update(None, "synchronous", sync.pragma())
                 .map_err(sql_err)?;
             migrate::migrate(&mut conn, path)?;
+            writes::prepare(&conn).map_err(sql_err)?;
             conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
                 .map_err(sql_err)?;
         }
@@ -289,6 +290,7 @@ pub fn open_connection(
             if mode == OpenMode::ExistingReadWrite {
                 conn.pragma_update(None, "synchronous", sync.pragma())
                     .map_err(sql_err)?;
+                writes::prepare(&conn).map_err(sql_err)?;
             }
         }
     }

@@ -52,6 +52,11 @@ pub fn key_of_name(name: &str) -> [u8; 32] {
 /// `REGISTER`: adds or refreshes the registration of `name` by `host:port`.
 /// Registering the same name again from the same address replaces its size
 /// and hash (the peer's file changed) and counts as a heartbeat.
+///
+/// Inside a transaction, a new name is FIND-able only once
+/// [`index_new_names`] has run: call it before `COMMIT` (the writer does,
+/// once per batch). Committing without it leaves names out of the
+/// full-text index.
 #[allow(clippy::too_many_arguments)]
 pub fn register(
     conn: &Connection,
@@ -69,12 +74,19 @@ pub fn register(
         Some(id) => id,
         None => {
             // A new name: the only time `files`, `file_keys` and the
-            // full-text index (trigger on `files`) are written.
+            // full-text index are written. Its words are indexed at the end
+            // of the transaction ([`index_new_names`]), at once when there
+            // is none.
             let id: i64 = conn
                 .prepare_cached("INSERT INTO files (name) VALUES (?1) RETURNING id")?
                 .query_row(params![name], |row| row.get(0))?;
             conn.prepare_cached("INSERT INTO file_keys (name_key, file_id) VALUES (?1, ?2)")?
                 .execute(params![&key[..], id])?;
+            conn.prepare_cached("INSERT INTO temp.unindexed_names (id, name) VALUES (?1, ?2)")?
+                .execute(params![id, name])?;
+            if conn.is_autocommit() {
+                index_new_names(conn)?;
+            }
             id
         }
     };
@@ -102,6 +114,42 @@ pub fn register(
         stamp.ms,
         stamp.seq
     ])?;
+    Ok(())
+}
+
+/// Makes `conn` ready for [`register`]: the TEMP table where a
+/// transaction notes its new names until [`index_new_names`] (in memory,
+/// private to the connection, emptied by a rollback like the rest).
+pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "PRAGMA temp_store = MEMORY;
+         CREATE TEMP TABLE IF NOT EXISTS unindexed_names (
+             id   INTEGER PRIMARY KEY,
+             name TEXT NOT NULL
+         );",
+    )
+}
+
+/// Puts the words of the names registered since the last call into the
+/// full-text index, in one statement. The writer calls it once per batch,
+/// before `COMMIT`; [`register`] calls it itself outside a transaction, and
+/// a delete calls it first (the delete trigger takes out of the index what
+/// must already be in it).
+///
+/// Why not a trigger per name: FTS5 writes its in-memory data to disk at
+/// every statement savepoint, which every statement with a trigger opens,
+/// so a trigger made each new name a tiny FTS segment of its own
+/// (migrations/0004_fts_fed_per_batch.sql).
+pub fn index_new_names(conn: &Connection) -> rusqlite::Result<()> {
+    let moved = conn
+        .prepare_cached(
+            "INSERT INTO files_fts (rowid, name) SELECT id, name FROM temp.unindexed_names",
+        )?
+        .execute([])?;
+    if moved > 0 {
+        conn.prepare_cached("DELETE FROM temp.unindexed_names")?
+            .execute([])?;
+    }
     Ok(())
 }
 
@@ -186,6 +234,9 @@ pub fn delete_if_orphan(conn: &Connection, file_id: i64, peer_id: i64) -> rusqli
 }
 
 fn delete_file_if_orphan(conn: &Connection, file_id: i64) -> rusqlite::Result<()> {
+    // The delete trigger removes the name's words from the index: they
+    // must be in it first.
+    index_new_names(conn)?;
     let name: Option<String> = conn
         .prepare_cached(
             "DELETE FROM files WHERE id = ?1

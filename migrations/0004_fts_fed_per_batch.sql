@@ -1,0 +1,14 @@
+-- Schema version 4: a new name's words enter the full-text index once per
+-- transaction, not by a trigger per name.
+--
+-- FTS5 writes what it holds in memory to disk at every statement savepoint
+-- of the transaction (fts5SavepointMethod -> sqlite3Fts5FlushToDisk), and
+-- every statement that fires a trigger opens one. With the insert trigger,
+-- each REGISTER of a new name therefore wrote a tiny FTS segment of its own
+-- (and paid the merges of those segments): 26 % of the writer's time while
+-- loading. The writer now notes each new name in a TEMP table and indexes
+-- them all in one statement before it commits (server/src/store/writes.rs,
+-- `index_new_names`). The delete trigger stays: deletes are rare, and every
+-- program that deletes a name (the server, p2p-admin prune) keeps the index
+-- right without knowing about this.
+DROP TRIGGER files_fts_insert;
