@@ -141,15 +141,21 @@ pub fn prepare(conn: &Connection) -> rusqlite::Result<()> {
 /// so a trigger made each new name a tiny FTS segment of its own
 /// (migrations/0004_fts_fed_per_batch.sql).
 pub fn index_new_names(conn: &Connection) -> rusqlite::Result<()> {
-    let moved = conn
-        .prepare_cached(
-            "INSERT INTO files_fts (rowid, name) SELECT id, name FROM temp.unindexed_names",
-        )?
-        .execute([])?;
-    if moved > 0 {
-        conn.prepare_cached("DELETE FROM temp.unindexed_names")?
-            .execute([])?;
+    // A plain read first: writing the FTS table, even no rows, opens it for
+    // the transaction, and then every later statement savepoint flushes it
+    // (what a prune's deletes, which register nothing, must not pay).
+    let pending: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM temp.unindexed_names)")?
+        .query_row([], |row| row.get(0))?;
+    if !pending {
+        return Ok(());
     }
+    conn.prepare_cached(
+        "INSERT INTO files_fts (rowid, name) SELECT id, name FROM temp.unindexed_names",
+    )?
+    .execute([])?;
+    conn.prepare_cached("DELETE FROM temp.unindexed_names")?
+        .execute([])?;
     Ok(())
 }
 
