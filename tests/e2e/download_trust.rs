@@ -345,10 +345,14 @@ fn a_tampering_writer_during_a_multi_source_download_is_caught() {
     let running = spawn_get(&registry.addr_string(), &downloads, "M");
     let part = downloads.join("M.part");
     let record = downloads.join("M.part.pieces");
-    // A piece is recorded verified (written) before the tamper: the
-    // record's four header lines, then one line per piece.
-    wait_until("a piece is written", WAIT_TIMEOUT, || {
-        fs::read_to_string(&record).is_ok_and(|r| r.lines().count() >= 5)
+    // Both early pieces are recorded verified (written) before the tamper:
+    // the record's four header lines, then one line per piece. Then no
+    // write of ours is in flight when the tamper lands (the late pieces'
+    // bodies wait for it), so it never falls in the guard's documented
+    // residual window (between one of our `pwrite`s and the `fstat` after
+    // it, docs/reliability.md 11.2), which a loaded machine can widen.
+    wait_until("the early pieces are written", WAIT_TIMEOUT, || {
+        fs::read_to_string(&record).is_ok_and(|r| r.lines().count() >= 6)
     });
     let tamper = fs::OpenOptions::new()
         .write(true)
