@@ -1,7 +1,8 @@
 //! Schema migrations end to end: a version-2 database, as the registry
-//! wrote it before schema 3 (issue 15, item 5), is migrated in place by the
-//! real `dht-server` on start-up, keeping every registration; and a
-//! migration that fails leaves the file exactly as it was.
+//! wrote it before schema 3 (issue 15, item 5), and a version-1 database
+//! are migrated in place by the real `dht-server` on start-up (to schema
+//! 4), keeping every registration; and a migration that fails leaves the
+//! file exactly as it was.
 //!
 //! The version-2 file is built here, not committed: the version-1 and 2
 //! migrations (`migrations/0001_*.sql`, `0002_*.sql`, the very SQL the
@@ -77,7 +78,14 @@ fn registrations() -> Vec<Reg> {
 /// Writes a version-2 database at `db` holding `regs`, in WAL mode as the
 /// server leaves it, with the statements of the version-2 store.
 fn build_v2(db: &Path, regs: &[Reg]) {
-    let mut conn = Connection::open(db).expect("create the v2 file");
+    build(db, regs, 2)
+}
+
+/// Writes a database of schema `version` (1 or 2) holding `regs`: the
+/// version-1 and version-2 stores wrote registrations with the same
+/// statements; version 2 only added the per-host counts.
+fn build(db: &Path, regs: &[Reg], version: u32) {
+    let mut conn = Connection::open(db).expect("create the old file");
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .expect("WAL");
@@ -86,9 +94,11 @@ fn build_v2(db: &Path, regs: &[Reg]) {
     tx.execute_batch(V1).expect("schema 1");
     tx.pragma_update(None, "user_version", 1)
         .expect("version 1");
-    tx.execute_batch(V2).expect("schema 2");
-    tx.pragma_update(None, "user_version", 2)
-        .expect("version 2");
+    if version >= 2 {
+        tx.execute_batch(V2).expect("schema 2");
+        tx.pragma_update(None, "user_version", 2)
+            .expect("version 2");
+    }
     for r in regs {
         let key = p2p_proto::protocol::name_key(&r.name);
         let file_id: i64 =
@@ -397,6 +407,54 @@ fn a_version_2_database_is_migrated_on_start_keeping_every_registration() {
         .query_row("SELECT count(*) FROM file_keys", [], |r| r.get(0))
         .expect("count");
     assert_eq!((files, keys, all_keys), (names, names, names));
+}
+
+/// A version-1 file (before the per-host counts) goes through every later
+/// migration on start, in one transaction: every registration kept, the
+/// per-host counts computed from them, SEARCH and FIND answer as before,
+/// and writes go on.
+#[test]
+fn a_version_1_database_is_migrated_on_start_keeping_every_registration() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("registry.db");
+    let regs = registrations();
+    build(&db, &regs, 1);
+    assert_eq!(user_version(&db), 1);
+
+    let (addr, server) = start(&db, &[]);
+    assert_eq!(user_version(&db), 4, "migrated to schema 4 on start-up");
+    let expected: BTreeSet<Reg> = regs.iter().cloned().collect();
+    assert_eq!(v3_rows(&db), expected, "every row kept");
+    let mut per_host = std::collections::BTreeMap::<String, i64>::new();
+    for r in &regs {
+        *per_host.entry(r.host.clone()).or_default() += 1;
+    }
+    let counts: std::collections::BTreeMap<String, i64> = read_only(&db)
+        .prepare("SELECT host, registrations FROM host_counts")
+        .expect("host_counts")
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("read host_counts")
+        .map(|row| row.expect("row"))
+        .collect();
+    assert_eq!(counts, per_host, "per-host counts from the old rows");
+    check_search(addr, &regs);
+    let mut wire = Wire::connect(addr);
+    assert_eq!(
+        wire.call("FIND holi phot"),
+        [
+            "RESULTS 1",
+            &format!("1 5 {HASH_B} holiday photos 2024.zip")
+        ]
+    );
+    assert_eq!(
+        wire.ask(&format!("REGISTER 7009 7 {HASH_B} after v1.txt")),
+        "OK"
+    );
+    assert_eq!(wire.call("FIND after")[0], "RESULTS 1");
+    drop(wire);
+    server.signal("TERM");
+    let (status, stderr) = server.wait_exit(WAIT_TIMEOUT);
+    assert!(status.success(), "{stderr}");
 }
 
 #[test]
