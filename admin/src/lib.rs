@@ -136,8 +136,7 @@ pub(crate) mod testdb {
             )
             .unwrap();
         }
-        writes::index_new_names(&tx).unwrap();
-        tx.commit().unwrap();
+        writes::commit(tx).unwrap();
         drop(conn);
         TestDb {
             dir,

@@ -40,8 +40,11 @@ use crate::store::{self, OpenMode, StoreError, SyncMode};
 /// holds the write lock (and so how long `p2p-admin prune` may wait).
 pub const MAX_BATCH: usize = 1024;
 
-/// Writes that may wait for the writer before senders block: absorbs bursts
-/// without unbounded memory.
+/// Jobs that may wait for the writer before senders block: absorbs bursts
+/// without unbounded memory. A job is one write or a pipelined run of up to
+/// [`crate::server::MAX_PIPELINED_WRITES`]; since a worker waits for its
+/// job, at most one job per connection is queued, so what waits is bounded
+/// by `--max-connections` × that run.
 pub const QUEUE_CAPACITY: usize = 4096;
 
 /// A change a client asked for. `host` is the address the server saw.
@@ -875,6 +878,13 @@ mod tests {
         store::load_index(conn, path, &fresh).unwrap();
         assert_eq!(index.dump(), fresh.dump(), "index differs from disk");
         assert_eq!(index.len(), fresh.len());
+        // The full-text index holds exactly the committed names (schema 4
+        // feeds it per transaction): FTS5's own check against `files`.
+        conn.execute(
+            "INSERT INTO files_fts (files_fts, rank) VALUES ('integrity-check', 1)",
+            [],
+        )
+        .expect("files_fts matches files");
     }
 
     proptest! {
@@ -926,7 +936,7 @@ mod tests {
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
                     // A small per-host cap, so refusals are exercised too.
                     let outcome = apply(&tx, &write, stamp, live_since, 5).unwrap();
-                    tx.commit().unwrap();
+                    writes::commit(tx).unwrap();
                     let change: Vec<Change> = change_of(&write, outcome, stamp, live_since).into_iter().collect();
                     index.apply(&change);
                 }
@@ -1033,8 +1043,7 @@ mod tests {
             };
             writes::register(&tx, "10.0.0.1", 1, &key, &name, 1, HASHES[0], stamp).unwrap();
         }
-        writes::index_new_names(&tx).unwrap();
-        tx.commit().unwrap();
+        writes::commit(tx).unwrap();
         for words in [["x", "y"], ["x", "y3"], ["x1", "y"], ["x40", "y5"]] {
             let narrowed = store.find(&words, 0).unwrap();
             assert_eq!(

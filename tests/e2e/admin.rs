@@ -590,7 +590,7 @@ fn an_export_of_100k_rows_runs_in_bounded_memory() {
                 .expect("register");
             }
         }
-        tx.commit().expect("commit");
+        writes::commit(tx).expect("commit");
     }
     let total = NAMES * usize::from(PEERS);
 

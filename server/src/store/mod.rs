@@ -24,6 +24,37 @@ use p2p_proto::protocol::{FindHit, Source, MAX_FIND_RESULTS};
 /// beside the server) before it reports the database busy.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often the server's own connections retry a lock another process
+/// holds, for up to [`BUSY_TIMEOUT`]. SQLite's busy timeout backs off to
+/// 100 ms between tries, so a `p2p-admin prune` that takes the lock again
+/// right after each of its chunks could keep the server's writer out past
+/// the timeout (its clients then get `ERR internal database busy`); polling
+/// every millisecond finds the pause between two chunks
+/// ([`admin::PRUNE_PAUSE`]).
+pub const BUSY_POLL: Duration = Duration::from_millis(1);
+
+/// The busy handler of the server's writer: sleeps [`BUSY_POLL`] and tries
+/// again, until [`BUSY_TIMEOUT`] has gone by in sleeps.
+fn poll_for_lock(tries: i32) -> bool {
+    poll_until(tries, BUSY_TIMEOUT)
+}
+
+/// The busy handler of another process's writer (`p2p-admin prune`): the
+/// same polling, for up to [`EXTERNAL_WRITER_BUSY_TIMEOUT`], so the two
+/// writers take turns instead of one backing off while the other commits.
+fn poll_for_lock_external(tries: i32) -> bool {
+    poll_until(tries, EXTERNAL_WRITER_BUSY_TIMEOUT)
+}
+
+fn poll_until(tries: i32, limit: Duration) -> bool {
+    let polls = limit.as_millis() / BUSY_POLL.as_millis();
+    if u128::try_from(tries).unwrap_or(u128::MAX) >= polls {
+        return false;
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
+}
+
 /// How long a writer in another process (`p2p-admin prune`, opened with
 /// [`OpenMode::ExistingReadWrite`]) waits for the write lock per
 /// transaction before it fails with `database is locked`.
@@ -220,11 +251,12 @@ pub fn open_connection(
     // that commits without pause and, every `WAL_AUTOCHECKPOINT_PAGES`,
     // copies up to ~40 MiB back inside one commit: it gets longer to win
     // the lock than the server's own connections.
-    let busy = match mode {
-        OpenMode::ExistingReadWrite => EXTERNAL_WRITER_BUSY_TIMEOUT,
-        OpenMode::CreateOrMigrate | OpenMode::ExistingReadOnly => BUSY_TIMEOUT,
-    };
-    conn.busy_timeout(busy).map_err(open_err)?;
+    match mode {
+        OpenMode::ExistingReadWrite => conn.busy_handler(Some(poll_for_lock_external)),
+        OpenMode::CreateOrMigrate => conn.busy_handler(Some(poll_for_lock)),
+        OpenMode::ExistingReadOnly => conn.busy_timeout(BUSY_TIMEOUT),
+    }
+    .map_err(open_err)?;
 
     // The first read of the header: fails here for a file that is not SQLite.
     let found = match migrate::version_of(&conn) {

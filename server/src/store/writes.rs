@@ -54,9 +54,8 @@ pub fn key_of_name(name: &str) -> [u8; 32] {
 /// and hash (the peer's file changed) and counts as a heartbeat.
 ///
 /// Inside a transaction, a new name is FIND-able only once
-/// [`index_new_names`] has run: call it before `COMMIT` (the writer does,
-/// once per batch). Committing without it leaves names out of the
-/// full-text index.
+/// [`index_new_names`] has run: end the transaction with [`commit`] (the
+/// writer indexes once per batch before its `COMMIT`).
 #[allow(clippy::too_many_arguments)]
 pub fn register(
     conn: &Connection,
@@ -159,6 +158,16 @@ pub fn index_new_names(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Commits `tx` after [`index_new_names`]: how every transaction that may
+/// have called [`register`] must end (the writer does the same in two
+/// steps, to time the commit alone). A transaction committed with names
+/// still pending leaves them out of the full-text index, and a later
+/// delete of one of them then fails as a corrupt index.
+pub fn commit(tx: rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    index_new_names(&tx)?;
+    tx.commit()
+}
+
 /// The id of peer `host:port`, created when new. Looked up first: most
 /// writes come from known peers, and a plain read does not dirty a page.
 fn upsert_peer(conn: &Connection, host: &str, port: u16) -> rusqlite::Result<i64> {
@@ -240,8 +249,15 @@ pub fn delete_if_orphan(conn: &Connection, file_id: i64, peer_id: i64) -> rusqli
 }
 
 fn delete_file_if_orphan(conn: &Connection, file_id: i64) -> rusqlite::Result<()> {
+    let orphan: bool = conn
+        .prepare_cached("SELECT NOT EXISTS (SELECT 1 FROM registrations WHERE file_id = ?1)")?
+        .query_row(params![file_id], |row| row.get(0))?;
+    if !orphan {
+        return Ok(());
+    }
     // The delete trigger removes the name's words from the index: they
-    // must be in it first.
+    // must be in it first. (Only for a name that goes: indexing the
+    // pending names here costs an FTS segment.)
     index_new_names(conn)?;
     let name: Option<String> = conn
         .prepare_cached(
