@@ -592,8 +592,8 @@ fn commit_batch(
             for write in &job.writes {
                 *seq += 1;
                 let stamp = Stamp { ms: now, seq: *seq };
-                let outcome =
-                    apply(&tx, write, stamp, live_since, config.max_per_host).map_err(sql_err);
+                let outcome = apply_atomically(&tx, write, stamp, live_since, config.max_per_host)
+                    .map_err(sql_err);
                 if let Ok(done) = &outcome {
                     if let Some(change) = change_of(write, *done, stamp, live_since) {
                         changes.push(change);
@@ -746,6 +746,41 @@ fn poll_data_version(
         "database changed by another process; index reloaded",
         false,
     );
+}
+
+/// [`apply`] inside a savepoint, so a write is all or nothing within its
+/// batch: a statement that fails after others of the same write succeeded
+/// (SQLite undoes only that statement for some errors, a full disk among
+/// them) takes those with it, instead of leaving, say, a name without its
+/// registration to be committed with the rest of the batch. When SQLite
+/// rolled the whole transaction back itself, there is no savepoint left to
+/// undo; the caller then fails the batch.
+fn apply_atomically(
+    conn: &Connection,
+    write: &Write,
+    stamp: Stamp,
+    live_since: i64,
+    max_per_host: u64,
+) -> rusqlite::Result<Outcome> {
+    conn.prepare_cached("SAVEPOINT one_write")?.execute([])?;
+    let outcome = apply(conn, write, stamp, live_since, max_per_host);
+    if conn.is_autocommit() {
+        return outcome;
+    }
+    if outcome.is_err() {
+        // The write's own error is the one to report; a failure to undo it
+        // leaves the transaction in a state the commit will report.
+        let _ = conn
+            .prepare_cached("ROLLBACK TO one_write")
+            .and_then(|mut undo| undo.execute([]));
+    }
+    let released = conn
+        .prepare_cached("RELEASE one_write")
+        .and_then(|mut release| release.execute([]));
+    match (outcome, released) {
+        (Ok(_), Err(e)) => Err(e),
+        (outcome, _) => outcome,
+    }
 }
 
 fn apply(
@@ -1022,6 +1057,77 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A write that fails half-way leaves nothing of itself in the batch.
+    /// A disk filling up (`max_page_count` just above the file's size)
+    /// makes a REGISTER of a new name fail at one of its statements, which
+    /// SQLite undoes alone; the rest of the batch is committed (once there
+    /// is room again), and no name may be left without its registration,
+    /// no peer without one, and the full-text index must match the names.
+    #[test]
+    fn a_write_failing_half_way_leaves_nothing_of_itself() {
+        let mut partial = 0;
+        for spare in 1..=16 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("r.db").to_string_lossy().into_owned();
+            let mut conn =
+                store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+            let pages: i64 = conn
+                .query_row("PRAGMA page_count", [], |row| row.get(0))
+                .unwrap();
+            conn.pragma_update(None, "max_page_count", pages + spare)
+                .unwrap();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .unwrap();
+            let mut failed_inside = false;
+            for i in 0..10_000 {
+                let write = Write::Register {
+                    host: format!("10.0.{}.{}", i / 250, i % 250),
+                    port: 1,
+                    name: format!("filler {i} {}", "long name ".repeat(20)),
+                    size: 1,
+                    sha256: HASHES[0].into(),
+                };
+                let stamp = Stamp { ms: 10, seq: i };
+                if apply_atomically(&tx, &write, stamp, 0, 0).is_err() {
+                    failed_inside = !tx.is_autocommit();
+                    break;
+                }
+            }
+            if !failed_inside {
+                continue; // SQLite rolled it all back: nothing to check here
+            }
+            partial += 1;
+            tx.pragma_update(None, "max_page_count", 1_000_000).unwrap();
+            writes::commit(tx).unwrap();
+            let orphans: i64 = conn
+                .query_row(
+                    "SELECT (SELECT count(*) FROM files
+                             WHERE id NOT IN (SELECT file_id FROM registrations))
+                          + (SELECT count(*) FROM peers
+                             WHERE id NOT IN (SELECT peer_id FROM registrations))
+                          + (SELECT count(*) FROM file_keys
+                             WHERE file_id NOT IN (SELECT id FROM files))",
+                    [],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert_eq!(
+                orphans, 0,
+                "rows left by the write that failed (spare {spare})"
+            );
+            conn.execute(
+                "INSERT INTO files_fts (files_fts, rank) VALUES ('integrity-check', 1)",
+                [],
+            )
+            .expect("files_fts matches files");
+        }
+        assert!(
+            partial > 0,
+            "no write failed half-way: the test checked nothing"
+        );
     }
 
     #[test]
