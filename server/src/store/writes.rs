@@ -51,7 +51,8 @@ pub fn key_of_name(name: &str) -> [u8; 32] {
 
 /// `REGISTER`: adds or refreshes the registration of `name` by `host:port`.
 /// Registering the same name again from the same address replaces its size
-/// and hash (the peer's file changed) and counts as a heartbeat.
+/// and hash (the peer's file changed) and counts as a heartbeat. Returns
+/// the name's `files.id` (what the in-memory word index numbers it by).
 #[allow(clippy::too_many_arguments)]
 pub fn register(
     conn: &Connection,
@@ -62,7 +63,7 @@ pub fn register(
     size: u64,
     sha256: &str,
     stamp: Stamp,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<i64> {
     let key = digest_bytes(name_key)?;
     let sha256 = digest_bytes(sha256)?;
     let file_id = match file_id(conn, &key)? {
@@ -102,7 +103,7 @@ pub fn register(
         stamp.ms,
         stamp.seq
     ])?;
-    Ok(())
+    Ok(file_id)
 }
 
 /// The id of peer `host:port`, created when new. Looked up first: most

@@ -28,8 +28,7 @@ mod tables;
 /// number: 0 (none), the letters 5-9 and 30 (`LC`), the numbers 13-15, and
 /// private use 31 (`Co`): what `sqlite3Fts5UnicodeCatParse` marks for
 /// `L* N* Co`.
-const TOKEN_CATEGORIES: u32 =
-    1 | (0b11111 << 5) | (1 << 30) | (0b111 << 13) | (1 << 31);
+const TOKEN_CATEGORIES: u32 = 1 | (0b11111 << 5) | (1 << 30) | (0b111 << 13) | (1 << 31);
 
 /// `sqlite3Fts5UnicodeCategory`: the category number of `c`.
 fn category(c: u32) -> u32 {
@@ -349,11 +348,22 @@ mod tests {
 
     #[test]
     fn examples() {
-        assert_eq!(tokens("Holiday Photos-2024.ZIP"), ["holiday", "photos", "2024", "zip"]);
+        assert_eq!(
+            tokens("Holiday Photos-2024.ZIP"),
+            ["holiday", "photos", "2024", "zip"]
+        );
         assert_eq!(tokens("CAFÉ"), ["café"]);
-        assert_eq!(tokens("a\u{301}b"), ["a\u{301}b"], "a diacritic continues a token");
+        assert_eq!(
+            tokens("a\u{301}b"),
+            ["a\u{301}b"],
+            "a diacritic continues a token"
+        );
         assert_eq!(tokens("\u{301}b"), ["b"], "but does not start one");
         assert!(tokens("-_.").is_empty());
-        assert_eq!(tokens("\u{E000}"), ["\u{E000}"], "private use is a token character");
+        assert_eq!(
+            tokens("\u{E000}"),
+            ["\u{E000}"],
+            "private use is a token character"
+        );
     }
 }
