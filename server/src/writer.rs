@@ -856,7 +856,8 @@ mod tests {
                 assert_eq!(mem, sql, "SEARCH {name:?} live since {since}");
             }
         }
-        for since in [0, now - TTL_MS] {
+        // `now + 1`: every source just written is expired by one ms.
+        for since in [0, now - TTL_MS, now + 1] {
             for words in FINDS {
                 assert_finds_alike(index, store, words, since);
             }
@@ -1053,6 +1054,13 @@ mod tests {
             writes::register(&tx, "10.0.0.1", 1, &key, &name, 1, HASHES[0], stamp).unwrap();
             if i % 5 == 0 {
                 writes::register(&tx, "10.0.0.2", 1, &key, &name, 1, HASHES[i % 2], stamp).unwrap();
+            }
+            // The most shared names are around the end of what is
+            // examined: which of them are shown depends on where it ends.
+            if i >= crate::store::MAX_FIND_EXAMINED + 100 {
+                for host in ["10.0.0.3", "10.0.0.4"] {
+                    writes::register(&tx, host, 1, &key, &name, 1, HASHES[0], stamp).unwrap();
+                }
             }
         }
         for i in (0..200).map(|i| i * 11) {
