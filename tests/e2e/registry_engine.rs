@@ -307,7 +307,7 @@ fn find_names(registry: &Registry, round: u64) {
     for (i, name) in names.iter().enumerate() {
         let name = format!("{name} r{round}");
         for port in 1..=(i % 3 + 1) as u16 {
-            let hash = if (i + port as usize) % 4 == 0 {
+            let hash = if (i + port as usize).is_multiple_of(4) {
                 OTHER
             } else {
                 HASH
