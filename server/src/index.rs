@@ -41,6 +41,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::num::NonZeroU32;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -48,7 +49,9 @@ use hashbrown::HashTable;
 use p2p_proto::protocol::Source;
 use sha2::{Digest, Sha256};
 
-use p2p_proto::protocol::MAX_SEARCH_SOURCES;
+use p2p_proto::protocol::{FindHit, MAX_FIND_RESULTS, MAX_SEARCH_SOURCES};
+
+use crate::names::{Names, Phrase, RecId, NO_REC};
 
 /// Shards of the index: enough that the workers and the writer rarely
 /// meet on one lock, few enough that a sweep's pass stays cheap.
@@ -259,6 +262,9 @@ impl Sources {
 struct Slot {
     key: Key,
     sources: Sources,
+    /// The record of the slot's name in the word index ([`Names`]), or
+    /// [`NO_REC`] (not made: the word index is broken).
+    file: RecId,
 }
 
 /// One shard: a slab of slots and a hash table of slot numbers.
@@ -310,6 +316,7 @@ impl Shard {
         let fresh = Slot {
             key,
             sources: Sources::EMPTY,
+            file: NO_REC,
         };
         let n = match self.free.pop() {
             Some(n) => {
@@ -336,16 +343,20 @@ impl Shard {
         Some(n)
     }
 
-    /// Frees slot `n` if it has no sources left.
-    fn release_if_empty(&mut self, n: u32) {
+    /// Frees slot `n` if it has no sources left; returns the record of
+    /// its name in the word index then (to remove there too).
+    fn release_if_empty(&mut self, n: u32) -> Option<RecId> {
         let slot = self.slot(n);
         if !slot.sources.is_empty() {
-            return;
+            return None;
         }
+        let file = slot.file;
         if let Ok(entry) = self.table.find_entry(slot.key.mixed(), |&m| m == n) {
             entry.remove();
         }
         self.free.push(n);
+        self.slot_mut(n).file = NO_REC;
+        Some(file)
     }
 
     /// Slots in use: `(number, slot)`.
@@ -491,6 +502,10 @@ impl Book {
 pub enum Change {
     Register {
         key: Key,
+        /// The name's `files.id` and the name: what the word index keeps
+        /// of a name new to it.
+        file_id: i64,
+        name: String,
         host: String,
         port: u16,
         size: u64,
@@ -549,11 +564,18 @@ pub struct Row {
     /// The write sequence; from [`Index::dump`], the source's rank among
     /// its name's (0 the least recently seen), as the index keeps no sequence.
     pub seen_seq: i64,
+    /// The name's `files.id` and the name itself (the same on every row of
+    /// one name).
+    pub file_id: i64,
+    pub name: String,
 }
 
 /// The index; shared by the workers (reads) and the writer (changes).
 pub struct Index {
     shards: Box<[RwLock<Shard>]>,
+    /// The names and their words, for FIND. Lock order: this before any
+    /// shard (a FIND holds it while it reads the shards of its matches).
+    names: RwLock<Names>,
     /// Peer addresses by id − 1: what readers resolve a source's peer with.
     /// Written only when a peer gets or loses its id.
     hosts: RwLock<Vec<Option<PeerAddr>>>,
@@ -580,6 +602,11 @@ struct Fresh {
     entries: usize,
     /// A name's rows were not consecutive, or an id ran out: not loaded.
     failed: Option<&'static str>,
+    /// Every name: `(files.id, name id, where its text is in `text`)`.
+    files: Vec<(i64, NameId, Range<usize>)>,
+    text: String,
+    /// The word index, once built from `files`.
+    words: Names,
 }
 
 impl Fresh {
@@ -591,11 +618,15 @@ impl Fresh {
             names: Vec::new(),
             entries: 0,
             failed: None,
+            files: Vec::new(),
+            text: String::new(),
+            words: Names::default(),
         }
     }
 
-    /// Adds one name's sources (all its rows, any order).
-    fn add(&mut self, key: Key, group: Vec<(i64, Entry)>) {
+    /// Adds one name's sources (all its rows, any order), and its
+    /// `files.id` and name.
+    fn add(&mut self, key: Key, group: Vec<(i64, Entry)>, file: (i64, &str)) {
         if group.is_empty() || self.failed.is_some() {
             return;
         }
@@ -610,6 +641,9 @@ impl Fresh {
             return;
         };
         let id = name_id(s, n);
+        let at = self.text.len();
+        self.text.push_str(file.1);
+        self.files.push((file.0, id, at..self.text.len()));
         for (_, e) in &group {
             if let Some(names) = self.names.get_mut(e.peer.get() as usize - 1) {
                 names.push(id);
@@ -631,6 +665,7 @@ impl Index {
     pub fn new() -> Index {
         Index {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            names: RwLock::default(),
             hosts: RwLock::default(),
             book: Mutex::default(),
             entries: AtomicUsize::new(0),
@@ -701,6 +736,83 @@ impl Index {
         out
     }
 
+    /// The answer `Store::find` gives for `words` (already lowercased,
+    /// sorted and deduplicated by the caller, each with a letter or digit:
+    /// `store::find_words`): the names matching every word as an FTS5
+    /// phrase prefix, at most `MAX_FIND_EXAMINED` of them in `files.id`
+    /// order, one hit per distinct (name, size, hash) with its count of
+    /// live sources, most shared first, then by name and hash (and size,
+    /// where SQL leaves the order open), at most [`MAX_FIND_RESULTS`].
+    /// `None` when the index is not ready, or its word index is broken:
+    /// ask the database.
+    pub fn find(&self, words: &[&str], live_since: i64) -> Option<Vec<FindHit>> {
+        let before = self.generation.load(Ordering::Acquire);
+        if !self.enabled || !before.is_multiple_of(2) {
+            return None;
+        }
+        let phrases: Vec<Phrase> = words.iter().map(|w| crate::words::tokens(w)).collect();
+        let out = self.find_locked(&phrases, live_since)?;
+        (self.generation.load(Ordering::Acquire) == before).then_some(out)
+    }
+
+    fn find_locked(&self, phrases: &[Phrase], live_since: i64) -> Option<Vec<FindHit>> {
+        let names = self.names.read().unwrap_or_else(PoisonError::into_inner);
+        if names.broken().is_some() {
+            return None;
+        }
+        let matched = names.matching(phrases, crate::store::MAX_FIND_EXAMINED);
+        // (live sources, record, hash, size) per distinct content.
+        let mut groups: Vec<(u64, RecId, [u8; 32], u64)> = Vec::new();
+        for r in matched {
+            let Some((_, _, slot)) = names.get(r) else {
+                continue;
+            };
+            let (s, n) = split_name_id(slot);
+            let Some(shard) = self.shards.get(s) else {
+                continue;
+            };
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            if (n as usize / CHUNK) >= shard.chunks.len() {
+                continue;
+            }
+            let first = groups.len();
+            for e in shard.slot(n).sources.as_slice() {
+                if e.last_seen < live_since {
+                    continue;
+                }
+                match groups[first..]
+                    .iter_mut()
+                    .find(|g| g.2 == e.sha256 && g.3 == e.size)
+                {
+                    Some(g) => g.0 += 1,
+                    None => groups.push((1, r, e.sha256, e.size)),
+                }
+            }
+        }
+        let order = |a: &(u64, RecId, [u8; 32], u64), b: &(u64, RecId, [u8; 32], u64)| {
+            b.0.cmp(&a.0)
+                .then_with(|| names.name(a.1).cmp(names.name(b.1)))
+                .then_with(|| a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        };
+        if groups.len() > MAX_FIND_RESULTS {
+            groups.select_nth_unstable_by(MAX_FIND_RESULTS, order);
+            groups.truncate(MAX_FIND_RESULTS);
+        }
+        groups.sort_unstable_by(order);
+        Some(
+            groups
+                .into_iter()
+                .map(|(count, r, sha256, size)| FindHit {
+                    sources: count,
+                    size,
+                    sha256: p2p_proto::protocol::to_hex(&sha256),
+                    name: names.name(r).to_owned(),
+                })
+                .collect(),
+        )
+    }
+
     /// How many registrations the index holds (live or not yet swept).
     pub fn len(&self) -> usize {
         self.entries.load(Ordering::Relaxed)
@@ -714,10 +826,14 @@ impl Index {
     /// its name's: to compare two indexes (tests).
     pub fn dump(&self) -> Vec<Row> {
         let mut rows = Vec::new();
+        let names = self.names.read().unwrap_or_else(PoisonError::into_inner);
         let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             for (_, slot) in shard.used() {
+                let (file_id, name) = names
+                    .get(slot.file)
+                    .map_or((0, "<no record>"), |(id, name, _)| (id, name));
                 for (rank, e) in slot.sources.as_slice().iter().enumerate() {
                     let (host, port) = match hosts.get(e.peer.get() as usize - 1) {
                         Some(Some((host, port))) => (host.to_string(), *port),
@@ -731,6 +847,8 @@ impl Index {
                         sha256: p2p_proto::protocol::to_hex(&e.sha256),
                         last_seen: e.last_seen,
                         seen_seq: rank as i64,
+                        file_id,
+                        name: name.to_owned(),
                     });
                 }
             }
@@ -767,6 +885,8 @@ impl Index {
         let mut skipped = 0;
         let mut current: Option<Key> = None;
         let mut group: Vec<(i64, Entry)> = Vec::new();
+        // The current name's `files.id` and name.
+        let mut file: (i64, String) = (0, String::new());
         for row in rows {
             let row = row?;
             let (Some(key), Some(sha256)) = (Key::from_hex(&row.name_key), hex32(&row.sha256))
@@ -776,9 +896,10 @@ impl Index {
             };
             if current != Some(key) {
                 if let Some(done) = current {
-                    fresh.add(done, std::mem::take(&mut group));
+                    fresh.add(done, std::mem::take(&mut group), (file.0, &file.1));
                 }
                 current = Some(key);
+                file = (row.file_id, row.name);
             }
             let Some(peer) = fresh.book.id_for(&row.host, row.port, &mut fresh.hosts) else {
                 fresh.failed = Some("no peer id left");
@@ -798,7 +919,24 @@ impl Index {
             ));
         }
         if let Some(done) = current {
-            fresh.add(done, group);
+            fresh.add(done, group, (file.0, &file.1));
+        }
+        // The word index, and each slot's record in it.
+        let files = std::mem::take(&mut fresh.files);
+        let text = std::mem::take(&mut fresh.text);
+        fresh.words = Names::build(
+            files
+                .iter()
+                .map(|(id, slot, at)| (*id, *slot, text.get(at.clone()).unwrap_or(""))),
+        );
+        drop((files, text));
+        for (r, slot) in fresh.words.slots() {
+            let (s, n) = split_name_id(slot);
+            if let Some(shard) = fresh.shards.get_mut(s) {
+                if (n as usize / CHUNK) < shard.chunks.len() {
+                    shard.slot_mut(n).file = r;
+                }
+            }
         }
         if skipped > 0 {
             tracing::warn!(
@@ -830,6 +968,7 @@ impl Index {
             );
             return false;
         }
+        *self.names.write().unwrap_or_else(PoisonError::into_inner) = fresh.words;
         for (slot, shard) in self.shards.iter().zip(fresh.shards) {
             *slot.write().unwrap_or_else(PoisonError::into_inner) = shard;
         }
@@ -850,6 +989,7 @@ impl Index {
     pub fn begin_load(&self) {
         self.mark_not_ready();
         crate::metrics::set_change_log_lag(1);
+        *self.names.write().unwrap_or_else(PoisonError::into_inner) = Names::default();
         for shard in self.shards.iter() {
             *shard.write().unwrap_or_else(PoisonError::into_inner) = Shard::default();
         }
@@ -897,6 +1037,8 @@ impl Index {
             match change {
                 Change::Register {
                     key,
+                    file_id,
+                    name,
                     host,
                     port,
                     size,
@@ -935,7 +1077,23 @@ impl Index {
                         last_seen: *ms,
                         peer,
                     });
+                    let new_name = shard.slot(n).file == NO_REC;
                     drop(shard);
+                    if new_name {
+                        // The word index first, then the slot's record
+                        // (never both locks at once: a FIND takes them
+                        // in that order).
+                        let r = self
+                            .names
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .add(*file_id, name_id(s, n), name);
+                        self.shards[s]
+                            .write()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .slot_mut(n)
+                            .file = r;
+                    }
                     if let Some(names) = book.names_mut(peer) {
                         names.insert(name_id(s, n));
                     }
@@ -957,8 +1115,11 @@ impl Index {
                     };
                     sources.remove(at);
                     total -= 1;
-                    shard.release_if_empty(n);
+                    let gone = shard.release_if_empty(n);
                     drop(shard);
+                    if let Some(r) = gone {
+                        self.remove_names(&[r]);
+                    }
                     if book.forget(peer, name_id(s, n)) {
                         let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
                         book.free_peer(peer, &mut hosts);
@@ -1022,6 +1183,7 @@ impl Index {
     fn sweep_locked(&self, book: &mut Book, live_since: i64) -> usize {
         let mut total = 0;
         let mut gone: Vec<(PeerId, NameId)> = Vec::new();
+        let mut released: Vec<RecId> = Vec::new();
         for (s, shard) in self.shards.iter().enumerate() {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
             let mut emptied = Vec::new();
@@ -1046,9 +1208,10 @@ impl Index {
                 }
             }
             for n in emptied {
-                shard.release_if_empty(n);
+                released.extend(shard.release_if_empty(n));
             }
         }
+        self.remove_names(&released);
         for (peer, name) in gone {
             if book.forget(peer, name) {
                 let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
@@ -1056,6 +1219,20 @@ impl Index {
             }
         }
         total
+    }
+
+    /// Removes the records `gone` (names whose last source left) from
+    /// the word index.
+    fn remove_names(&self, gone: &[RecId]) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut names = self.names.write().unwrap_or_else(PoisonError::into_inner);
+        for &r in gone {
+            if r != NO_REC {
+                names.remove(r);
+            }
+        }
     }
 
     fn set_len(&self, total: usize) {
@@ -1082,6 +1259,8 @@ mod tests {
     fn register(index: &Index, name: &str, port: u16, seq: i64) {
         index.apply(&[Change::Register {
             key: Key::of_name(name),
+            file_id: i64::from(name.as_bytes()[0]),
+            name: name.into(),
             host: "10.0.0.1".into(),
             port,
             size: 5,
@@ -1170,7 +1349,9 @@ mod tests {
             56,
             "no tag beside the inline entry"
         );
-        assert_eq!(std::mem::size_of::<Slot>(), 88);
+        // 88 bytes with the key and one source inline, 8 more (4 and
+        // alignment) for the record of the name in the word index.
+        assert_eq!(std::mem::size_of::<Slot>(), 96);
     }
 
     #[test]
@@ -1185,6 +1366,8 @@ mod tests {
             sha256: HASH.into(),
             last_seen: 1,
             seen_seq: 1,
+            file_id: i64::from(name.as_bytes()[0]),
+            name: name.into(),
         };
         assert_eq!(index.rebuild([Ok(row("a", 1)), Err("disk")]), Err("disk"));
         assert!(!index.is_ready());
@@ -1209,6 +1392,8 @@ mod tests {
         let later = [
             Change::Register {
                 key: Key::of_name("c"),
+                file_id: 99,
+                name: "c".into(),
                 host: "10.0.0.1".into(),
                 port: 3,
                 size: 5,

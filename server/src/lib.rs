@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - [`store`]: the SQLite file: open, check, migrate, and every SQL statement.
+//! - [`index`]: the in-memory copy of the registrations that answers SEARCH and FIND
+//!   (`--memory-index`); [`names`] its word index, [`words`] FTS5's tokenizer ported.
 //! - [`writer`]: the one thread that performs all writes, with group commit.
 //! - [`connection`]: one socket's line framing, with the length limit and timeouts.
 //! - [`command`]: applies a parsed request to the store and produces the reply.
@@ -26,8 +28,10 @@ pub mod fault;
 pub mod index;
 pub mod mdns;
 pub mod metrics;
+pub mod names;
 pub mod registry;
 pub mod server;
 pub mod store;
 pub mod web;
+pub mod words;
 pub mod writer;

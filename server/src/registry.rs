@@ -43,12 +43,14 @@ impl Registry {
         memory_index: bool,
     ) -> Result<(Registry, JoinHandle<()>), OpenError> {
         let conn = store::open_connection(db, OpenMode::CreateOrMigrate, sync)?;
-        let store = Store::open_readers(db, readers)?;
         let index = Arc::new(if memory_index {
             Index::new()
         } else {
             Index::disabled()
         });
+        // SEARCH and FIND from the index once it is loaded (both from
+        // SQLite without --memory-index, and while it loads).
+        let store = Store::open_readers(db, readers)?.with_index(Arc::clone(&index));
         let (writer, writer_thread) = writer::spawn(
             conn,
             WriterConfig {

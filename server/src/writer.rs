@@ -592,13 +592,14 @@ fn commit_batch(
             for write in &job.writes {
                 *seq += 1;
                 let stamp = Stamp { ms: now, seq: *seq };
-                let outcome = apply_atomically(&tx, write, stamp, live_since, config.max_per_host)
+                let applied = apply_atomically(&tx, write, stamp, live_since, config.max_per_host)
                     .map_err(sql_err);
-                if let Ok(done) = &outcome {
-                    if let Some(change) = change_of(write, *done, stamp, live_since) {
+                if let Ok((done, file_id)) = &applied {
+                    if let Some(change) = change_of(write, *done, *file_id, stamp, live_since) {
                         changes.push(change);
                     }
                 }
+                let outcome = applied.map(|(done, _)| done);
                 let failed = outcome.is_err();
                 of_job.push(outcome);
                 // Some errors (disk full, I/O) make SQLite roll the whole
@@ -669,7 +670,14 @@ fn commit_batch(
 }
 
 /// What a write that did `outcome` changes in the index, if anything.
-fn change_of(write: &Write, outcome: Outcome, stamp: Stamp, live_since: i64) -> Option<Change> {
+/// `file_id` is the name's `files.id` after a REGISTER (see [`apply`]).
+fn change_of(
+    write: &Write,
+    outcome: Outcome,
+    file_id: Option<i64>,
+    stamp: Stamp,
+    live_since: i64,
+) -> Option<Change> {
     match (write, outcome) {
         (
             Write::Register {
@@ -682,6 +690,8 @@ fn change_of(write: &Write, outcome: Outcome, stamp: Stamp, live_since: i64) -> 
             Outcome::Registered,
         ) => Some(Change::Register {
             key: Key::of_name(name),
+            file_id: file_id?,
+            name: name.clone(),
             host: host.clone(),
             port: *port,
             size: *size,
@@ -761,7 +771,7 @@ fn apply_atomically(
     stamp: Stamp,
     live_since: i64,
     max_per_host: u64,
-) -> rusqlite::Result<Outcome> {
+) -> rusqlite::Result<(Outcome, Option<i64>)> {
     conn.prepare_cached("SAVEPOINT one_write")?.execute([])?;
     let outcome = apply(conn, write, stamp, live_since, max_per_host);
     if conn.is_autocommit() {
@@ -783,13 +793,15 @@ fn apply_atomically(
     }
 }
 
+/// Performs `write` in the open transaction; with its outcome, the name's
+/// `files.id` after a REGISTER (which the index needs for a name new to it).
 fn apply(
     conn: &Connection,
     write: &Write,
     stamp: Stamp,
     live_since: i64,
     max_per_host: u64,
-) -> rusqlite::Result<Outcome> {
+) -> rusqlite::Result<(Outcome, Option<i64>)> {
     match write {
         Write::Register {
             host,
@@ -803,18 +815,17 @@ fn apply(
                 && writes::host_registrations(conn, host)? >= max_per_host
                 && !writes::is_registered(conn, host, *port, &key)?
             {
-                return Ok(Outcome::HostFull(max_per_host));
+                return Ok((Outcome::HostFull(max_per_host), None));
             }
-            writes::register(conn, host, *port, &key, name, *size, sha256, stamp)?;
-            Ok(Outcome::Registered)
+            let file_id = writes::register(conn, host, *port, &key, name, *size, sha256, stamp)?;
+            Ok((Outcome::Registered, Some(file_id)))
         }
         Write::Unregister { host, port, name } => {
             let key = p2p_proto::protocol::name_key(name);
-            writes::unregister(conn, host, *port, &key).map(Outcome::Unregistered)
+            writes::unregister(conn, host, *port, &key).map(|b| (Outcome::Unregistered(b), None))
         }
-        Write::Heartbeat { host, port } => {
-            writes::heartbeat(conn, host, *port, stamp, live_since).map(Outcome::Refreshed)
-        }
+        Write::Heartbeat { host, port } => writes::heartbeat(conn, host, *port, stamp, live_since)
+            .map(|n| (Outcome::Refreshed(n), None)),
     }
 }
 
@@ -850,8 +861,9 @@ mod tests {
     //! The index against the database: random sequences of writes, expiry
     //! sweeps and admin prunes go through the writer's own code (`apply`,
     //! `change_of`, the sweep and the reload after another process's
-    //! change), and after every step each SEARCH the index answers must be
-    //! the one SQL gives, and the index must equal one rebuilt from disk.
+    //! change), and after every step each SEARCH and FIND the index answers
+    //! must be the one SQL gives (FIND: `Store::find_unnarrowed`, the plain
+    //! FTS5 query), and the index must equal one rebuilt from disk.
     use super::*;
 
     use proptest::prelude::*;
@@ -862,7 +874,60 @@ mod tests {
 
     const TTL_MS: i64 = 100;
     const HOSTS: [&str; 2] = ["10.0.0.1", "[::1]"];
-    const NAMES: [&str; 4] = ["a", "b b", "Café.txt", "d"];
+    /// Names for the edge cases of FIND too: case, diacritics (precomposed
+    /// and combining), punctuation (phrases), repeated words, scripts
+    /// without spaces, a letter Rust and FTS5 fold apart (`İ`), final
+    /// sigma, Deseret, private use, a combining vowel sign (alphanumeric
+    /// to Rust, a separator to FTS5), digits.
+    const NAMES: [&str; 14] = [
+        "a",
+        "b b",
+        "Café.txt",
+        "d",
+        "Holiday Photos-2024.ZIP",
+        "holiday-photos a-a a",
+        "CAFÉ ÜBER cafe\u{301}",
+        "İstanbul ΣΊΣΥΦΟΣ",
+        "日本語テスト x\u{E000}y",
+        "\u{10400}\u{10428}z",
+        "क\u{93E}म 12-34",
+        "ǅemal ß ﬁle",
+        "b b-b.b",
+        "photos 2024 holiday",
+    ];
+    /// FIND queries over [`NAMES`].
+    const FINDS: [&[&str]; 30] = [
+        &["a"],
+        &["A"],
+        &["b"],
+        &["b", "b"],
+        &["b-b"],
+        &["b b"],
+        &["b-b.b"],
+        &["caf"],
+        &["café"],
+        &["cafe\u{301}"],
+        &["CAFÉ", "über"],
+        &["holiday", "photos"],
+        &["holiday-photos"],
+        &["photos-2024.zip"],
+        &["photos-2"],
+        &["a-a", "a"],
+        &["İstanbul"],
+        &["istanbul"],
+        &["σίσυφος"],
+        &["ΣΊΣΥΦΟΣ"],
+        &["日本"],
+        &["x\u{E000}"],
+        &["\u{10400}"],
+        &["\u{10428}z"],
+        &["\u{93E}"],
+        &["क"],
+        &["12-3"],
+        &["ǆemal", "ß"],
+        &["-"],
+        &["zzz", "a"],
+    ];
     const HASHES: [&str; 2] = [
         "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
         "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7",
@@ -909,6 +974,12 @@ mod tests {
                 assert_eq!(mem, sql, "SEARCH {name:?} live since {since}");
             }
         }
+        // `now + 1`: every source just written is expired by one ms.
+        for since in [0, now - TTL_MS, now + 1] {
+            for words in FINDS {
+                assert_finds_alike(index, store, words, since);
+            }
+        }
         let fresh = Index::new();
         store::load_index(conn, path, &fresh).unwrap();
         assert_eq!(index.dump(), fresh.dump(), "index differs from disk");
@@ -920,6 +991,32 @@ mod tests {
             [],
         )
         .expect("files_fts matches files");
+    }
+
+    /// FIND from memory against `Store::find_unnarrowed`. Hits of one name
+    /// and hash that differ in size only are put in size order on both
+    /// sides: SQL's `ORDER BY` leaves them in any order.
+    fn assert_finds_alike(index: &Index, store: &Store, words: &[&str], since: i64) {
+        let by_size = |mut hits: Vec<p2p_proto::protocol::FindHit>| {
+            hits.sort_by(|a, b| {
+                (b.sources, &a.name, &a.sha256, a.size)
+                    .cmp(&(a.sources, &b.name, &b.sha256, b.size))
+            });
+            hits
+        };
+        let sql = store.find_unnarrowed(words, since).unwrap();
+        let mem = match store::find_words(words).unwrap() {
+            Some(distinct) => {
+                let distinct: Vec<&str> = distinct.iter().map(String::as_str).collect();
+                index.find(&distinct, since).expect("index ready")
+            }
+            None => Vec::new(),
+        };
+        assert_eq!(
+            by_size(mem),
+            by_size(sql),
+            "FIND {words:?} live since {since}"
+        );
     }
 
     proptest! {
@@ -970,9 +1067,9 @@ mod tests {
                     let stamp = Stamp { ms: now, seq };
                     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).unwrap();
                     // A small per-host cap, so refusals are exercised too.
-                    let outcome = apply(&tx, &write, stamp, live_since, 5).unwrap();
+                    let (outcome, file_id) = apply(&tx, &write, stamp, live_since, 5).unwrap();
                     writes::commit(tx).unwrap();
-                    let change: Vec<Change> = change_of(&write, outcome, stamp, live_since).into_iter().collect();
+                    let change: Vec<Change> = change_of(&write, outcome, file_id, stamp, live_since).into_iter().collect();
                     index.apply(&change);
                 }
                 check(&index, &store, &conn, &path, now);
@@ -1048,12 +1145,15 @@ mod tests {
             for i in 0..crowd * (FIND_NARROW_PROBE + 5) {
                 register(&format!("photo crowd {i}"), 1, 2);
             }
+            let index = Index::new();
+            store::load_index(&conn, &path, &index).unwrap();
             for words in finds {
                 let words: Vec<&str> = words.iter().map(|&w| WORDS[w]).collect();
                 for since in [0, 1, 2] {
                     let narrowed = store.find(&words, since).unwrap();
                     let full = store.find_unnarrowed(&words, since).unwrap();
                     prop_assert_eq!(&narrowed, &full, "FIND {:?} live since {}", words, since);
+                    assert_finds_alike(&index, &store, &words, since);
                 }
             }
         }
@@ -1128,6 +1228,49 @@ mod tests {
             partial > 0,
             "no write failed half-way: the test checked nothing"
         );
+    }
+
+    /// More names match than FIND examines: the index takes the same first
+    /// `MAX_FIND_EXAMINED` (in `files.id` order, not the load's key order),
+    /// expired and unregistered ones among them.
+    #[test]
+    fn find_from_memory_examines_the_same_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db").to_string_lossy().into_owned();
+        let mut conn =
+            store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+        let store = Store::open_readers(&path, 1).unwrap();
+        let total = crate::store::MAX_FIND_EXAMINED + 300;
+        let tx = conn.transaction().unwrap();
+        for i in 0..total {
+            let name = format!("many {i} m{}", i % 3);
+            let key = p2p_proto::protocol::name_key(&name);
+            // Every seventh expired at 10; a few with a second source.
+            let stamp = Stamp::at(if i % 7 == 0 { 5 } else { 20 });
+            writes::register(&tx, "10.0.0.1", 1, &key, &name, 1, HASHES[0], stamp).unwrap();
+            if i % 5 == 0 {
+                writes::register(&tx, "10.0.0.2", 1, &key, &name, 1, HASHES[i % 2], stamp).unwrap();
+            }
+            // The most shared names are around the end of what is
+            // examined: which of them are shown depends on where it ends.
+            if i >= crate::store::MAX_FIND_EXAMINED + 100 {
+                for host in ["10.0.0.3", "10.0.0.4"] {
+                    writes::register(&tx, host, 1, &key, &name, 1, HASHES[0], stamp).unwrap();
+                }
+            }
+        }
+        for i in (0..200).map(|i| i * 11) {
+            let key = p2p_proto::protocol::name_key(&format!("many {i} m{}", i % 3));
+            writes::unregister(&tx, "10.0.0.1", 1, &key).unwrap();
+        }
+        writes::commit(tx).unwrap();
+        let index = Index::new();
+        store::load_index(&conn, &path, &index).unwrap();
+        for words in [&["many"][..], &["m"], &["m1", "many"], &["1"], &["many-1"]] {
+            for since in [0, 10] {
+                assert_finds_alike(&index, &store, words, since);
+            }
+        }
     }
 
     #[test]

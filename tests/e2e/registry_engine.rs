@@ -235,3 +235,101 @@ fn while_the_index_loads_search_answers_as_the_database_and_writes_go_on() {
     assert_eq!(index_entries(&http), Some(held as u64));
     registry.stop();
 }
+
+/// FIND words over [`find_names`]: prefixes, case, phrases, diacritics, a
+/// word of separators only, a word in every name.
+const FINDS: [&[&str]; 14] = [
+    &["file"],
+    &["FILE", "1"],
+    &["photos-20"],
+    &["holiday", "photos"],
+    &["café"],
+    &["CAFÉ"],
+    &["caf", "ü"],
+    &["日本"],
+    &["привет"],
+    &["b-b"],
+    &["-"],
+    &["1", "2"],
+    &["zzz"],
+    &["a"],
+];
+
+/// Names with the edge cases of FIND, registered from 1 to 3 ports, with
+/// two contents among them, some unregistered again.
+fn find_names(registry: &Registry, round: u64) {
+    let mut c = registry.client();
+    let names = [
+        "Holiday Photos-2024.zip",
+        "holiday-photos a-a a",
+        "CAFÉ über.txt",
+        "Café.txt",
+        "日本語テスト.txt",
+        "Привет мир",
+        "b b-b.b",
+        "file 1",
+        "file 12",
+        "file 2 1",
+    ];
+    const OTHER: &str = "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7";
+    for (i, name) in names.iter().enumerate() {
+        let name = format!("{name} r{round}");
+        for port in 1..=(i % 3 + 1) as u16 {
+            let hash = if (i + port as usize).is_multiple_of(4) {
+                OTHER
+            } else {
+                HASH
+            };
+            c.register(port, 10 + i as u64, hash, &name)
+                .expect("REGISTER");
+        }
+        if i % 4 == 1 {
+            assert!(c.unregister(1, &name).expect("UNREGISTER"));
+        }
+    }
+}
+
+/// Every FIND answer for [`FINDS`], as lines.
+fn find_answers(registry: &Registry) -> Vec<Vec<String>> {
+    let mut c = registry.client();
+    FINDS
+        .iter()
+        .map(|words| {
+            c.find(words)
+                .expect("FIND")
+                .iter()
+                .map(|h| format!("{} {} {} {}", h.sources, h.size, h.sha256, h.name))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn find_from_the_index_answers_as_the_database() {
+    let mut registry = Registry::start();
+    find_names(&registry, 0);
+    let from_sql = find_answers(&registry);
+    assert!(from_sql.iter().any(|a| a.len() > 1), "{from_sql:?}");
+
+    // The same database, FIND now from the loaded index.
+    registry.stop();
+    registry.restart(&["--memory-index", "--http", "127.0.0.1:0"]);
+    let http = registry.http_addr();
+    wait_until("the index to be loaded", WAIT_TIMEOUT, || {
+        metric(&http, "p2p_registry_change_log_lag") == Some(0)
+    });
+    assert_eq!(
+        find_answers(&registry),
+        from_sql,
+        "FIND from the loaded index"
+    );
+
+    // Names added (and removed) after the load, then the database alone.
+    find_names(&registry, 1);
+    let from_memory = find_answers(&registry);
+    assert_ne!(from_memory, from_sql, "the new names are found");
+    registry.stop();
+    registry.restart(&[]);
+    assert_eq!(find_answers(&registry), from_memory, "FIND after writes");
+    registry.stop();
+}

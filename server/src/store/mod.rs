@@ -380,6 +380,9 @@ pub struct Store {
     path: String,
     pool: r2d2::Pool<SqliteConnectionManager>,
     find_pool: r2d2::Pool<SqliteConnectionManager>,
+    /// The in-memory index that answers [`Store::find`] once it is ready
+    /// (`--memory-index`; see [`Store::with_index`]).
+    index: Option<std::sync::Arc<crate::index::Index>>,
 }
 
 impl Store {
@@ -390,7 +393,17 @@ impl Store {
             path: path.to_owned(),
             pool: read_pool(path, readers.max(1))?,
             find_pool: read_pool(path, (readers / 4).max(1))?,
+            index: None,
         })
+    }
+
+    /// This store, with FIND answered by `index` whenever it is ready
+    /// (`Index::find`; the same answers, without SQL), by SQLite otherwise.
+    /// Here rather than in the command layer so that every FIND (the
+    /// protocol's, the web page's) takes the same path.
+    pub fn with_index(mut self, index: std::sync::Arc<crate::index::Index>) -> Store {
+        self.index = Some(index);
+        self
     }
 
     pub fn path(&self) -> &str {
@@ -480,13 +493,19 @@ impl Store {
         live_since: i64,
         narrow: bool,
     ) -> Result<Vec<FindHit>, StoreError> {
-        let mut distinct: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
-        distinct.sort();
-        distinct.dedup();
-        if distinct.len() > MAX_FIND_WORDS {
-            return Err(StoreError::TooManyWords);
-        }
+        let Some(distinct) = find_words(words)? else {
+            return Ok(Vec::new());
+        };
         let distinct: Vec<&str> = distinct.iter().map(String::as_str).collect();
+        if narrow {
+            if let Some(hits) = self
+                .index
+                .as_ref()
+                .and_then(|i| i.find(&distinct, live_since))
+            {
+                return Ok(hits);
+            }
+        }
         let Some(query) = fts_prefix_query(&distinct) else {
             return Ok(Vec::new());
         };
@@ -645,8 +664,10 @@ fn with_index_rows<T>(
     };
     let mut stmt = conn
         .prepare(
-            "SELECT k.name_key, p.host, p.port, r.size, r.sha256, r.last_seen, r.seen_seq
+            "SELECT k.name_key, p.host, p.port, r.size, r.sha256, r.last_seen, r.seen_seq,
+                    f.id, f.name
              FROM file_keys k
+             JOIN files f ON f.id = k.file_id
              JOIN registrations r ON r.file_id = k.file_id
              JOIN peers p ON p.id = r.peer_id
              ORDER BY k.name_key",
@@ -664,6 +685,8 @@ fn with_index_rows<T>(
                 sha256: hex_column(row, 4)?,
                 last_seen: row.get(5)?,
                 seen_seq: row.get(6)?,
+                file_id: row.get(7)?,
+                name: row.get(8)?,
             })
         })
         .map_err(sql_err)?;
@@ -752,6 +775,30 @@ fn narrow_driver(conn: &Connection, words: &[&str]) -> rusqlite::Result<Option<S
         }
     }
     Ok(None)
+}
+
+/// The words of a FIND as both of its paths (SQL, `Index::find`) read
+/// them: lowercased (Rust's `to_lowercase`), sorted, repeats dropped;
+/// [`StoreError::TooManyWords`] past [`MAX_FIND_WORDS`]; `None` (no match)
+/// when a word has no letter or digit by Rust's `is_alphanumeric` (which
+/// is not FTS5's notion: a word of only FTS5 separators that Rust calls
+/// alphanumeric, such as a combining vowel sign, passes here and then
+/// matches nothing, as an FTS5 phrase without tokens does).
+pub fn find_words(words: &[&str]) -> Result<Option<Vec<String>>, StoreError> {
+    let mut distinct: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() > MAX_FIND_WORDS {
+        return Err(StoreError::TooManyWords);
+    }
+    if distinct.is_empty()
+        || distinct
+            .iter()
+            .any(|w| !w.chars().any(char::is_alphanumeric))
+    {
+        return Ok(None);
+    }
+    Ok(Some(distinct))
 }
 
 /// Builds an FTS5 query in which each word is a quoted prefix term, so that

@@ -51,7 +51,8 @@ pub fn key_of_name(name: &str) -> [u8; 32] {
 
 /// `REGISTER`: adds or refreshes the registration of `name` by `host:port`.
 /// Registering the same name again from the same address replaces its size
-/// and hash (the peer's file changed) and counts as a heartbeat.
+/// and hash (the peer's file changed) and counts as a heartbeat. Returns
+/// the name's `files.id` (what the in-memory word index numbers it by).
 ///
 /// Inside a transaction, a new name is FIND-able only once
 /// [`index_new_names`] has run: end the transaction with [`commit`] (the
@@ -66,7 +67,7 @@ pub fn register(
     size: u64,
     sha256: &str,
     stamp: Stamp,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<i64> {
     let key = digest_bytes(name_key)?;
     let sha256 = digest_bytes(sha256)?;
     let file_id = match file_id(conn, &key)? {
@@ -113,7 +114,7 @@ pub fn register(
         stamp.ms,
         stamp.seq
     ])?;
-    Ok(())
+    Ok(file_id)
 }
 
 /// Makes `conn` ready for [`register`]: the TEMP table where a

@@ -1,0 +1,476 @@
+//! The word index: the names of the registry's files and their FIND words
+//! ([`crate::words`]), in memory, so that FIND is answered without SQL
+//! ([`crate::index::Index::find`]).
+//!
+//! It holds one *record* per `files` row: the file's id, its name and the
+//! index slot ([`crate::index`]) holding its registrations. Records are in
+//! `files.id` order (the order FTS5 examines matches in, which
+//! `MAX_FIND_EXAMINED` depends on): loaded sorted, then appended, since
+//! SQLite gives a new row the largest id in use plus one. A new id that is
+//! not above every present one (a hand-made file, a file id past `u32`)
+//! *breaks* the index: FIND goes to SQLite until the next load.
+//!
+//! Layout, for memory (no allocation per name):
+//! - `text`: every name, each followed by a NUL (a separator, which ends
+//!   any token), in record order; a record is 12 bytes (id, where its name
+//!   starts, its slot).
+//! - The *base*, built at load: every distinct folded token once, as the
+//!   offset in `text` of one occurrence of it (folded on the fly when
+//!   compared, so the term's own bytes are not stored again), sorted in
+//!   byte order (which keeps a prefix's terms together), each with its
+//!   list of record numbers in one shared `postings` array.
+//! - The *delta*: the tokens of records appended since the load, in a
+//!   small ordered map, until the next load.
+//!
+//! A removed record keeps its number (marked gone); its postings stay and
+//! are skipped. Numbers are never reused, so a posting never points at a
+//! different name. The space of gone records is given back at the next load.
+//!
+//! This module must not touch the database nor the registrations: it
+//! answers which names match a FIND's words, in order; the index counts
+//! their sources.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use crate::words;
+
+/// A record's number: its position in [`Names::recs`].
+pub type RecId = u32;
+
+/// No record (a slot whose record is not yet made).
+pub const NO_REC: RecId = u32::MAX;
+
+/// One `files` row. `id == 0` marks a gone record (SQLite never assigns
+/// rowid 0 to a plain insert; a hand-made 0 breaks the index).
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    id: u32,
+    name_at: u32,
+    slot: u32,
+}
+
+/// The word index; see the module doc.
+#[derive(Default)]
+pub struct Names {
+    /// Every name, each followed by a NUL, in record order.
+    text: String,
+    recs: Vec<Rec>,
+    /// Records below this number have their tokens in the base.
+    base_recs: usize,
+    /// Base terms: the offset in `text` of one occurrence of each, sorted.
+    terms: Vec<u32>,
+    /// Where each base term's postings start in `postings` (one more entry
+    /// than `terms`).
+    post_at: Vec<u32>,
+    postings: Vec<RecId>,
+    /// Terms of the records appended since the base was built.
+    delta: BTreeMap<Box<str>, Vec<RecId>>,
+    /// Records present.
+    live: usize,
+    /// Why FIND cannot be answered from here (until the next load).
+    broken: Option<&'static str>,
+}
+
+/// A FIND's word as the full-text index reads it: its tokens, in which all
+/// but the last must equal consecutive tokens of the name and the last
+/// must begin one (an FTS5 phrase prefix query).
+pub type Phrase = Vec<String>;
+
+impl Names {
+    /// Builds the index of `files`: `(file id, slot, name)`, any order.
+    /// Files whose id does not fit (0 or past `u32`) break it.
+    pub fn build<'a>(files: impl IntoIterator<Item = (i64, u32, &'a str)>) -> Names {
+        let mut names = Names::default();
+        let mut list: Vec<(u32, u32, &str)> = Vec::new();
+        for (id, slot, name) in files {
+            match u32::try_from(id) {
+                Ok(id) if id > 0 => list.push((id, slot, name)),
+                _ => names.broken = Some("a file id is outside 1..2^32"),
+            }
+        }
+        list.sort_unstable_by_key(|&(id, _, _)| id);
+        if list.windows(2).any(|w| w[0].0 == w[1].0) {
+            names.broken = Some("two names share a file id");
+        }
+        let bytes: usize = list.iter().map(|(_, _, n)| n.len() + 1).sum();
+        if u32::try_from(bytes).is_err() || u32::try_from(list.len()).is_err() {
+            names.broken = Some("the names do not fit the word index");
+            return names;
+        }
+        names.text.reserve_exact(bytes);
+        names.recs.reserve_exact(list.len());
+        // Every token occurrence: (its first 8 folded bytes, offset, record),
+        // sorted so that equal terms are together, each in record order.
+        let mut occurrences: Vec<(u64, u32, RecId)> = Vec::new();
+        for (r, (id, slot, name)) in list.into_iter().enumerate() {
+            let name_at = names.text.len() as u32;
+            names.text.push_str(name);
+            names.text.push('\0');
+            names.recs.push(Rec { id, name_at, slot });
+            words::for_each_token(name, |start, folded| {
+                occurrences.push((head(folded), name_at + start as u32, r as RecId));
+            });
+        }
+        names.live = names.recs.len();
+        names.base_recs = names.recs.len();
+        let text = &names.text;
+        occurrences.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| cmp_at(text, a.1, b.1))
+                .then(a.2.cmp(&b.2))
+        });
+        names.postings.reserve_exact(occurrences.len());
+        let mut last: Option<(u64, u32)> = None;
+        for &(h, at, r) in &occurrences {
+            let same = last.is_some_and(|(lh, lat)| lh == h && cmp_at(text, lat, at).is_eq());
+            if !same {
+                names.terms.push(at);
+                names.post_at.push(names.postings.len() as u32);
+                last = Some((h, at));
+            } else if names.postings.last() == Some(&r) {
+                continue; // the term twice in one name
+            }
+            names.postings.push(r);
+        }
+        names.post_at.push(names.postings.len() as u32);
+        names.terms.shrink_to_fit();
+        names.post_at.shrink_to_fit();
+        names
+    }
+
+    /// Every present record and its slot.
+    pub fn slots(&self) -> impl Iterator<Item = (RecId, u32)> + '_ {
+        self.recs
+            .iter()
+            .enumerate()
+            .filter(|(_, rec)| rec.id != 0)
+            .map(|(r, rec)| (r as RecId, rec.slot))
+    }
+
+    /// Whether FIND can be answered from here (see the module doc).
+    pub fn broken(&self) -> Option<&'static str> {
+        self.broken
+    }
+
+    /// Records present.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Adds file `id` named `name`, whose registrations are in `slot`;
+    /// returns its record number (or [`NO_REC`] once broken).
+    pub fn add(&mut self, id: i64, slot: u32, name: &str) -> RecId {
+        if self.broken.is_some() {
+            return NO_REC;
+        }
+        let Some(id) = u32::try_from(id).ok().filter(|&id| id > 0) else {
+            self.broken = Some("a file id is outside 1..2^32");
+            return NO_REC;
+        };
+        // Every present record must have a smaller id (gone ones may not).
+        if let Some(last) = self.recs.iter().rev().find(|r| r.id != 0) {
+            if last.id >= id {
+                self.broken = Some("a new file id is not above the ones in use");
+                return NO_REC;
+            }
+        }
+        let (Ok(r), Ok(name_at)) = (
+            RecId::try_from(self.recs.len()),
+            u32::try_from(self.text.len()),
+        ) else {
+            self.broken = Some("the names do not fit the word index");
+            return NO_REC;
+        };
+        if r == NO_REC || u32::try_from(self.text.len() + name.len() + 1).is_err() {
+            self.broken = Some("the names do not fit the word index");
+            return NO_REC;
+        }
+        self.text.push_str(name);
+        self.text.push('\0');
+        self.recs.push(Rec { id, name_at, slot });
+        self.live += 1;
+        let delta = &mut self.delta;
+        words::for_each_token(name, |_, folded| {
+            let list = match delta.get_mut(folded) {
+                Some(list) => list,
+                None => delta.entry(folded.into()).or_default(),
+            };
+            if list.last() != Some(&r) {
+                list.push(r);
+            }
+        });
+        r
+    }
+
+    /// Removes record `r` (its file is gone from the database).
+    pub fn remove(&mut self, r: RecId) {
+        let Some(rec) = self.recs.get(r as usize).copied() else {
+            return;
+        };
+        if rec.id == 0 {
+            return;
+        }
+        self.recs[r as usize].id = 0;
+        self.live -= 1;
+        if (r as usize) < self.base_recs {
+            return; // its base postings are skipped from now on
+        }
+        let name = name_in(&self.text, &self.recs, r as usize).to_owned();
+        words::for_each_token(&name, |_, folded| {
+            if let Some(list) = self.delta.get_mut(folded) {
+                list.retain(|&x| x != r);
+                if list.is_empty() {
+                    self.delta.remove(folded);
+                }
+            }
+        });
+    }
+
+    /// The file id, name and slot of record `r`, if present.
+    pub fn get(&self, r: RecId) -> Option<(i64, &str, u32)> {
+        let rec = self.recs.get(r as usize)?;
+        (rec.id != 0).then(|| {
+            (
+                i64::from(rec.id),
+                name_in(&self.text, &self.recs, r as usize),
+                rec.slot,
+            )
+        })
+    }
+
+    /// The name of a present record `r` (empty if gone).
+    pub fn name(&self, r: RecId) -> &str {
+        self.get(r).map_or("", |(_, name, _)| name)
+    }
+
+    /// The records whose names match every phrase, in record (file id)
+    /// order, at most `limit`: what `files_fts MATCH '"w1"* AND "w2"*'
+    /// LIMIT limit` returns. A phrase without tokens matches nothing.
+    pub fn matching(&self, phrases: &[Phrase], limit: usize) -> Vec<RecId> {
+        let mut out = Vec::new();
+        if phrases.is_empty() || phrases.iter().any(Vec::is_empty) || limit == 0 {
+            return out;
+        }
+        // The driver: the token whose candidates are fewest (postings
+        // counted, gone records included). All but a phrase's last token
+        // must match a term exactly; the last, as a prefix.
+        let mut driver: Option<(usize, Range<usize>, &str, bool)> = None;
+        for phrase in phrases {
+            for (i, token) in phrase.iter().enumerate() {
+                let prefix = i + 1 == phrase.len();
+                let range = self.base_range(token, prefix);
+                let cost = (self.post_at[range.end] - self.post_at[range.start]) as usize
+                    + self
+                        .delta_lists(token, prefix)
+                        .map(|(_, l)| l.len())
+                        .sum::<usize>();
+                if driver.as_ref().is_none_or(|d| cost < d.0) {
+                    driver = Some((cost, range, token, prefix));
+                }
+            }
+        }
+        let Some((cost, range, token, prefix)) = driver else {
+            return out;
+        };
+        // One phrase of one token: every candidate matches.
+        let obvious = phrases.len() == 1 && phrases[0].len() == 1;
+        let mut tokens = Tokens::default();
+        let mut take = |r: RecId, out: &mut Vec<RecId>| -> bool {
+            let Some(rec) = self.recs.get(r as usize) else {
+                return false;
+            };
+            if rec.id == 0 {
+                return false;
+            }
+            if !obvious {
+                tokens.read(name_in(&self.text, &self.recs, r as usize));
+                if !phrases.iter().all(|p| tokens.has_phrase(p)) {
+                    return false;
+                }
+            }
+            out.push(r);
+            out.len() == limit
+        };
+        let mut delta = self.delta_lists(token, prefix).peekable();
+        if range.len() <= 1 && delta.peek().is_none() {
+            // One sorted list: no gathering.
+            let list = range.start..range.end;
+            for t in list {
+                let posts = &self.postings[self.post_at[t] as usize..self.post_at[t + 1] as usize];
+                for &r in posts {
+                    if take(r, &mut out) {
+                        return out;
+                    }
+                }
+            }
+            return out;
+        }
+        let mut all: Vec<RecId> = Vec::with_capacity(cost);
+        all.extend_from_slice(
+            &self.postings[self.post_at[range.start] as usize..self.post_at[range.end] as usize],
+        );
+        for (_, list) in delta {
+            all.extend_from_slice(list);
+        }
+        all.sort_unstable();
+        all.dedup();
+        for r in all {
+            if take(r, &mut out) {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The base terms equal to `token` (or, if `prefix`, beginning with it).
+    fn base_range(&self, token: &str, prefix: bool) -> Range<usize> {
+        let text = &self.text;
+        let start = self
+            .terms
+            .partition_point(|&at| words::cmp_token(text, at as usize, token).is_lt());
+        let len = self.terms[start..].partition_point(|&at| {
+            if prefix {
+                words::token_starts_with(text, at as usize, token)
+            } else {
+                words::cmp_token(text, at as usize, token).is_eq()
+            }
+        });
+        start..start + len
+    }
+
+    /// The delta's terms equal to `token` (or beginning with it).
+    fn delta_lists<'s>(
+        &'s self,
+        token: &'s str,
+        prefix: bool,
+    ) -> impl Iterator<Item = (&'s str, &'s Vec<RecId>)> + 's {
+        self.delta
+            .range::<str, _>((std::ops::Bound::Included(token), std::ops::Bound::Unbounded))
+            .map(|(k, v)| (k.as_ref(), v))
+            .take_while(move |(k, _)| {
+                if prefix {
+                    k.starts_with(token)
+                } else {
+                    *k == token
+                }
+            })
+    }
+}
+
+/// The name of record `r` (its text up to the NUL after it).
+fn name_in<'t>(text: &'t str, recs: &[Rec], r: usize) -> &'t str {
+    let start = recs[r].name_at as usize;
+    let end = recs
+        .get(r + 1)
+        .map_or(text.len(), |next| next.name_at as usize)
+        .saturating_sub(1);
+    text.get(start..end).unwrap_or("")
+}
+
+/// The first 8 bytes of a folded token as a number (zero-padded; a folded
+/// token has no NUL, so the padding sorts first as a shorter string does).
+fn head(folded: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = folded.len().min(8);
+    b[..n].copy_from_slice(&folded.as_bytes()[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// Compares the folded tokens at offsets `a` and `b` of `text`.
+fn cmp_at(text: &str, a: u32, b: u32) -> Ordering {
+    words::token_at(text, a as usize).cmp(words::token_at(text, b as usize))
+}
+
+/// The folded tokens of one name, reused from name to name.
+#[derive(Default)]
+struct Tokens {
+    folded: String,
+    spans: Vec<Range<usize>>,
+}
+
+impl Tokens {
+    fn read(&mut self, name: &str) {
+        self.folded.clear();
+        self.spans.clear();
+        let Tokens { folded, spans } = self;
+        words::for_each_token(name, |_, t| {
+            let start = folded.len();
+            folded.push_str(t);
+            spans.push(start..folded.len());
+        });
+    }
+
+    fn token(&self, i: usize) -> &str {
+        &self.folded[self.spans[i].clone()]
+    }
+
+    /// Whether the phrase occurs: its tokens equal consecutive tokens, the
+    /// last a prefix of its token.
+    fn has_phrase(&self, phrase: &[String]) -> bool {
+        let Some((last, exact)) = phrase.split_last() else {
+            return false;
+        };
+        let n = self.spans.len();
+        if n < phrase.len() {
+            return false;
+        }
+        (0..=n - phrase.len()).any(|i| {
+            exact
+                .iter()
+                .enumerate()
+                .all(|(j, t)| self.token(i + j) == t)
+                && self.token(i + exact.len()).starts_with(last.as_str())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phrases(words: &[&str]) -> Vec<Phrase> {
+        words.iter().map(|w| words::tokens(w)).collect()
+    }
+
+    #[test]
+    fn base_and_delta_prefixes_phrases_and_removal() {
+        let mut n = Names::build([
+            (3, 30, "Foo-Bar baz"),
+            (1, 10, "foo qux"),
+            (2, 20, "FOOD bar"),
+        ]);
+        assert_eq!(n.matching(&phrases(&["foo"]), 10), [0, 1, 2]);
+        assert_eq!(
+            n.matching(&phrases(&["foo-ba"]), 10),
+            [2],
+            "a phrase prefix"
+        );
+        assert_eq!(n.matching(&phrases(&["bar", "foo"]), 10), [1, 2]);
+        assert_eq!(
+            n.matching(&phrases(&["foo"]), 2),
+            [0, 1],
+            "the limit, in id order"
+        );
+        assert_eq!(n.get(2), Some((3, "Foo-Bar baz", 30)));
+        let r = n.add(4, 40, "foo bard");
+        assert_eq!(r, 3);
+        assert_eq!(n.matching(&phrases(&["bar", "foo"]), 10), [1, 2, 3]);
+        n.remove(1);
+        n.remove(3);
+        assert_eq!(n.matching(&phrases(&["bar", "foo"]), 10), [2]);
+        assert_eq!(n.matching(&phrases(&["-"]), 10), Vec::<RecId>::new());
+        assert_eq!(n.len(), 2);
+        assert_eq!(
+            n.add(3, 50, "x"),
+            NO_REC,
+            "an id below one in use breaks it"
+        );
+        assert!(n.broken().is_some());
+    }
+}
