@@ -62,6 +62,11 @@ pub struct Names {
     base_recs: usize,
     /// Base terms: the offset in `text` of one occurrence of each, sorted.
     terms: Vec<u32>,
+    /// The head (first 8 folded bytes) of every [`HEAD_EVERY`]th base
+    /// term: the first steps of a term search stay in this small array
+    /// (512 KiB for a million terms) instead of each missing the cache
+    /// twice (the term's offset, then its text in the arena).
+    heads: Vec<u64>,
     /// Where each base term's postings start in `postings` (one more entry
     /// than `terms`), in bytes.
     post_at: Vec<u32>,
@@ -149,6 +154,12 @@ impl Names {
         };
         names.post_at.push(end);
         names.terms.shrink_to_fit();
+        names.heads = names
+            .terms
+            .iter()
+            .step_by(HEAD_EVERY)
+            .map(|&at| head_at(&names.text, at))
+            .collect();
         names.post_at.shrink_to_fit();
         names.postings.shrink_to_fit();
         names
@@ -369,17 +380,43 @@ impl Names {
     /// The base terms equal to `token` (or, if `prefix`, beginning with it).
     fn base_range(&self, token: &str, prefix: bool) -> Range<usize> {
         let text = &self.text;
-        let start = self
-            .terms
-            .partition_point(|&at| words::cmp_token(text, at as usize, token).is_lt());
-        let len = self.terms[start..].partition_point(|&at| {
-            if prefix {
-                words::token_starts_with(text, at as usize, token)
-            } else {
-                words::cmp_token(text, at as usize, token).is_eq()
-            }
-        });
-        start..start + len
+        // The first term not below `token` is after every sampled term
+        // whose head is below the token's, and not after the first sampled
+        // term whose head is above it.
+        let h = head(token);
+        let below = self.heads.partition_point(|&x| x < h);
+        let not_above = self.heads.partition_point(|&x| x <= h);
+        let lo = below.saturating_sub(1) * HEAD_EVERY;
+        let hi = (not_above * HEAD_EVERY).min(self.terms.len());
+        let start = lo
+            + self.terms[lo..hi]
+                .partition_point(|&at| words::cmp_token(text, at as usize, token).is_lt());
+        let matches = |t: usize| {
+            self.terms.get(t).is_some_and(|&at| {
+                if prefix {
+                    words::token_starts_with(text, at as usize, token)
+                } else {
+                    words::cmp_token(text, at as usize, token).is_eq()
+                }
+            })
+        };
+        if !matches(start) {
+            return start..start;
+        }
+        if !prefix {
+            return start..start + 1; // terms are distinct
+        }
+        // Galloping: a prefix's terms are usually few, and near `start`.
+        let mut step = 1;
+        while matches(start + step) {
+            step *= 2;
+        }
+        let from = start + step / 2 + 1;
+        let to = (start + step).min(self.terms.len());
+        let end = from
+            + self.terms[from.min(to)..to]
+                .partition_point(|&at| words::token_starts_with(text, at as usize, token));
+        start..end
     }
 
     /// The delta's terms equal to `token` (or beginning with it).
@@ -399,6 +436,26 @@ impl Names {
                 }
             })
     }
+}
+
+/// One base term in this many has its head in [`Names::heads`].
+const HEAD_EVERY: usize = 16;
+
+/// The head of the folded token at offset `at` of `text`.
+fn head_at(text: &str, at: u32) -> u64 {
+    let mut b = [0u8; 8];
+    let mut n = 0;
+    let mut buf = [0u8; 4];
+    'fill: for c in words::token_at(text, at as usize) {
+        for &byte in c.encode_utf8(&mut buf).as_bytes() {
+            if n == 8 {
+                break 'fill;
+            }
+            b[n] = byte;
+            n += 1;
+        }
+    }
+    u64::from_be_bytes(b)
 }
 
 /// Appends `n` as a LEB128 varint (7 bits a byte, low first).
@@ -511,6 +568,56 @@ mod tests {
         assert_eq!(n.matching(&phrases(&["abcdefg"]), 10), [0, 1, 2, 3, 4]);
         assert_eq!(n.matching(&phrases(&["ABCDEFGHIK"]), 10), [1]);
         assert_eq!(n.terms.len(), 5, "one term each: {:?}", n.terms);
+    }
+
+    /// The base's search (sampled heads, galloping) against a scan of
+    /// every name, over terms that share long heads and short ones.
+    #[test]
+    fn term_search_equals_a_scan() {
+        let mut all: Vec<String> = (0..300)
+            .map(|i| format!("abcdefgh{i} x{}", i % 40))
+            .collect();
+        all.extend(["abcdefg", "abcdefgi", "abcdefgh", "b", "ab", "a"].map(String::from));
+        all.extend((0..100).map(|i| format!("{i}")));
+        let n = Names::build(
+            all.iter()
+                .enumerate()
+                .map(|(i, s)| (i as i64 + 1, 0, s.as_str())),
+        );
+        assert!(n.heads.len() > 10);
+        let mut tokens = Tokens::default();
+        for q in [
+            "a",
+            "ab",
+            "abc",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefgh1",
+            "abcdefgh29",
+            "abcdefgh299",
+            "abcdefgh3",
+            "abcdefghz",
+            "abcdefgi",
+            "b",
+            "c",
+            "x1",
+            "x39",
+            "0",
+            "1",
+            "9",
+            "99",
+            "abcdefgh1 x1",
+            "z",
+        ] {
+            let p = phrases(&[q]);
+            let scan: Vec<RecId> = (0..all.len() as RecId)
+                .filter(|&r| {
+                    tokens.read(n.name(r));
+                    tokens.has_phrase(&p[0])
+                })
+                .collect();
+            assert_eq!(n.matching(&p, usize::MAX), scan, "{q:?}");
+        }
     }
 
     #[test]
