@@ -41,7 +41,6 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::num::NonZeroU32;
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -602,8 +601,9 @@ struct Fresh {
     entries: usize,
     /// A name's rows were not consecutive, or an id ran out: not loaded.
     failed: Option<&'static str>,
-    /// Every name: `(files.id, name id, where its text is in `text`)`.
-    files: Vec<(i64, NameId, Range<usize>)>,
+    /// Every name: `(files.id, name id, where its text is in `text`, its
+    /// length)` (24 bytes a name while the load runs).
+    files: Vec<(i64, NameId, u32, u32)>,
     text: String,
     /// The word index, once built from `files`.
     words: Names,
@@ -641,9 +641,13 @@ impl Fresh {
             return;
         };
         let id = name_id(s, n);
-        let at = self.text.len();
+        let (Ok(at), Ok(len)) = (u32::try_from(self.text.len()), u32::try_from(file.1.len()))
+        else {
+            self.failed = Some("the names do not fit the index");
+            return;
+        };
         self.text.push_str(file.1);
-        self.files.push((file.0, id, at..self.text.len()));
+        self.files.push((file.0, id, at, len));
         for (_, e) in &group {
             if let Some(names) = self.names.get_mut(e.peer.get() as usize - 1) {
                 names.push(id);
@@ -924,11 +928,10 @@ impl Index {
         // The word index, and each slot's record in it.
         let files = std::mem::take(&mut fresh.files);
         let text = std::mem::take(&mut fresh.text);
-        fresh.words = Names::build(
-            files
-                .iter()
-                .map(|(id, slot, at)| (*id, *slot, text.get(at.clone()).unwrap_or(""))),
-        );
+        fresh.words = Names::build(files.iter().map(|&(id, slot, at, len)| {
+            let (at, len) = (at as usize, len as usize);
+            (id, slot, text.get(at..at + len).unwrap_or(""))
+        }));
         drop((files, text));
         for (r, slot) in fresh.words.slots() {
             let (s, n) = split_name_id(slot);

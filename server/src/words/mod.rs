@@ -69,12 +69,21 @@ fn category(c: u32) -> u32 {
 
 /// Whether `c` may start a token (`fts5UnicodeIsAlnum`, or the ASCII table).
 pub fn is_token_char(c: char) -> bool {
+    // ASCII: what `sqlite3Fts5UnicodeAscii` makes of the categories
+    // (letters and digits), without the table search (the exhaustive test
+    // checks it is the same).
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric();
+    }
     let c = as_sqlite_reads(c);
     TOKEN_CATEGORIES & (1 << category(c)) != 0 && c != 0
 }
 
 /// Whether `c` continues a token: a token character or a diacritic.
 pub fn continues_token(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric();
+    }
     is_token_char(c) || is_diacritic(as_sqlite_reads(c))
 }
 
@@ -102,6 +111,9 @@ fn is_diacritic(c: u32) -> bool {
 
 /// `sqlite3Fts5UnicodeFold(c, 0)`: the lower-case form the index stores.
 pub fn fold(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
     let code = as_sqlite_reads(c);
     let folded = if code < 128 {
         u32::from((code as u8).to_ascii_lowercase())
