@@ -928,11 +928,7 @@ impl Index {
         // The word index, and each slot's record in it.
         let files = std::mem::take(&mut fresh.files);
         let text = std::mem::take(&mut fresh.text);
-        fresh.words = Names::build(files.iter().map(|&(id, slot, at, len)| {
-            let (at, len) = (at as usize, len as usize);
-            (id, slot, text.get(at..at + len).unwrap_or(""))
-        }));
-        drop((files, text));
+        fresh.words = Names::build(files, text);
         for (r, slot) in fresh.words.slots() {
             let (s, n) = split_name_id(slot);
             if let Some(shard) = fresh.shards.get_mut(s) {
