@@ -305,7 +305,7 @@ impl Names {
             for (i, token) in phrase.iter().enumerate() {
                 let prefix = i + 1 == phrase.len();
                 let range = self.base_range(token, prefix);
-                let cost = (self.post_at[range.end] - self.post_at[range.start]) as usize
+                let cost = self.post_bytes(range.start, range.end)
                     + self
                         .delta_lists(token, prefix)
                         .map(|(_, l)| l.len())
@@ -367,11 +367,23 @@ impl Names {
         out
     }
 
+    /// Where base term `t`'s postings start (0 past the end: an empty
+    /// index, such as the one a load leaves while it runs, has no
+    /// `post_at` at all, and a FIND that began before the load may read it).
+    fn post_at(&self, t: usize) -> usize {
+        self.post_at.get(t).map_or(0, |&at| at as usize)
+    }
+
+    /// Bytes of postings of base terms `from..to`.
+    fn post_bytes(&self, from: usize, to: usize) -> usize {
+        self.post_at(to).saturating_sub(self.post_at(from))
+    }
+
     /// The record numbers of base term `t`, ascending.
     fn posts(&self, t: usize) -> impl Iterator<Item = RecId> + '_ {
         let mut bytes = self
             .postings
-            .get(self.post_at[t] as usize..self.post_at[t + 1] as usize)
+            .get(self.post_at(t)..self.post_at(t + 1))
             .unwrap_or(&[])
             .iter();
         let mut r: RecId = 0;
@@ -574,6 +586,14 @@ mod tests {
             text.push_str(name);
         }
         Names::build(list, text)
+    }
+
+    /// What a FIND that began before a load may read: nothing, no panic.
+    #[test]
+    fn an_empty_index_matches_nothing() {
+        let n = Names::default();
+        assert!(n.matching(&phrases(&["a", "b-c"]), 10).is_empty());
+        assert_eq!(n.get(0), None);
     }
 
     /// Terms longer than the 8-byte head the load sorts by first.
