@@ -541,6 +541,43 @@ pub struct Built {
 }
 
 impl Built {
+    /// Gives the names of rows that came without them: `(files.id, name)`
+    /// in id order (a scan of `files`, in the same snapshot as the rows),
+    /// then builds the word index. A name missing here breaks the word
+    /// index (FIND goes to SQLite), not SEARCH's.
+    pub fn with_names<E>(
+        mut self,
+        names: impl IntoIterator<Item = Result<(i64, String), E>>,
+    ) -> Result<Built, E> {
+        let fresh = &mut self.fresh;
+        if !fresh.unnamed {
+            return Ok(self);
+        }
+        fresh.files.sort_unstable_by_key(|&(id, ..)| id);
+        for f in &mut fresh.files {
+            f.3 = u32::MAX; // not where the load put it, until found
+        }
+        let mut at = 0;
+        for name in names {
+            let (id, name) = name?;
+            while at < fresh.files.len() && fresh.files[at].0 < id {
+                at += 1;
+            }
+            let Some(file) = fresh.files.get_mut(at).filter(|f| f.0 == id) else {
+                continue; // a name without registrations (never after a write)
+            };
+            let (Ok(start), Ok(len)) = (u32::try_from(fresh.text.len()), u32::try_from(name.len()))
+            else {
+                break;
+            };
+            fresh.text.push_str(&name);
+            (file.2, file.3) = (start, len);
+        }
+        fresh.unnamed = false;
+        fresh.finish_words();
+        Ok(self)
+    }
+
     /// Registrations it holds.
     pub fn len(&self) -> usize {
         self.fresh.entries
@@ -607,6 +644,8 @@ struct Fresh {
     text: String,
     /// The word index, once built from `files`.
     words: Names,
+    /// Some rows came without their name: [`Built::with_names`] gives them.
+    unnamed: bool,
 }
 
 impl Fresh {
@@ -621,11 +660,28 @@ impl Fresh {
             files: Vec::new(),
             text: String::new(),
             words: Names::default(),
+            unnamed: false,
+        }
+    }
+
+    /// Builds the word index from `files` and `text`, and tells each slot
+    /// its record in it.
+    fn finish_words(&mut self) {
+        let files = std::mem::take(&mut self.files);
+        let text = std::mem::take(&mut self.text);
+        self.words = Names::build(files, text);
+        for (r, slot) in self.words.slots() {
+            let (s, n) = split_name_id(slot);
+            if let Some(shard) = self.shards.get_mut(s) {
+                if (n as usize / CHUNK) < shard.chunks.len() {
+                    shard.slot_mut(n).file = r;
+                }
+            }
         }
     }
 
     /// Adds one name's sources (all its rows, any order), and its
-    /// `files.id` and name.
+    /// `files.id` and name (empty: given later, see [`Built::with_names`]).
     fn add(&mut self, key: Key, group: Vec<(i64, Entry)>, file: (i64, &str)) {
         if group.is_empty() || self.failed.is_some() {
             return;
@@ -641,6 +697,9 @@ impl Fresh {
             return;
         };
         let id = name_id(s, n);
+        if file.1.is_empty() {
+            self.unnamed = true;
+        }
         let (Ok(at), Ok(len)) = (u32::try_from(self.text.len()), u32::try_from(file.1.len()))
         else {
             self.failed = Some("the names do not fit the index");
@@ -925,21 +984,9 @@ impl Index {
         if let Some(done) = current {
             fresh.add(done, group, (file.0, &file.1));
         }
-        // The word index, and each slot's record in it.
-        let files = std::mem::take(&mut fresh.files);
-        let text = std::mem::take(&mut fresh.text);
-        fresh.words = Names::build(files.iter().map(|&(id, slot, at, len)| {
-            let (at, len) = (at as usize, len as usize);
-            (id, slot, text.get(at..at + len).unwrap_or(""))
-        }));
-        drop((files, text));
-        for (r, slot) in fresh.words.slots() {
-            let (s, n) = split_name_id(slot);
-            if let Some(shard) = fresh.shards.get_mut(s) {
-                if (n as usize / CHUNK) < shard.chunks.len() {
-                    shard.slot_mut(n).file = r;
-                }
-            }
+        // The word index, unless the names come apart (`Built::with_names`).
+        if !fresh.unnamed {
+            fresh.finish_words();
         }
         if skipped > 0 {
             tracing::warn!(

@@ -87,37 +87,51 @@ pub struct Names {
 pub type Phrase = Vec<String>;
 
 impl Names {
-    /// Builds the index of `files`: `(file id, slot, name)`, any order.
-    /// Files whose id does not fit (0 or past `u32`) break it.
-    pub fn build<'a>(files: impl IntoIterator<Item = (i64, u32, &'a str)>) -> Names {
+    /// Builds the index of `files`: `(file id, slot, where its name is in
+    /// `text`, its length in bytes)`, any order.
+    /// Files whose id does not fit (0 or past `u32`) break it. Takes the
+    /// list and its text by value: they are dropped before the tokens are
+    /// sorted, which is the peak of the load's memory.
+    pub fn build(mut files: Vec<(i64, u32, u32, u32)>, text: String) -> Names {
         let mut names = Names::default();
-        let mut list: Vec<(u32, u32, &str)> = Vec::new();
-        for (id, slot, name) in files {
-            match u32::try_from(id) {
-                Ok(id) if id > 0 => list.push((id, slot, name)),
-                _ => names.broken = Some("a file id is outside 1..2^32"),
-            }
-        }
-        list.sort_unstable_by_key(|&(id, _, _)| id);
-        if list.windows(2).any(|w| w[0].0 == w[1].0) {
+        files.sort_unstable_by_key(|&(id, ..)| id);
+        if files.windows(2).any(|w| w[0].0 == w[1].0) {
             names.broken = Some("two names share a file id");
         }
-        let bytes: usize = list.iter().map(|(_, _, n)| n.len() + 1).sum();
-        if u32::try_from(bytes).is_err() || u32::try_from(list.len()).is_err() {
+        let bytes: usize = files.iter().map(|f| f.3 as usize + 1).sum();
+        if u32::try_from(bytes).is_err() || u32::try_from(files.len()).is_err() {
             names.broken = Some("the names do not fit the word index");
             return names;
         }
         names.text.reserve_exact(bytes);
-        names.recs.reserve_exact(list.len());
-        // Every token occurrence: (its first 8 folded bytes, offset, record),
-        // sorted so that equal terms are together, each in record order.
-        let mut occurrences: Vec<(u64, u32, RecId)> = Vec::new();
-        for (r, (id, slot, name)) in list.into_iter().enumerate() {
+        names.recs.reserve_exact(files.len());
+        for (id, slot, at, len) in files {
+            let (at, len) = (at as usize, len as usize);
+            let Some(name) = text.get(at..at + len) else {
+                names.broken = Some("a name is not where the load put it");
+                continue;
+            };
+            let Some(id) = u32::try_from(id).ok().filter(|&id| id > 0) else {
+                names.broken = Some("a file id is outside 1..2^32");
+                continue;
+            };
             let name_at = names.text.len() as u32;
             names.text.push_str(name);
             names.text.push('\0');
             names.recs.push(Rec { id, name_at, slot });
-            words::for_each_token(name, |start, folded| {
+        }
+        drop(text);
+        // Every token occurrence: (its first 8 folded bytes, offset, record),
+        // sorted so that equal terms are together, each in record order;
+        // counted first, so that the vector is made once at its size.
+        let mut count = 0;
+        for r in 0..names.recs.len() {
+            words::for_each_token(name_in(&names.text, &names.recs, r), |_, _| count += 1);
+        }
+        let mut occurrences: Vec<(u64, u32, RecId)> = Vec::with_capacity(count);
+        for r in 0..names.recs.len() {
+            let name_at = names.recs[r].name_at;
+            words::for_each_token(name_in(&names.text, &names.recs, r), |start, folded| {
                 occurrences.push((head(folded), name_at + start as u32, r as RecId));
             });
         }
@@ -291,7 +305,7 @@ impl Names {
             for (i, token) in phrase.iter().enumerate() {
                 let prefix = i + 1 == phrase.len();
                 let range = self.base_range(token, prefix);
-                let cost = (self.post_at[range.end] - self.post_at[range.start]) as usize
+                let cost = self.post_bytes(range.start, range.end)
                     + self
                         .delta_lists(token, prefix)
                         .map(|(_, l)| l.len())
@@ -353,11 +367,23 @@ impl Names {
         out
     }
 
+    /// Where base term `t`'s postings start (0 past the end: an empty
+    /// index, such as the one a load leaves while it runs, has no
+    /// `post_at` at all, and a FIND that began before the load may read it).
+    fn post_at(&self, t: usize) -> usize {
+        self.post_at.get(t).map_or(0, |&at| at as usize)
+    }
+
+    /// Bytes of postings of base terms `from..to`.
+    fn post_bytes(&self, from: usize, to: usize) -> usize {
+        self.post_at(to).saturating_sub(self.post_at(from))
+    }
+
     /// The record numbers of base term `t`, ascending.
     fn posts(&self, t: usize) -> impl Iterator<Item = RecId> + '_ {
         let mut bytes = self
             .postings
-            .get(self.post_at[t] as usize..self.post_at[t + 1] as usize)
+            .get(self.post_at(t)..self.post_at(t + 1))
             .unwrap_or(&[])
             .iter();
         let mut r: RecId = 0;
@@ -551,6 +577,25 @@ mod tests {
         words.iter().map(|w| words::tokens(w)).collect()
     }
 
+    /// [`Names::build`] from `(id, slot, name)`.
+    fn build<'a>(files: impl IntoIterator<Item = (i64, u32, &'a str)>) -> Names {
+        let mut text = String::new();
+        let mut list = Vec::new();
+        for (id, slot, name) in files {
+            list.push((id, slot, text.len() as u32, name.len() as u32));
+            text.push_str(name);
+        }
+        Names::build(list, text)
+    }
+
+    /// What a FIND that began before a load may read: nothing, no panic.
+    #[test]
+    fn an_empty_index_matches_nothing() {
+        let n = Names::default();
+        assert!(n.matching(&phrases(&["a", "b-c"]), 10).is_empty());
+        assert_eq!(n.get(0), None);
+    }
+
     /// Terms longer than the 8-byte head the load sorts by first.
     #[test]
     fn long_terms_with_one_head_are_told_apart() {
@@ -561,7 +606,7 @@ mod tests {
             "abcdefghij-abcdefgh",
             "abcdefg",
         ];
-        let n = Names::build(names.iter().enumerate().map(|(i, s)| (i as i64 + 1, 0, *s)));
+        let n = build(names.iter().enumerate().map(|(i, s)| (i as i64 + 1, 0, *s)));
         assert_eq!(n.matching(&phrases(&["abcdefghij"]), 10), [0, 3]);
         assert_eq!(n.matching(&phrases(&["abcdefghi"]), 10), [0, 1, 3]);
         assert_eq!(n.matching(&phrases(&["abcdefgh"]), 10), [0, 1, 2, 3]);
@@ -579,7 +624,7 @@ mod tests {
             .collect();
         all.extend(["abcdefg", "abcdefgi", "abcdefgh", "b", "ab", "a"].map(String::from));
         all.extend((0..100).map(|i| format!("{i}")));
-        let n = Names::build(
+        let n = build(
             all.iter()
                 .enumerate()
                 .map(|(i, s)| (i as i64 + 1, 0, s.as_str())),
@@ -622,7 +667,7 @@ mod tests {
 
     #[test]
     fn base_and_delta_prefixes_phrases_and_removal() {
-        let mut n = Names::build([
+        let mut n = build([
             (3, 30, "Foo-Bar baz"),
             (1, 10, "foo qux"),
             (2, 20, "FOOD bar"),
