@@ -1230,16 +1230,23 @@ mod tests {
         );
     }
 
+    /// A new database in a temporary directory: its path, the writer's
+    /// connection and a reader pool of one.
+    fn fresh_registry() -> (tempfile::TempDir, String, Connection, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db").to_string_lossy().into_owned();
+        let conn =
+            store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
+        let store = Store::open_readers(&path, 1).unwrap();
+        (dir, path, conn, store)
+    }
+
     /// More names match than FIND examines: the index takes the same first
     /// `MAX_FIND_EXAMINED` (in `files.id` order, not the load's key order),
     /// expired and unregistered ones among them.
     #[test]
     fn find_from_memory_examines_the_same_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.db").to_string_lossy().into_owned();
-        let mut conn =
-            store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
-        let store = Store::open_readers(&path, 1).unwrap();
+        let (_dir, path, mut conn, store) = fresh_registry();
         let total = crate::store::MAX_FIND_EXAMINED + 300;
         let tx = conn.transaction().unwrap();
         for i in 0..total {
@@ -1275,11 +1282,7 @@ mod tests {
 
     #[test]
     fn find_with_too_many_candidates_runs_the_full_query() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.db").to_string_lossy().into_owned();
-        let mut conn =
-            store::open_connection(&path, OpenMode::CreateOrMigrate, SyncMode::Normal).unwrap();
-        let store = Store::open_readers(&path, 1).unwrap();
+        let (_dir, _path, mut conn, store) = fresh_registry();
         let tx = conn.transaction().unwrap();
         // "x"* is in every name, the exact term "x" in none: tried first,
         // and over the candidates' limit.
