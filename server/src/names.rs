@@ -20,12 +20,17 @@
 //!   byte order (which keeps a prefix's terms together), each with its
 //!   list of record numbers in one shared `postings` array, as LEB128
 //!   varints of the gaps (a million `bench-file-N` names: 5 MB, not 12).
-//! - The *delta*: the tokens of records appended since the load, in a
-//!   small ordered map, until the next load.
+//! - The *delta*: the tokens of records appended since the base was
+//!   built, in an ordered map (about 90 bytes a term, ten times a base
+//!   term). Once it holds a quarter of the base's records (and at least
+//!   [`MERGE_MIN`]) it is merged into the base, a linear pass that copies
+//!   the base's postings and tokenizes nothing; so names added live cost
+//!   what loaded ones do, with at most a quarter of them in the map.
 //!
-//! A removed record keeps its number (marked gone); its postings stay and
-//! are skipped. Numbers are never reused, so a posting never points at a
-//! different name. The space of gone records is given back at the next load.
+//! A removed record keeps its number (marked gone); its postings, in the
+//! base or the delta, stay and are skipped. Numbers are never reused, so a
+//! posting never points at a different name. The space of gone records is
+//! given back at the next load.
 //!
 //! This module must not touch the database nor the registrations: it
 //! answers which names match a FIND's words, in order; the index counts
@@ -34,6 +39,8 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Range;
+
+use smallvec::SmallVec;
 
 use crate::words;
 
@@ -58,8 +65,6 @@ pub struct Names {
     /// Every name, each followed by a NUL, in record order.
     text: String,
     recs: Vec<Rec>,
-    /// Records below this number have their tokens in the base.
-    base_recs: usize,
     /// Base terms: the offset in `text` of one occurrence of each, sorted.
     terms: Vec<u32>,
     /// The head (first 8 folded bytes) of every [`HEAD_EVERY`]th base
@@ -73,13 +78,34 @@ pub struct Names {
     /// Each base term's record numbers, ascending: the first, then the
     /// gaps, each a LEB128 varint.
     postings: Vec<u8>,
+    /// Records below this number have their tokens in the base.
+    base_recs: usize,
     /// Terms of the records appended since the base was built.
-    delta: BTreeMap<Box<str>, Vec<RecId>>,
+    delta: BTreeMap<Box<str>, DeltaTerm>,
     /// Records present.
     live: usize,
     /// Why FIND cannot be answered from here (until the next load).
     broken: Option<&'static str>,
 }
+
+/// A term of the delta.
+#[derive(Debug, Default)]
+struct DeltaTerm {
+    /// The offset in `text` of one occurrence (where the term will be in
+    /// the base after a merge).
+    at: u32,
+    /// Its records, ascending; inline for the few a new term usually has.
+    recs: SmallVec<[RecId; 4]>,
+}
+
+/// Records in the delta that start a merge, whatever the base's size: a
+/// merge costs a pass over the base, so a small delta is not worth one.
+pub const MERGE_MIN: usize = 1 << 16;
+
+/// The delta is merged once it holds one record for this many in the base:
+/// the merges' total work stays a few passes over the final base, and the
+/// map (ten times the bytes of a base term) holds at most a quarter.
+pub const MERGE_FRACTION: usize = 4;
 
 /// A FIND's word as the full-text index reads it: its tokens, in which all
 /// but the last must equal consecutive tokens of the name and the last
@@ -235,16 +261,94 @@ impl Names {
         self.recs.push(Rec { id, name_at, slot });
         self.live += 1;
         let delta = &mut self.delta;
-        words::for_each_token(name, |_, folded| {
-            let list = match delta.get_mut(folded) {
-                Some(list) => list,
-                None => delta.entry(folded.into()).or_default(),
+        words::for_each_token(name, |start, folded| {
+            let term = match delta.get_mut(folded) {
+                Some(term) => term,
+                None => delta.entry(folded.into()).or_insert(DeltaTerm {
+                    at: name_at + start as u32,
+                    recs: SmallVec::new(),
+                }),
             };
-            if list.last() != Some(&r) {
-                list.push(r);
+            if term.recs.last() != Some(&r) {
+                term.recs.push(r);
             }
         });
+        let in_delta = self.recs.len() - self.base_recs;
+        if in_delta >= MERGE_MIN.max(self.base_recs / MERGE_FRACTION) {
+            self.merge_delta();
+        }
         r
+    }
+
+    /// Merges the delta into the base: both are sorted by term, and every
+    /// delta record comes after every base record, so a term in both gets
+    /// the delta's records appended to its postings. Runs on the writer,
+    /// under the word index's write lock (FIND waits): a million base terms
+    /// take tens of milliseconds (BENCHMARKS.md, "The word index's delta").
+    fn merge_delta(&mut self) {
+        let delta = std::mem::take(&mut self.delta);
+        let n = self.terms.len() + delta.len();
+        let in_delta: usize = delta.values().map(|term| term.recs.len()).sum();
+        let mut terms: Vec<u32> = Vec::with_capacity(n);
+        let mut post_at: Vec<u32> = Vec::with_capacity(n + 1);
+        let mut postings: Vec<u8> = Vec::with_capacity(self.postings.len() + 2 * in_delta);
+        let text = &self.text;
+        let mut fresh = delta.into_iter().peekable();
+        let mut ok = true;
+        // Starts a term in the new base; `false` once the postings no
+        // longer fit the u32 offsets.
+        let start_term = |terms: &mut Vec<u32>, post_at: &mut Vec<u32>, len: usize, at| {
+            match u32::try_from(len) {
+                Ok(start) => {
+                    terms.push(at);
+                    post_at.push(start);
+                    true
+                }
+                Err(_) => false,
+            }
+        };
+        for t in 0..self.terms.len() {
+            let at = self.terms[t];
+            while let Some((_, term)) =
+                fresh.next_if(|(k, _)| words::cmp_token(text, at as usize, k).is_gt())
+            {
+                ok &= start_term(&mut terms, &mut post_at, postings.len(), term.at);
+                ok &= push_gaps(&mut postings, 0, &term.recs, true);
+            }
+            ok &= start_term(&mut terms, &mut post_at, postings.len(), at);
+            postings.extend_from_slice(
+                self.postings
+                    .get(self.post_at(t)..self.post_at(t + 1))
+                    .unwrap_or(&[]),
+            );
+            if let Some((_, term)) =
+                fresh.next_if(|(k, _)| words::cmp_token(text, at as usize, k).is_eq())
+            {
+                let last = self.posts(t).last().unwrap_or(0);
+                ok &= push_gaps(&mut postings, last, &term.recs, false);
+            }
+        }
+        for (_, term) in fresh {
+            ok &= start_term(&mut terms, &mut post_at, postings.len(), term.at);
+            ok &= push_gaps(&mut postings, 0, &term.recs, true);
+        }
+        match u32::try_from(postings.len()) {
+            Ok(end) => post_at.push(end),
+            Err(_) => ok = false,
+        }
+        if !ok {
+            self.broken = Some("the postings do not fit the word index");
+            return;
+        }
+        self.heads = terms
+            .iter()
+            .step_by(HEAD_EVERY)
+            .map(|&at| head_at(&self.text, at))
+            .collect();
+        self.terms = terms;
+        self.post_at = post_at;
+        self.postings = postings;
+        self.base_recs = self.recs.len();
     }
 
     /// Removes record `r` (its file is gone from the database).
@@ -255,20 +359,12 @@ impl Names {
         if rec.id == 0 {
             return;
         }
+        // Its postings, in the base or the delta, are skipped from now on.
+        // Taking it out of the delta's lists would cost a scan of each of
+        // its terms' lists (a common word's holds every name added since
+        // the load) on the writer thread, for every name that goes.
         self.recs[r as usize].id = 0;
         self.live -= 1;
-        if (r as usize) < self.base_recs {
-            return; // its base postings are skipped from now on
-        }
-        let name = name_in(&self.text, &self.recs, r as usize).to_owned();
-        words::for_each_token(&name, |_, folded| {
-            if let Some(list) = self.delta.get_mut(folded) {
-                list.retain(|&x| x != r);
-                if list.is_empty() {
-                    self.delta.remove(folded);
-                }
-            }
-        });
     }
 
     /// The file id, name and slot of record `r`, if present.
@@ -450,10 +546,10 @@ impl Names {
         &'s self,
         token: &'s str,
         prefix: bool,
-    ) -> impl Iterator<Item = (&'s str, &'s Vec<RecId>)> + 's {
+    ) -> impl Iterator<Item = (&'s str, &'s [RecId])> + 's {
         self.delta
             .range::<str, _>((std::ops::Bound::Included(token), std::ops::Bound::Unbounded))
-            .map(|(k, v)| (k.as_ref(), v))
+            .map(|(k, v)| (k.as_ref(), v.recs.as_slice()))
             .take_while(move |(k, _)| {
                 if prefix {
                     k.starts_with(token)
@@ -482,6 +578,25 @@ fn head_at(text: &str, at: u32) -> u64 {
         }
     }
     u64::from_be_bytes(b)
+}
+
+/// Appends `recs` (ascending, each above `prev`) as postings: gaps from
+/// `prev`, the first one absolute when `first` (a new term). `false` when
+/// they are not ascending (never: delta records follow the base's).
+fn push_gaps(out: &mut Vec<u8>, mut prev: RecId, recs: &[RecId], first: bool) -> bool {
+    for (i, &r) in recs.iter().enumerate() {
+        let gap = if first && i == 0 {
+            r
+        } else {
+            match r.checked_sub(prev) {
+                Some(gap) if gap > 0 => gap,
+                _ => return false,
+            }
+        };
+        push_varint(out, gap);
+        prev = r;
+    }
+    true
 }
 
 /// Appends `n` as a LEB128 varint (7 bits a byte, low first).
@@ -700,4 +815,86 @@ mod tests {
         );
         assert!(n.broken().is_some());
     }
+
+    /// The answers of every query in `queries` by a scan of the names.
+    fn scan_answers(n: &Names, queries: &[&str]) -> Vec<Vec<RecId>> {
+        let mut tokens = Tokens::default();
+        queries
+            .iter()
+            .map(|q| {
+                let p = phrases(&q.split(' ').collect::<Vec<_>>());
+                (0..n.recs.len() as RecId)
+                    .filter(|&r| {
+                        n.get(r).is_some() && {
+                            tokens.read(n.name(r));
+                            p.iter().all(|p| tokens.has_phrase(p))
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn answers(n: &Names, queries: &[&str]) -> Vec<Vec<RecId>> {
+        queries
+            .iter()
+            .map(|q| n.matching(&phrases(&q.split(' ').collect::<Vec<_>>()), usize::MAX))
+            .collect()
+    }
+
+    #[test]
+    fn merging_the_delta_changes_no_answer() {
+        // A base; then names that share its terms, extend them, come
+        // before and after them in term order; removals on both sides.
+        let mut n = build((0..50).map(|i| (i + 1, 0, ["mid song", "mid", "zz top"][i as usize % 3])));
+        let mut id = 100;
+        let mut add = |n: &mut Names, name: &str| {
+            id += 1;
+            n.add(id, 0, name)
+        };
+        for i in 0..40 {
+            add(&mut n, &format!("aa{i} mid"));
+            add(&mut n, &format!("middle {i}"));
+            add(&mut n, "zz top");
+            add(&mut n, &format!("zzz{} song", i % 7));
+        }
+        n.remove(3);
+        n.remove(60);
+        n.remove(61);
+        let queries = [
+            "mid", "midd", "m", "song", "zz", "zz top", "top zz", "aa1", "aa", "zzz3",
+            "1", "middle 1", "song mid", "q",
+        ];
+        let before = answers(&n, &queries);
+        assert_eq!(before, scan_answers(&n, &queries));
+        assert!(!n.delta.is_empty());
+        n.merge_delta();
+        assert!(n.delta.is_empty() && n.broken().is_none());
+        assert_eq!(n.base_recs, n.recs.len());
+        assert_eq!(answers(&n, &queries), before, "the merge changed an answer");
+        // A new delta over the merged base, merged again.
+        for i in 0..10 {
+            add(&mut n, &format!("mid aa{i}"));
+        }
+        n.remove(5);
+        let again = answers(&n, &queries);
+        assert_eq!(again, scan_answers(&n, &queries));
+        n.merge_delta();
+        assert_eq!(answers(&n, &queries), again);
+    }
+
+    #[test]
+    fn a_delta_of_merge_min_records_is_merged_and_the_index_starts_empty() {
+        let mut n = Names::default();
+        for i in 0..MERGE_MIN as i64 {
+            n.add(i + 1, 0, &format!("file {i}"));
+        }
+        assert!(n.delta.is_empty(), "merged once it held MERGE_MIN records");
+        assert_eq!(n.base_recs, MERGE_MIN);
+        n.add(MERGE_MIN as i64 + 1, 0, "file last");
+        let queries = ["file", "65535", "6553", "last", "file last"];
+        assert_eq!(answers(&n, &queries), scan_answers(&n, &queries));
+        assert_eq!(n.matching(&phrases(&["file"]), usize::MAX).len(), MERGE_MIN + 1);
+    }
+
 }
