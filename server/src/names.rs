@@ -297,16 +297,16 @@ impl Names {
         let mut ok = true;
         // Starts a term in the new base; `false` once the postings no
         // longer fit the u32 offsets.
-        let start_term = |terms: &mut Vec<u32>, post_at: &mut Vec<u32>, len: usize, at| {
-            match u32::try_from(len) {
+        let start_term =
+            |terms: &mut Vec<u32>, post_at: &mut Vec<u32>, len: usize, at| match u32::try_from(len)
+            {
                 Ok(start) => {
                     terms.push(at);
                     post_at.push(start);
                     true
                 }
                 Err(_) => false,
-            }
-        };
+            };
         for t in 0..self.terms.len() {
             let at = self.terms[t];
             while let Some((_, term)) =
@@ -846,7 +846,8 @@ mod tests {
     fn merging_the_delta_changes_no_answer() {
         // A base; then names that share its terms, extend them, come
         // before and after them in term order; removals on both sides.
-        let mut n = build((0..50).map(|i| (i + 1, 0, ["mid song", "mid", "zz top"][i as usize % 3])));
+        let mut n =
+            build((0..50).map(|i| (i + 1, 0, ["mid song", "mid", "zz top"][i as usize % 3])));
         let mut id = 100;
         let mut add = |n: &mut Names, name: &str| {
             id += 1;
@@ -862,8 +863,8 @@ mod tests {
         n.remove(60);
         n.remove(61);
         let queries = [
-            "mid", "midd", "m", "song", "zz", "zz top", "top zz", "aa1", "aa", "zzz3",
-            "1", "middle 1", "song mid", "q",
+            "mid", "midd", "m", "song", "zz", "zz top", "top zz", "aa1", "aa", "zzz3", "1",
+            "middle 1", "song mid", "q",
         ];
         let before = answers(&n, &queries);
         assert_eq!(before, scan_answers(&n, &queries));
@@ -894,7 +895,9 @@ mod tests {
         n.add(MERGE_MIN as i64 + 1, 0, "file last");
         let queries = ["file", "65535", "6553", "last", "file last"];
         assert_eq!(answers(&n, &queries), scan_answers(&n, &queries));
-        assert_eq!(n.matching(&phrases(&["file"]), usize::MAX).len(), MERGE_MIN + 1);
+        assert_eq!(
+            n.matching(&phrases(&["file"]), usize::MAX).len(),
+            MERGE_MIN + 1
+        );
     }
-
 }
