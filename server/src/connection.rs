@@ -96,6 +96,9 @@ pub struct Connection {
     out: Vec<u8>,
     /// The read timeout currently set on the socket, to skip redundant syscalls.
     read_timeout: Option<Duration>,
+    /// The socket's write timeout as last set, for the same reason: a
+    /// reply that goes out in one `write` (nearly all) costs no `setsockopt`.
+    write_timeout: Option<Duration>,
     /// Set while the connection waits for a new request with nothing
     /// buffered: such a connection can be closed to free its slot without
     /// losing a request (see `server`'s fair slot sharing).
@@ -121,6 +124,7 @@ impl Connection {
             end: 0,
             out: Vec::with_capacity(1024),
             read_timeout: None,
+            write_timeout: None,
             idle,
         })
     }
@@ -249,7 +253,12 @@ impl Connection {
         if self.out.is_empty() {
             return Ok(());
         }
-        let result = write_all_by(&mut self.stream, &self.out, self.limits.write_timeout);
+        let result = write_all_by(
+            &mut self.stream,
+            &mut self.write_timeout,
+            &self.out,
+            self.limits.write_timeout,
+        );
         self.out.clear();
         if self.out.capacity() > MAX_PENDING_OUTPUT {
             // One big reply must not keep its buffer for the connection's life.
@@ -283,16 +292,33 @@ impl Connection {
     }
 }
 
-/// Writes all of `bytes` before `timeout` has passed since the call, or fails.
-fn write_all_by(stream: &mut TcpStream, bytes: &[u8], timeout: Duration) -> Result<(), FrameError> {
+/// Writes all of `bytes` before `timeout` has passed since the call, or
+/// fails. `set` is the socket's write timeout as last set: the first
+/// `write` may block for all of `timeout`, a later one (after a partial
+/// write) only for what is left, and the socket is told only on a change.
+fn write_all_by(
+    stream: &mut TcpStream,
+    set: &mut Option<Duration>,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), FrameError> {
     let deadline = Instant::now() + timeout;
     let mut rest = bytes;
+    let mut first = true;
     while !rest.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = if first {
+            timeout
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        first = false;
         if left.is_zero() {
             return Err(FrameError::WriteTimeout(timeout));
         }
-        stream.set_write_timeout(Some(left))?;
+        if *set != Some(left) {
+            stream.set_write_timeout(Some(left))?;
+            *set = Some(left);
+        }
         match stream.write(rest) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
             Ok(n) => rest = &rest[n..],
