@@ -501,9 +501,11 @@ impl Reply {
             Reply::Refreshed(n) => writeln!(out, "OK {n}"),
             Reply::NotFound => out.write_all(b"NOT_FOUND\n"),
             Reply::Found(sources) => {
-                writeln!(out, "FOUND {}", sources.len())?;
+                write_found_status(out, sources.len());
                 for s in sources {
-                    writeln!(out, "{}:{} {} {}", s.host, s.port, s.size, s.sha256)?;
+                    write_source_start(out, &s.host, s.port, s.size);
+                    out.extend_from_slice(s.sha256.as_bytes());
+                    out.push(b'\n');
                 }
                 Ok(())
             }
@@ -519,6 +521,50 @@ impl Reply {
             Reply::Err(code, message) => writeln!(out, "ERR {code} {}", one_line(message)),
         }
     }
+}
+
+/// Writes the status line of a SEARCH answer of `count` sources (`FOUND
+/// count`), the bytes [`Reply::Found`] starts with; [`write_source_line`]
+/// writes each source after it. For a server that answers from its own
+/// data without building [`Source`]s.
+pub fn write_found_status(out: &mut Vec<u8>, count: usize) {
+    out.extend_from_slice(b"FOUND ");
+    push_decimal(out, count as u64);
+    out.push(b'\n');
+}
+
+/// Writes one source line of a SEARCH answer, `host:port size sha256`, the
+/// digest given as its 32 bytes: what [`Reply::Found`] writes for the
+/// [`Source`] with `sha256` in lowercase hex.
+pub fn write_source_line(out: &mut Vec<u8>, host: &str, port: u16, size: u64, sha256: &[u8; 32]) {
+    write_source_start(out, host, port, size);
+    crate::hex::push_hex(out, sha256);
+    out.push(b'\n');
+}
+
+/// `host:port size ` of a source line.
+fn write_source_start(out: &mut Vec<u8>, host: &str, port: u16, size: u64) {
+    out.extend_from_slice(host.as_bytes());
+    out.push(b':');
+    push_decimal(out, u64::from(port));
+    out.push(b' ');
+    push_decimal(out, size);
+    out.push(b' ');
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Keeps a message on one line whatever it quotes.
@@ -641,6 +687,39 @@ pub fn host_of(ip: std::net::IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_lines_written_from_digests_are_the_replys_bytes() {
+        let digest: [u8; 32] = std::array::from_fn(|i| (i * 37 + 11) as u8);
+        let cases = [
+            ("10.0.0.1", 1, 0),
+            ("[::1]", 65535, u64::MAX),
+            ("192.168.100.200", 8080, 1_234_567_890),
+        ];
+        let sources: Vec<Source> = cases
+            .iter()
+            .map(|&(host, port, size)| Source {
+                host: host.into(),
+                port,
+                size,
+                sha256: crate::hex::to_hex(&digest),
+            })
+            .collect();
+        let mut expected = Vec::new();
+        Reply::Found(sources).write_to(&mut expected);
+        let mut written = Vec::new();
+        write_found_status(&mut written, cases.len());
+        for &(host, port, size) in &cases {
+            write_source_line(&mut written, host, port, size, &digest);
+        }
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            String::from_utf8(expected.clone()).unwrap()
+        );
+        assert!(String::from_utf8(expected)
+            .unwrap()
+            .starts_with("FOUND 3\n10.0.0.1:1 0 0b30"));
+    }
 
     const HASH: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::index::{Index, Key};
 use crate::store::{self, Store};
 use crate::writer::{Outcome, Write, WriteError, WriterHandle, Writes};
-use p2p_proto::protocol::{name_key, ErrorCode, Reply, Request, Source};
+use p2p_proto::protocol::{self, name_key, ErrorCode, Reply, Request, Source};
 
 /// Who sent a request, as the server saw the connection.
 #[derive(Debug, Clone)]
@@ -59,10 +59,19 @@ pub fn is_loopback_host(host: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The host a source registered from `host` is shown as to a caller
+/// whose loopback sources are shown as `local_host` (see the module docs).
+fn shown_host<'h>(host: &'h str, local_host: Option<&'h str>) -> &'h str {
+    match local_host {
+        Some(local) if host != local && is_loopback_host(host) => local,
+        _ => host,
+    }
+}
+
 /// Shows every loopback source as `local_host` (see the module docs).
 fn rewrite_loopback(sources: &mut [Source], local_host: &str) {
     for source in sources {
-        if source.host != local_host && is_loopback_host(&source.host) {
+        if shown_host(&source.host, Some(local_host)) != source.host {
             source.host = local_host.to_owned();
         }
     }
@@ -124,6 +133,33 @@ impl Registry {
             .submit_all(writes)
             .into_iter()
             .map(move |outcome| reply_to_write(outcome, host))
+    }
+
+    /// SEARCH for `name` answered by the index, written straight into
+    /// `out` (a connection's reply buffer) with no reply built: nothing is
+    /// allocated per request. `false`, with nothing written, when the index
+    /// cannot answer (disabled, loading, reloading): then
+    /// [`Registry::apply`] asks the database.
+    pub fn search_into(&self, name: &str, caller: &Caller, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        let local = caller.local_host.as_deref();
+        let answered =
+            self.index
+                .search_with(&Key::of_name(name), self.live_since(), |count, sources| {
+                    if count == 0 {
+                        Reply::NotFound.write_to(out);
+                        return;
+                    }
+                    protocol::write_found_status(out, count);
+                    for s in sources {
+                        let host = shown_host(s.host, local);
+                        protocol::write_source_line(out, host, s.port, s.size, s.sha256);
+                    }
+                });
+        if answered.is_none() {
+            out.truncate(start); // possibly half-loaded
+        }
+        answered.is_some()
     }
 
     /// The reply to `request` from `caller`.

@@ -247,6 +247,12 @@ impl Connection {
         reply.write_to(&mut self.out);
     }
 
+    /// Where replies are queued, for a reply written without a [`Reply`]
+    /// (SEARCH from the index: `Registry::search_into`); sent at the next flush.
+    pub fn output(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
     /// Sends every queued reply within one write timeout in all: a client
     /// that takes a few bytes now and then cannot restart the clock.
     pub fn flush(&mut self) -> Result<(), FrameError> {

@@ -153,6 +153,16 @@ type NameSet = HashSet<NameId, BuildHasherDefault<KeyHasher>>;
 /// A peer address as the table holds it.
 type PeerAddr = (Arc<str>, u16);
 
+/// A source of a SEARCH answer, borrowed from the index for the time of
+/// one lookup ([`Index::search_with`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SourceRef<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub size: u64,
+    pub sha256: &'a [u8; 32],
+}
+
 /// One registration as the index holds it: 52 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
@@ -756,47 +766,69 @@ impl Index {
         self.enabled && self.generation.load(Ordering::Acquire).is_multiple_of(2)
     }
 
-    /// Live sources of the name keyed `key`, most recently seen first, at
-    /// most [`MAX_SEARCH_SOURCES`]: the answer `Store::search` gives. `None`
-    /// when the index is not ready (loading, or disabled): ask the database.
+    /// The live sources of `key`, as SEARCH lists them (most recently seen
+    /// first, at most [`MAX_SEARCH_SOURCES`]); `None` when the index is not
+    /// ready (ask the database). [`Index::search_with`] without the copies.
     pub fn search(&self, key: &Key, live_since: i64) -> Option<Vec<Source>> {
+        self.search_with(key, live_since, |count, sources| {
+            let mut out = Vec::with_capacity(count);
+            out.extend(sources.map(|s| Source {
+                host: s.host.to_owned(),
+                port: s.port,
+                size: s.size,
+                sha256: p2p_proto::protocol::to_hex(s.sha256),
+            }));
+            out
+        })
+    }
+
+    /// Answers SEARCH for `key` without copying a source: calls `answer`
+    /// with the number of live sources (at most [`MAX_SEARCH_SOURCES`])
+    /// and those sources, most recently seen first, and returns what it
+    /// returned. `answer` runs under the shard's read lock, so it must not
+    /// block (the server formats the reply into its buffer). `None` when
+    /// the index is not ready, or when a load began while `answer` ran:
+    /// what it was shown may be half-loaded, and whatever it made of it
+    /// must be dropped (ask the database).
+    pub fn search_with<R>(
+        &self,
+        key: &Key,
+        live_since: i64,
+        answer: impl FnOnce(usize, &mut dyn Iterator<Item = SourceRef<'_>>) -> R,
+    ) -> Option<R> {
         let before = self.generation.load(Ordering::Acquire);
         if !self.enabled || !before.is_multiple_of(2) {
             return None;
         }
-        let out = self.lookup(key, live_since);
+        let answered = {
+            let shard = self.shards[key.shard()]
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let sources = shard.get(key).map_or(&[][..], Sources::as_slice);
+            // The shard stays locked while hosts are read: a peer's id is
+            // freed only after its last entry left its shard.
+            let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
+            let visible = || {
+                sources
+                    .iter()
+                    .rev()
+                    .filter(|e| e.last_seen >= live_since)
+                    .filter_map(|e| match hosts.get(e.peer.get() as usize - 1) {
+                        Some(Some((host, port))) => Some(SourceRef {
+                            host,
+                            port: *port,
+                            size: e.size,
+                            sha256: &e.sha256,
+                        }),
+                        _ => None, // never: an entry's peer has an id
+                    })
+                    .take(MAX_SEARCH_SOURCES)
+            };
+            answer(visible().count(), &mut visible())
+        };
         // A load that began meanwhile may have emptied what was read: its
         // generation, stored before it took any lock, is then seen here.
-        (self.generation.load(Ordering::Acquire) == before).then_some(out)
-    }
-
-    fn lookup(&self, key: &Key, live_since: i64) -> Vec<Source> {
-        let shard = self.shards[key.shard()]
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(sources) = shard.get(key) else {
-            return Vec::new();
-        };
-        let sources = sources.as_slice();
-        // The shard stays locked while hosts are read: a peer's id is
-        // freed only after its last entry left its shard.
-        let hosts = self.hosts.read().unwrap_or_else(PoisonError::into_inner);
-        let mut out = Vec::with_capacity(sources.len().min(MAX_SEARCH_SOURCES));
-        for e in sources.iter().rev().filter(|e| e.last_seen >= live_since) {
-            if out.len() == MAX_SEARCH_SOURCES {
-                break;
-            }
-            let Some(Some((host, port))) = hosts.get(e.peer.get() as usize - 1) else {
-                continue; // never: an entry's peer has an id
-            };
-            out.push(Source {
-                host: host.as_ref().to_owned(),
-                port: *port,
-                size: e.size,
-                sha256: p2p_proto::protocol::to_hex(&e.sha256),
-            });
-        }
-        out
+        (self.generation.load(Ordering::Acquire) == before).then_some(answered)
     }
 
     /// The answer `Store::find` gives for `words` (already lowercased,

@@ -429,6 +429,9 @@ fn serve_connection(
         local_host,
     };
     tracing::debug!(client = %peer, "connected");
+    // A SEARCH's name, copied out of the read buffer (reused: no allocation
+    // per request once it has held the longest name).
+    let mut name_buf = String::new();
     loop {
         let reply = match conn.read_line() {
             Ok(line) => {
@@ -447,7 +450,19 @@ fn serve_connection(
                             }
                             continue;
                         }
-                        None => registry.apply(request, &caller),
+                        None => match request {
+                            Request::Search { name } => {
+                                // The name leaves the read buffer, so the
+                                // reply can be written into the connection's.
+                                name_buf.clear();
+                                name_buf.push_str(name);
+                                if registry.search_into(&name_buf, &caller, conn.output()) {
+                                    continue;
+                                }
+                                registry.apply(Request::Search { name: &name_buf }, &caller)
+                            }
+                            request => registry.apply(request, &caller),
+                        },
                     },
                     Err(e) => e.to_reply(),
                 }

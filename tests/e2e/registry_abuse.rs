@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use p2p_tests::{bin, run, wait_until, Registry, Running, Wire, WAIT_TIMEOUT};
+use p2p_tests::{bin, metric, run, wait_until, Registry, Running, Wire, WAIT_TIMEOUT};
 
 const HASH: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 
@@ -76,9 +76,28 @@ fn register_many(wire: &mut Wire, name: &str, first_port: u16, count: u16) {
     sender.join().unwrap();
 }
 
+/// The registry SEARCH is answered by: SQLite (the default), then the
+/// in-memory index once loaded (`--memory-index`), which writes the reply
+/// straight into the connection's buffer (`Registry::search_into`).
+fn search_modes(listen: &str, test: impl Fn(&Registry)) {
+    for extra in [&[][..], &["--memory-index", "--http", "127.0.0.1:0"][..]] {
+        let registry = Registry::start_on(listen, extra);
+        if !extra.is_empty() {
+            let http = registry.http_addr();
+            wait_until("the index to be loaded", WAIT_TIMEOUT, || {
+                metric(&http, "p2p_registry_change_log_lag") == Some(0)
+            });
+        }
+        test(&registry);
+    }
+}
+
 #[test]
 fn loopback_sources_are_shown_as_the_address_the_client_reached() {
-    let registry = Registry::start_on("0.0.0.0:0", &[]);
+    search_modes("0.0.0.0:0", loopback_sources_shown_as_reached);
+}
+
+fn loopback_sources_shown_as_reached(registry: &Registry) {
     let port = registry.addr.port();
     let via = |last: u8| SocketAddr::from(([127, 0, 0, last], port));
     let mut local = Wire::connect(via(1));
@@ -117,7 +136,10 @@ fn loopback_sources_are_shown_as_the_address_the_client_reached() {
 
 #[test]
 fn a_search_reply_lists_at_most_200_sources() {
-    let registry = Registry::start();
+    search_modes("127.0.0.1:0", at_most_200_sources);
+}
+
+fn at_most_200_sources(registry: &Registry) {
     let mut wire = Wire::connect(registry.addr);
     register_many(&mut wire, "popular", 10_000, 500);
     let reply = wire.call("SEARCH popular");
