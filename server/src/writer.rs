@@ -585,7 +585,10 @@ fn commit_batch(
         // journal), and a write almost never fails. One that failed may
         // have left part of itself (a name without its registration):
         // then the batch is done again from the start, each write in a
-        // savepoint of its own, as the same writes on the same data.
+        // savepoint of its own, as the same writes on the same data. (The
+        // write lock is let go between the two: should `p2p-admin prune`
+        // then hold it past the busy timeout, the whole batch fails with
+        // `ERR internal`, never a false `OK`.)
         let mut outcomes = apply_batch(&tx, batch, seq, now, live_since, config, changes, false);
         if !tx.is_autocommit() && outcomes.iter().flatten().any(Result::is_err) {
             drop(tx); // rolls the first attempt back
@@ -1273,8 +1276,6 @@ mod tests {
         );
     }
 
-    /// A new database in a temporary directory: its path, the writer's
-    /// connection and a reader pool of one.
     /// A batch is applied without a savepoint per write first; a write
     /// that fails half-way (here: its name and peer are inserted, then its
     /// size does not fit SQLite's INTEGER) makes the writer do the batch
@@ -1340,6 +1341,8 @@ mod tests {
         );
     }
 
+    /// A new database in a temporary directory: its path, the writer's
+    /// connection and a reader pool of one.
     fn fresh_registry() -> (tempfile::TempDir, String, Connection, Store) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.db").to_string_lossy().into_owned();
