@@ -1,25 +1,29 @@
 //! Lowercase hexadecimal, the system's form for digests on the wire, in
 //! piece lists and in the peer's cache file. Pure functions, no I/O.
 
+/// The two lowercase hex digits of `b`.
+fn digits(b: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]]
+}
+
 /// Appends the lowercase hex of `bytes` to `out` (the registry writes a
 /// SEARCH reply's digests this way, without a `String` each).
 pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.reserve(bytes.len() * 2);
     for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
+        out.extend_from_slice(&digits(b));
     }
 }
 
 /// Lowercase hex of `bytes`. (On the SEARCH path: a table lookup per
 /// nibble, not a formatter call per byte.)
 pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        let [hi, lo] = digits(b);
+        out.push(char::from(hi));
+        out.push(char::from(lo));
     }
     out
 }

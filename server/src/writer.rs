@@ -580,7 +580,7 @@ fn commit_batch(
     let result = (|| -> Result<Applied, StoreError> {
         let first_seq = *seq;
         let mut tx = begin(conn).map_err(sql_err)?;
-        // Without a savepoint per write first: they cost 8 % of loading
+        // Without a savepoint per write first: they cost 5-8 % of loading
         // (each copies the pages its write changes into the statement
         // journal), and a write almost never fails. One that failed may
         // have left part of itself (a name without its registration):
