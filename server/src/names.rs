@@ -21,8 +21,9 @@
 //!   list of record numbers in one shared `postings` array, as LEB128
 //!   varints of the gaps (a million `bench-file-N` names: 5 MB, not 12).
 //! - The *delta*: the tokens of records appended since the base was
-//!   built, in an ordered map (about 90 bytes a term, ten times a base
-//!   term). Once it holds a quarter of the base's records (and at least
+//!   built, in an ordered map (about 110 bytes a term before the merge
+//!   existed, against about 12 in the base: BENCHMARKS.md, stop 22).
+//!   Once it holds a quarter of the base's records (and at least
 //!   [`MERGE_MIN`]) it is merged into the base, a linear pass that copies
 //!   the base's postings and tokenizes nothing; so names added live cost
 //!   what loaded ones do, with at most a quarter of them in the map.
@@ -104,7 +105,7 @@ pub const MERGE_MIN: usize = 1 << 16;
 
 /// The delta is merged once it holds one record for this many in the base:
 /// the merges' total work stays a few passes over the final base, and the
-/// map (ten times the bytes of a base term) holds at most a quarter.
+/// map (several times the bytes of a base term) holds at most a quarter.
 pub const MERGE_FRACTION: usize = 4;
 
 /// A FIND's word as the full-text index reads it: its tokens, in which all
