@@ -253,13 +253,8 @@ pub fn run(common: &PeerConfig, reporter: &Reporter) -> Result<(), ServeError> {
     let store = Arc::new(Mutex::new(store));
 
     if register_until_done(&registrar, reporter, &stop, dht.is_some()) {
-        announce(addr)?;
-        if let Some(line) = reachable_line(addr) {
-            say(&line)?;
-        }
-        let _ui = crate::ui::launch(common, &registrar, &mut |line| crate::progress::say(line));
-        let heartbeat = Heartbeat::start(Arc::clone(&registrar), common.heartbeat)
-            .map_err(ServeError::Thread)?;
+        // The folder is watched before `listening on`: a file a script
+        // writes once it reads that line is seen open for writing.
         let on_synced: OnSynced = {
             let (store, hashes, pieces) = (Arc::clone(&store), hashes.clone(), pieces.clone());
             Box::new(move |files| lock(&store).save(files, &hashes, &pieces))
@@ -276,6 +271,13 @@ pub fn run(common: &PeerConfig, reporter: &Reporter) -> Result<(), ServeError> {
             on_synced,
         )
         .map_err(ServeError::Thread)?;
+        announce(addr)?;
+        if let Some(line) = reachable_line(addr) {
+            say(&line)?;
+        }
+        let _ui = crate::ui::launch(common, &registrar, &mut |line| crate::progress::say(line));
+        let heartbeat = Heartbeat::start(Arc::clone(&registrar), common.heartbeat)
+            .map_err(ServeError::Thread)?;
         // Either a signal or every sender gone; both mean stop.
         let _ = stop.recv();
         watcher.stop();

@@ -1,6 +1,7 @@
 //! The live shared folder, end to end with the real binaries: files added,
 //! changed, removed and renamed while `peer serve` runs show up in SEARCH;
-//! a file written slowly is announced only once complete; the persistent
+//! a file written slowly, or held open across long pauses, is announced
+//! only once complete; the persistent
 //! hash cache spares a restart from reading the folder and is discarded when
 //! corrupt; `--share-downloads` shares finished downloads and never a
 //! `.part`; the menu's `1` takes `*`; the registry sees the `--bind` address.
@@ -164,6 +165,57 @@ fn a_file_written_slowly_is_announced_only_once_complete() {
         announced_early.is_empty(),
         "registered before complete: {announced_early:?}"
     );
+}
+
+#[test]
+fn a_file_held_open_for_writing_is_not_announced_while_its_writer_pauses() {
+    let registry = Registry::start();
+    // A settle time far below the writer's pause: the file's size and
+    // modification time stay the same for longer than that, and only the
+    // open file (no close event yet) says it is not finished.
+    let peer = Peer::serve(&registry, &[], &FAST);
+    let content = pseudo_random_bytes(256 * 1024, 11);
+    let (first, rest) = content.split_at(100 * 1024);
+    let (final_size, final_sha) = (content.len() as u64, sha256_hex(&content));
+
+    let mut file = std::fs::File::create(peer.shared.join("paused.bin")).unwrap();
+    file.write_all(first).unwrap();
+    file.flush().unwrap();
+    // The writer pauses, the file still open, for fifteen settle times
+    // (workload pacing: what is checked is that nothing is announced
+    // meanwhile; without the open-file check the half is registered
+    // within a settle time and a listing).
+    let mut announced_early = Vec::new();
+    let pause_end = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < pause_end {
+        for s in search(&registry, "paused.bin") {
+            if (s.size != final_size || s.sha256 != final_sha) && !announced_early.contains(&s) {
+                announced_early.push(s);
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    file.write_all(rest).unwrap();
+    drop(file);
+    wait_registered(&registry, "paused.bin", &content);
+    assert!(
+        announced_early.is_empty(),
+        "registered while still open for writing: {announced_early:?}"
+    );
+
+    // Closed after a pause without another write: announced at once.
+    let mut file = std::fs::File::create(peer.shared.join("closed.bin")).unwrap();
+    file.write_all(first).unwrap();
+    let seen_closed = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < seen_closed {
+        assert!(
+            search(&registry, "closed.bin").is_empty(),
+            "announced while open"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    drop(file);
+    wait_registered(&registry, "closed.bin", first);
 }
 
 /// The cache line `peer serve` prints on stderr.
