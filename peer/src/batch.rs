@@ -11,6 +11,14 @@
 //! file's transfer reports to it through a progress [`Observer`]), and a
 //! [`Summary`] says what happened to every name.
 //!
+//! With `--dht` ([`BatchConfig::dht`]) the registry is still asked as above,
+//! and each worker then looks its name up on the DHT too, through one DHT
+//! node started for the whole batch, and joins both answers with
+//! [`dht::combine`], the rules of a single `peer get --dht`: merged, the DHT
+//! alone when the registry cannot be asked, every DHT source confirmed by a
+//! `HEAD` first. The DHT lookups thus run `jobs` at a time. A fallback (the
+//! registry or the DHT could not be asked) is noted once for the batch.
+//!
 //! Threads: one looks names up and feeds a bounded channel; `jobs` workers
 //! take names from it; the caller's thread waits for them (scoped threads,
 //! so nothing outlives [`run`]).
@@ -22,16 +30,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufRead, Read};
+use std::mem::Discriminant;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::bounded;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use p2p_proto::client::{Client, ClientError, Reply};
 use p2p_proto::protocol::{check_name, Request, Source};
 use p2p_proto::units::human_size;
 
+use crate::dht::{self, DhtConfig, Fallback, SearchError};
 use crate::download::{self, choose_content, DownloadError, Options, Outcome, Pool, PoolStats};
 use crate::find::printable;
 use crate::progress::{self, Observer, ObserverGuard, Reporter};
@@ -82,7 +92,33 @@ pub struct BatchConfig {
     pub download: Options,
     /// Most files fetched at once (1 to [`MAX_JOBS`]).
     pub jobs: usize,
+    /// `--dht`: look every name up on the DHT as well; `None`: the registry only.
+    pub dht: Option<DhtConfig>,
 }
+
+/// Why one file of a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Looking it up in the registry, or fetching it, failed.
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    /// With `--dht`: neither the registry nor the DHT gave a source.
+    #[error(transparent)]
+    Search(#[from] SearchError),
+}
+
+impl FileError {
+    /// Whether the name simply has no source (as opposed to a failure).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            FileError::Download(e) => e.is_not_found(),
+            FileError::Search(e) => e.is_not_found(),
+        }
+    }
+}
+
+/// What the registry answered for one name: its sources or why not.
+type Answer = Result<Vec<Source>, DownloadError>;
 
 /// Why a list of names could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +187,7 @@ pub fn read_names(mut input: impl BufRead, source_name: &str) -> Result<Vec<Stri
 #[derive(Debug)]
 pub struct FileReport {
     pub name: String,
-    pub result: Result<Outcome, DownloadError>,
+    pub result: Result<Outcome, FileError>,
 }
 
 /// What happened to every name, in the order given (duplicates once).
@@ -185,7 +221,7 @@ impl Summary {
     }
 
     /// The failures, in order.
-    pub fn failures(&self) -> impl Iterator<Item = (&str, &DownloadError)> {
+    pub fn failures(&self) -> impl Iterator<Item = (&str, &FileError)> {
         self.files.iter().filter_map(|f| match &f.result {
             Err(e) => Some((f.name.as_str(), e)),
             Ok(_) => None,
@@ -221,13 +257,13 @@ impl Summary {
         )
     }
 
-    fn count(&self, which: impl Fn(&Result<Outcome, DownloadError>) -> bool) -> usize {
+    fn count(&self, which: impl Fn(&Result<Outcome, FileError>) -> bool) -> usize {
         self.files.iter().filter(|f| which(&f.result)).count()
     }
 }
 
 /// One line for a failed file: its name (escaped) and why.
-pub fn describe_failure(name: &str, error: &DownloadError) -> String {
+pub fn describe_failure(name: &str, error: &FileError) -> String {
     format!("failed {:?}: {error}", printable(name))
 }
 
@@ -242,17 +278,26 @@ pub fn dedup(names: Vec<String>) -> Vec<String> {
 
 /// Fetches every name of `names` (de-duplicated) into the downloads folder.
 /// Never fails as a whole: a registry that cannot be reached makes every
-/// name fail with that reason, so the summary still covers them all.
+/// name fail with that reason (with `--dht`: every name the DHT does not
+/// know), so the summary still covers them all.
 pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Summary {
     let names = dedup(names);
     let jobs = config.jobs.clamp(1, MAX_JOBS);
     let display = BatchDisplay::new(reporter, names.len());
-    let mut results: Vec<Option<Result<Outcome, DownloadError>>> =
-        names.iter().map(|_| None).collect();
+    let mut results: Vec<Option<Result<Outcome, FileError>>> = names.iter().map(|_| None).collect();
+    // One node for the whole batch: starting one per name would join the
+    // DHT again for each. A node that cannot start is every name's DHT
+    // answer, so each is decided as a single `peer get --dht` would be.
+    let node = config
+        .dht
+        .as_ref()
+        .filter(|_| !names.is_empty())
+        .map(|dht| dht.start_node().map_err(Arc::new));
+    let noted: Mutex<HashSet<Discriminant<Fallback>>> = Mutex::default();
     // Each file's own transfer display would fight the batch's for the
     // terminal (and print two lines per file): each file reports to the
     // batch display instead (`BatchDisplay::file_reporter`).
-    let (work_tx, work_rx) = bounded::<(usize, Vec<Source>)>(2 * LOOKUP_PIPELINE_DEPTH);
+    let (work_tx, work_rx) = bounded::<(usize, Answer)>(2 * LOOKUP_PIPELINE_DEPTH);
     let (done_tx, done_rx) = crossbeam_channel::unbounded();
     // Idle connections to one source: never more than there are workers
     // to use them.
@@ -261,14 +306,22 @@ pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Sum
         let lookup_done = done_tx.clone();
         let names_ref = &names;
         let display_ref = &display;
+        let with_dht = node.is_some();
         scope.spawn(move || {
-            look_up(
-                &config.registry,
-                names_ref,
-                &work_tx,
-                &lookup_done,
-                display_ref,
-            )
+            // Without the DHT a name the registry gave no source has failed
+            // already; with it, the DHT may still know one (not for a bad name).
+            let route = |index: usize, answer: Answer| match answer {
+                Ok(sources) if !with_dht => {
+                    display_ref.looked_up(&sources);
+                    work_tx.send((index, Ok(sources))).is_ok()
+                }
+                Err(e) if !with_dht || matches!(e, DownloadError::BadName { .. }) => {
+                    display_ref.finished(&names_ref[index], &Err::<Outcome, _>(()));
+                    lookup_done.send((index, Err(e.into()))).is_ok()
+                }
+                answer => work_tx.send((index, answer)).is_ok(),
+            };
+            look_up(&config.registry, names_ref, route)
         });
         for _ in 0..jobs {
             let work_rx = work_rx.clone();
@@ -276,19 +329,42 @@ pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Sum
             let names = &names;
             let display = &display;
             let pool = &pool;
+            let node = node.as_ref();
+            let noted = &noted;
             scope.spawn(move || {
-                for (index, sources) in work_rx {
+                for (index, answer) in work_rx {
                     let name = &names[index];
                     display.started(name);
-                    let (file_reporter, _watching) = display.file_reporter(name);
-                    let result = download::download_pooled(
-                        &sources,
-                        name,
-                        &config.downloads,
-                        &config.download,
-                        &file_reporter,
-                        pool,
-                    );
+                    let sources = match node {
+                        None => answer.map_err(FileError::from),
+                        Some(node) => {
+                            let from_dht = node
+                                .as_ref()
+                                .map_err(Arc::clone)
+                                .and_then(|node| dht::look_up(node, name).map_err(Arc::new));
+                            dht::combine(&config.registry, name, answer, from_dht)
+                                .map(|looked| {
+                                    if let Some(fallback) = looked.fallback {
+                                        display.note_once(noted, &fallback);
+                                    }
+                                    display.looked_up(&looked.sources);
+                                    looked.sources
+                                })
+                                .map_err(FileError::from)
+                        }
+                    };
+                    let result = sources.and_then(|sources| {
+                        let (file_reporter, _watching) = display.file_reporter(name);
+                        download::download_pooled(
+                            &sources,
+                            name,
+                            &config.downloads,
+                            &config.download,
+                            &file_reporter,
+                            pool,
+                        )
+                        .map_err(FileError::from)
+                    });
                     display.finished(name, &result);
                     if done_tx.send((index, result)).is_err() {
                         break;
@@ -315,8 +391,8 @@ pub fn run(config: &BatchConfig, names: Vec<String>, reporter: &Reporter) -> Sum
         .zip(results)
         .map(|(name, result)| {
             let result = result.unwrap_or_else(|| {
-                Err(DownloadError::Thread(io::Error::other(
-                    "the batch ended before this file was handled",
+                Err(FileError::Download(DownloadError::Thread(
+                    io::Error::other("the batch ended before this file was handled"),
                 )))
             });
             FileReport { name, result }
@@ -351,20 +427,11 @@ fn replicate(error: &ClientError) -> ClientError {
     }
 }
 
-/// Looks every name up over one registry connection, pipelined, and sends
-/// each name with sources to the workers; a name without them (bad name,
-/// not found, registry unreachable) is a result at once.
-fn look_up(
-    registry: &str,
-    names: &[String],
-    work: &Sender<(usize, Vec<Source>)>,
-    done: &Sender<(usize, Result<Outcome, DownloadError>)>,
-    display: &BatchDisplay,
-) {
-    let fail = |index: usize, error: DownloadError| {
-        display.finished(&names[index], &Err::<Outcome, _>(()));
-        let _ = done.send((index, Err(error)));
-    };
+/// Looks every name up over one registry connection, pipelined, and hands
+/// each name's answer (its sources, or why none: bad name, not found,
+/// registry unreachable) to `route`, in order; stops when `route` returns
+/// `false` (nobody takes answers any more).
+fn look_up(registry: &str, names: &[String], route: impl Fn(usize, Answer) -> bool) {
     let registry_error = |index: usize, source: ClientError| DownloadError::Registry {
         name: names[index].clone(),
         source,
@@ -385,13 +452,15 @@ fn look_up(
                     Request::Search { name }.write_line(&mut batch);
                     asked.push(index);
                 }
-                Err(reason) => fail(
-                    index,
-                    DownloadError::BadName {
+                Err(reason) => {
+                    let bad = DownloadError::BadName {
                         name: name.clone(),
                         reason,
-                    },
-                ),
+                    };
+                    if !route(index, Err(bad)) {
+                        return;
+                    }
+                }
             }
         }
         if asked.is_empty() {
@@ -407,54 +476,46 @@ fn look_up(
                 (None, Some(conn)) => conn,
                 (Some(error), _) => {
                     for &index in &asked[position..] {
-                        fail(index, registry_error(index, replicate(error)));
+                        if !route(index, Err(registry_error(index, replicate(error)))) {
+                            return;
+                        }
                     }
                     break;
                 }
                 (None, None) => break,
             };
             let name = &names[index];
-            match conn.read_reply() {
-                Ok(Reply::Found(sources)) if !sources.is_empty() => {
-                    display.looked_up(&sources);
-                    if work.send((index, sources)).is_err() {
-                        return;
-                    }
-                }
-                Ok(Reply::Found(_) | Reply::NotFound) => fail(
+            let answer = match conn.read_reply() {
+                Ok(Reply::Found(sources)) if !sources.is_empty() => Ok(sources),
+                Ok(Reply::Found(_) | Reply::NotFound) => Err(DownloadError::NotFound {
+                    name: name.clone(),
+                    registry: registry.to_owned(),
+                }),
+                Ok(Reply::Err(code, message)) => Err(registry_error(
                     index,
-                    DownloadError::NotFound {
-                        name: name.clone(),
-                        registry: registry.to_owned(),
+                    ClientError::Refused {
+                        addr: registry.to_owned(),
+                        code,
+                        message,
                     },
-                ),
-                Ok(Reply::Err(code, message)) => fail(
+                )),
+                Ok(reply) => Err(registry_error(
                     index,
-                    registry_error(
-                        index,
-                        ClientError::Refused {
-                            addr: registry.to_owned(),
-                            code,
-                            message,
-                        },
-                    ),
-                ),
-                Ok(reply) => fail(
-                    index,
-                    registry_error(
-                        index,
-                        ClientError::Unexpected {
-                            addr: registry.to_owned(),
-                            request: "SEARCH",
-                            reply,
-                        },
-                    ),
-                ),
+                    ClientError::Unexpected {
+                        addr: registry.to_owned(),
+                        request: "SEARCH",
+                        reply,
+                    },
+                )),
                 Err(e) => {
                     // The connection is out of step now: the rest fail with this reason.
-                    fail(index, registry_error(index, replicate(&e)));
+                    let answer = Err(registry_error(index, replicate(&e)));
                     lost = Some(e);
+                    answer
                 }
+            };
+            if !route(index, answer) {
+                return;
             }
         }
     }
@@ -582,6 +643,22 @@ impl BatchDisplay {
         }))
     }
 
+    /// Says `fallback` once for the whole batch (above the bar, or as a
+    /// line): every name would give the same, as the registry connection
+    /// and the DHT node are the batch's.
+    fn note_once(&self, noted: &Mutex<HashSet<Discriminant<Fallback>>>, fallback: &Fallback) {
+        let first = noted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(std::mem::discriminant(fallback));
+        if first {
+            match &self.bar {
+                Some(bar) => bar.suspend(|| self.reporter.note(fallback)),
+                None => self.reporter.note(fallback),
+            }
+        }
+    }
+
     fn looked_up(&self, sources: &[Source]) {
         let size = choose_content(sources).first().map_or(0, |s| s.size);
         self.with_state(|s| s.bytes_total += size);
@@ -693,6 +770,7 @@ mod tests {
             downloads: dir.path().join("d"),
             download: Options::default(),
             jobs: 2,
+            dht: None,
         };
         let names = vec!["a".to_owned(), "b/c".to_owned(), "a".to_owned()];
         let summary = run(&config, names, &Reporter::quiet());
@@ -747,7 +825,8 @@ mod tests {
                 result: Err(DownloadError::NotFound {
                     name: "x".into(),
                     registry: "r".into(),
-                }),
+                }
+                .into()),
             }],
             ..Summary::default()
         };

@@ -25,6 +25,12 @@
 //! [`LOOKUP_TIMEOUT`], whichever comes first. [`merge`] joins them with the
 //! registry's sources without duplicates; [`group_by_content`] puts sources
 //! of the same bytes together (the download takes one group only).
+//! [`combine`] applies the rules of `--dht` to one name (which side alone
+//! when the other cannot be asked, what "not found" is) for every caller:
+//! `peer search`/`get` and the menu through [`search`], each name of a
+//! batch ([`crate::batch`], one node for the whole batch) through
+//! [`look_up`]. It prints nothing: what fell back is returned
+//! ([`Fallback`]), and a failure says it in its one line.
 //!
 //! This module must not: use an address the DHT gave before its `HEAD`
 //! confirmed it; follow redirects or resolve names; read more than
@@ -43,6 +49,7 @@ use p2p_dht::{content_key, name_key, DhtError, DhtNode, NodeConfig};
 use p2p_proto::protocol::{check_name, Source};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use crate::download::DownloadError;
 use crate::files::{HashCache, SharedDir};
 
 /// Time between two announcements of the whole shared folder (see the module doc).
@@ -518,103 +525,191 @@ pub fn group_by_content(sources: Vec<Source>) -> Vec<Source> {
     groups.into_iter().flatten().collect()
 }
 
-/// Why a `--dht` search found nothing usable.
+/// Why the sources of a name come from one side only: the caller says so
+/// where its output allows (a note before a download, a warning beside
+/// `search`'s lines); when nothing is found, the failure's one line says it
+/// instead (see [`SearchError`]).
+/// The messages leave the name out: a batch says each once for all its names.
 #[derive(Debug, thiserror::Error)]
-pub enum LookupError {
+pub enum Fallback {
+    #[error("the registry cannot be asked ({}); using the DHT only", registry_reason(.0))]
+    RegistryUnreachable(DownloadError),
+    #[error("cannot use the DHT ({0}); using the registry only")]
+    DhtUnusable(Arc<DhtError>),
+}
+
+/// The sources of one name from the registry and the DHT.
+#[derive(Debug)]
+pub struct Looked {
+    /// Merged and grouped by content ([`merge`], [`group_by_content`]); never empty.
+    pub sources: Vec<Source>,
+    /// Set when one of the two could not be asked.
+    pub fallback: Option<Fallback>,
+}
+
+/// Why a search found no source to use. Every message is one line and says
+/// why each place that was asked gave nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// Without `--dht`: the registry's own answer.
+    #[error(transparent)]
+    Registry(DownloadError),
     #[error("bad file name {name:?}: {reason}")]
     BadName {
         name: String,
         reason: p2p_proto::protocol::NameError,
     },
-    #[error(transparent)]
-    Dht(#[from] DhtError),
+    #[error("no peer shares {name:?} (neither the registry at {registry} nor the DHT knows a live source)")]
+    NotFound { name: String, registry: String },
+    #[error(
+        "no peer shares {name:?} on the DHT, and the registry cannot be asked: {}",
+        registry_reason(registry)
+    )]
+    NotOnDht {
+        name: String,
+        registry: DownloadError,
+    },
+    #[error("no peer shares {name:?} (the registry at {registry} knows no live source, and the DHT cannot be used: {dht})")]
+    NotInRegistry {
+        name: String,
+        registry: String,
+        dht: Arc<DhtError>,
+    },
+    #[error("{registry}; and the DHT cannot be used either: {dht}")]
+    Neither {
+        registry: DownloadError,
+        dht: Arc<DhtError>,
+    },
 }
 
-/// The sources of `name` from the registry at `registry` (when it answers;
-/// an unreachable registry is a warning) and from the DHT, merged and
-/// grouped by content. Empty when neither knows one.
+impl SearchError {
+    /// Whether the name simply has no source (as opposed to a failure): one
+    /// of the two places answered, or could have, and knew none.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            SearchError::Registry(e) => e.is_not_found(),
+            SearchError::BadName { .. } | SearchError::Neither { .. } => false,
+            SearchError::NotFound { .. }
+            | SearchError::NotOnDht { .. }
+            | SearchError::NotInRegistry { .. } => true,
+        }
+    }
+}
+
+/// The registry's failure without the name, which the line holding it
+/// already gives.
+fn registry_reason(error: &DownloadError) -> String {
+    match error {
+        DownloadError::Registry { source, .. } => {
+            crate::download::printable(&source.to_string()).into_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Joins what the registry at `registry` answered for `name` with what the
+/// DHT found, by the rules of `--dht`: both merged; a registry that cannot
+/// be asked leaves the DHT alone, a DHT that cannot be used leaves the
+/// registry alone (said in [`Looked::fallback`]); an error only when
+/// neither could be asked, "not found" when neither knows a source. The
+/// single `peer get`/`search` and a batch's every name all go through here.
+/// (The DHT's error is shared: a batch whose node could not start gives
+/// that one error to every name.)
+pub fn combine(
+    registry: &str,
+    name: &str,
+    from_registry: Result<Vec<Source>, DownloadError>,
+    from_dht: Result<Found, Arc<DhtError>>,
+) -> Result<Looked, SearchError> {
+    let (listed, unreachable) = match from_registry {
+        Ok(sources) => (sources, None),
+        Err(e) if e.is_not_found() => (Vec::new(), None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let (found, dht_error) = match from_dht {
+        Ok(found) => (found.sources, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let sources = group_by_content(merge(listed, found));
+    let name = name.to_owned();
+    match (unreachable, dht_error) {
+        (Some(registry), Some(dht)) => Err(SearchError::Neither { registry, dht }),
+        (Some(registry), None) if sources.is_empty() => {
+            Err(SearchError::NotOnDht { name, registry })
+        }
+        (None, Some(dht)) if sources.is_empty() => Err(SearchError::NotInRegistry {
+            name,
+            registry: registry.to_owned(),
+            dht,
+        }),
+        (None, None) if sources.is_empty() => Err(SearchError::NotFound {
+            name,
+            registry: registry.to_owned(),
+        }),
+        (unreachable, dht_error) => Ok(Looked {
+            sources,
+            fallback: unreachable
+                .map(Fallback::RegistryUnreachable)
+                .or(dht_error.map(Fallback::DhtUnusable)),
+        }),
+    }
+}
+
+/// `name` checked as a file name, for the lookups that go out to the network.
+pub fn checked(name: &str) -> Result<(), SearchError> {
+    check_name(name).map_err(|reason| SearchError::BadName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// Looks `name` up on the DHT through `node` for a `--dht` search: until
+/// the query ends, [`SETTLE_AFTER_FIRST`] after the first confirmed
+/// source, or [`LOOKUP_TIMEOUT`].
+pub fn look_up(node: &DhtNode, name: &str) -> Result<Found, DhtError> {
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    find_sources(node, name, deadline, Wait::Settle(SETTLE_AFTER_FIRST))
+}
+
+/// The sources of `name` from the registry at `registry` and from the DHT
+/// (a node of its own), asked at once and [`combine`]d.
 pub fn search_with_dht(
     registry: &str,
     config: &DhtConfig,
     name: &str,
-) -> Result<Vec<Source>, LookupError> {
-    check_name(name).map_err(|reason| LookupError::BadName {
-        name: name.to_owned(),
-        reason,
-    })?;
-    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+) -> Result<Looked, SearchError> {
+    checked(name)?;
     // The registry is asked while the DHT node starts and its query runs.
-    let (from_registry, registry_reachable, dht) = std::thread::scope(|scope| {
+    let (from_registry, from_dht) = std::thread::scope(|scope| {
         let asked = scope.spawn(|| crate::download::search(registry, name));
-        let dht = config
+        let from_dht = config
             .start_node()
-            .and_then(|node| find_sources(&node, name, deadline, Wait::Settle(SETTLE_AFTER_FIRST)));
-        let (sources, reachable) = match asked.join() {
-            Ok(Ok(sources)) => (sources, true),
-            Ok(Err(e)) if e.is_not_found() => (Vec::new(), true),
-            Ok(Err(e)) => {
-                tracing::warn!("{e}; using the DHT only");
-                (Vec::new(), false)
-            }
-            Err(_) => (Vec::new(), false),
-        };
-        (sources, reachable, dht)
+            .and_then(|node| look_up(&node, name))
+            .map_err(Arc::new);
+        let from_registry = asked.join().unwrap_or_else(|_| {
+            Err(DownloadError::Thread(io::Error::other(
+                "the registry lookup thread panicked",
+            )))
+        });
+        (from_registry, from_dht)
     });
-    let found = match dht {
-        Ok(found) => found.sources,
-        // The DHT failing is an error only when the registry could not
-        // stand in for it.
-        Err(e) if registry_reachable => {
-            tracing::warn!("cannot use the DHT ({e}); using the registry only");
-            Vec::new()
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok(group_by_content(merge(from_registry, found)))
-}
-
-/// Why [`search`] found no source.
-#[derive(Debug, thiserror::Error)]
-pub enum SearchError {
-    #[error(transparent)]
-    Registry(#[from] crate::download::DownloadError),
-    #[error(transparent)]
-    Lookup(#[from] LookupError),
-    #[error("no peer shares {name:?} (neither the registry at {registry} nor the DHT knows a live source)")]
-    NotFound { name: String, registry: String },
-}
-
-impl SearchError {
-    /// Whether the name simply has no source (as opposed to a failure).
-    pub fn is_not_found(&self) -> bool {
-        match self {
-            SearchError::Registry(e) => e.is_not_found(),
-            SearchError::Lookup(_) => false,
-            SearchError::NotFound { .. } => true,
-        }
-    }
+    combine(registry, name, from_registry, from_dht)
 }
 
 /// The sources of `name` from the registry at `server`, and from the DHT
 /// when `dht` is on (`--dht`): the registry's only
 /// ([`crate::download::search`]) without it, [`search_with_dht`] with it.
-/// Never empty on success. (The menu's download uses it.)
-pub fn search(
-    server: &str,
-    dht: Option<&DhtConfig>,
-    name: &str,
-) -> Result<Vec<Source>, SearchError> {
-    let Some(config) = dht else {
-        return Ok(crate::download::search(server, name)?);
-    };
-    let sources = search_with_dht(server, config, name)?;
-    if sources.is_empty() {
-        return Err(SearchError::NotFound {
-            name: name.to_owned(),
-            registry: server.to_owned(),
-        });
+/// (The menu's download uses it.)
+pub fn search(server: &str, dht: Option<&DhtConfig>, name: &str) -> Result<Looked, SearchError> {
+    match dht {
+        None => crate::download::search(server, name)
+            .map(|sources| Looked {
+                sources,
+                fallback: None,
+            })
+            .map_err(SearchError::Registry),
+        Some(config) => search_with_dht(server, config, name),
     }
-    Ok(sources)
 }
 
 /// Starts announcing for `peer serve` / the menu when `--dht` is on: the

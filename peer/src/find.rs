@@ -12,8 +12,12 @@ use p2p_proto::units::human_size;
 
 use crate::registration::short_sha;
 
-/// Most suggestions a `peer get NAME` that is not found prints.
+/// Most suggestions [`suggest`] gives (the menu lists them numbered).
 pub const MAX_SUGGESTIONS: usize = 5;
+
+/// Most names [`did_you_mean`] puts on its line: `peer get` fails with one
+/// line, which must stay readable with names of up to 255 bytes.
+pub const SUGGESTIONS_ON_ONE_LINE: usize = 3;
 
 /// Why a search by words could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,24 @@ pub fn suggest(registry: &str, name: &str) -> Vec<FindHit> {
     hits.retain(|h| h.name != name);
     hits.truncate(MAX_SUGGESTIONS);
     hits
+}
+
+/// The end of a `peer get` failure line for a name not found:
+/// `did you mean "a.zip", "b.zip" or "c.zip"?` (the first
+/// [`SUGGESTIONS_ON_ONE_LINE`] hits, escaped as the name in the line
+/// before it is); `None` without hits.
+pub fn did_you_mean(hits: &[FindHit]) -> Option<String> {
+    let names: Vec<String> = hits
+        .iter()
+        .take(SUGGESTIONS_ON_ONE_LINE)
+        .map(|hit| format!("{:?}", hit.name))
+        .collect();
+    let (last, first) = names.split_last()?;
+    Some(if first.is_empty() {
+        format!("did you mean {last}?")
+    } else {
+        format!("did you mean {} or {last}?", first.join(", "))
+    })
 }
 
 /// `name` with control characters (and backslashes, so the result is
@@ -177,6 +199,19 @@ mod tests {
             line.starts_with("x\\ny  (1.5 KiB, 2 sources, sha256 "),
             "{line}"
         );
+    }
+
+    #[test]
+    fn suggestions_fit_one_line() {
+        assert_eq!(did_you_mean(&[]), None);
+        assert_eq!(
+            did_you_mean(&[hit("a.zip")]).as_deref(),
+            Some("did you mean \"a.zip\"?")
+        );
+        let many: Vec<FindHit> = ["a", "b\nc", "d", "e"].into_iter().map(hit).collect();
+        let line = did_you_mean(&many).unwrap();
+        assert_eq!(line, "did you mean \"a\", \"b\\nc\" or \"d\"?");
+        assert!(!line.contains('\n'));
     }
 
     #[test]

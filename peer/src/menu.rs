@@ -449,7 +449,12 @@ fn download(
         return Ok(true);
     }
     let sources = match crate::dht::search(&common.server, common.dht.as_ref(), &name) {
-        Ok(sources) => sources,
+        Ok(looked) => {
+            if let Some(fallback) = looked.fallback {
+                console.say(fallback)?;
+            }
+            looked.sources
+        }
         Err(e) if e.is_not_found() => {
             let hits = find::find(&common.server, &find::name_words(&name)).unwrap_or_default();
             if hits.is_empty() {

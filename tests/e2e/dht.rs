@@ -1,7 +1,8 @@
 //! `--dht` end to end: a real `p2p-dht-testnet` (Mainline DHT nodes on
 //! 127.0.0.1), real `peer serve --dht` processes announcing on it, and
-//! `peer search --dht` / `peer get --dht` finding them there, with and
-//! without a registry; and `dht-server --dht-port` as a LAN's own DHT.
+//! `peer search --dht` / `peer get --dht` (one name or a batch) finding
+//! them there, with and without a registry; and `dht-server --dht-port` as
+//! a LAN's own DHT.
 //!
 //! Nothing here contacts the public DHT: every DHT client gets
 //! `--bootstrap` on loopback. Every peer also gets the hidden
@@ -124,19 +125,33 @@ fn serve(bootstrap: &str, registry: &str, files: &[(&str, &[u8])]) -> Peer {
 
 /// `peer [--server R] [--downloads D] <sub> NAME --dht --bootstrap ...`.
 fn peer_dht(bootstrap: &str, registry: &str, downloads: &Path, sub: &str, name: &str) -> Output {
+    peer_dht_all(bootstrap, registry, downloads, sub, &[name])
+}
+
+/// [`peer_dht`] with several names (a `get` batch).
+fn peer_dht_all(
+    bootstrap: &str,
+    registry: &str,
+    downloads: &Path,
+    sub: &str,
+    names: &[&str],
+) -> Output {
     let mut args = vec![
         "--server",
         registry,
         "--downloads",
         downloads.to_str().unwrap(),
         sub,
-        name,
-        "--dht",
-        "--bootstrap",
-        bootstrap,
     ];
+    args.extend_from_slice(names);
+    args.extend_from_slice(&["--dht", "--bootstrap", bootstrap]);
     args.extend_from_slice(&FAST);
     run(&bin("peer"), &args, RUN_TIMEOUT)
+}
+
+/// The lines of a failure's stderr: `peer get` fails with one.
+fn stderr_lines(output: &Output) -> Vec<String> {
+    text(&output.stderr).lines().map(str::to_owned).collect()
 }
 
 /// The `HOST:PORT SIZE SHA256` lines of a successful `search --dht`, or
@@ -219,7 +234,14 @@ fn two_announcers_are_found_and_both_deliver_without_a_registry() {
         "nobody has this",
     );
     assert_eq!(missing.status.code(), Some(1), "{}", text(&missing.stderr));
-    assert!(text(&missing.stderr).contains("no peer shares"));
+    let lines = stderr_lines(&missing);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    // The registry that could not be asked is part of the reason.
+    assert!(
+        lines[0].starts_with("peer: no peer shares \"nobody has this\" on the DHT")
+            && lines[0].contains(NO_REGISTRY),
+        "{lines:?}"
+    );
 
     // A file that appears in the shared folder while serving is announced too.
     let late = b"copied in later".to_vec();
@@ -499,5 +521,62 @@ fn a_peer_started_before_its_registry_registers_once_it_is_up() {
                     })
                 })
         },
+    );
+}
+
+/// A batch (`peer get A B --dht`) looks its names up on the DHT too, the
+/// single `peer get --dht`'s way: with no registry, the DHT alone.
+#[test]
+fn a_batch_with_dht_and_no_registry_fetches_every_name() {
+    let testnet = Testnet::start(3);
+    let first = pseudo_random_bytes(SIZE, 41);
+    let second = b"the second file of the batch".to_vec();
+    let peer = serve(
+        &testnet.bootstrap,
+        NO_REGISTRY,
+        &[("first.bin", &first), ("second.txt", &second)],
+    );
+    for (name, content) in [("first.bin", &first), ("second.txt", &second)] {
+        wait_for_sources(
+            &testnet.bootstrap,
+            NO_REGISTRY,
+            name,
+            &[line_of(&peer, content)],
+        );
+    }
+
+    let (_dir, _shared, downloads) = Peer::folders();
+    let out = peer_dht_all(
+        &testnet.bootstrap,
+        NO_REGISTRY,
+        &downloads,
+        "get",
+        &["first.bin", "second.txt"],
+    );
+    let stdout = ok(&out);
+    assert_eq!(std::fs::read(downloads.join("first.bin")).unwrap(), first);
+    assert_eq!(std::fs::read(downloads.join("second.txt")).unwrap(), second);
+    assert!(
+        stdout.contains("batch of 2 files: 2 downloaded, 0 already present, 0 failed"),
+        "{stdout}"
+    );
+    // Said once for the batch, on stdout: stderr is for failures.
+    assert_eq!(stdout.matches("using the DHT only").count(), 1, "{stdout}");
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+
+    // A name nobody shares: one line for it, exit 1, the others still there.
+    let out = peer_dht_all(
+        &testnet.bootstrap,
+        NO_REGISTRY,
+        &downloads,
+        "get",
+        &["second.txt", "nobody has this"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("peer: failed \"nobody has this\": no peer shares"),
+        "{lines:?}"
     );
 }

@@ -335,9 +335,17 @@ fn a_single_name_not_found_suggests_find_hits() {
     let client = Client::new(&registry);
     let out = client.run(&["get", "big"]);
     assert_eq!(out.status.code(), Some(1));
+    // The reason and the suggestions: one line (the contract's "one-line
+    // reason"), with no log colours either.
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("no peer shares \"big\""), "{stderr}");
-    assert!(stderr.contains("big.bin"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("peer: no peer shares \"big\"")
+            && lines[0].ends_with("; did you mean \"big.bin\"?"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
     let out = client.run(&["get", "big.bin"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let mut content = Vec::new();

@@ -48,12 +48,15 @@ fn main() -> ExitCode {
 /// While the menu reads from a terminal they go through its line editor,
 /// which prints them above the prompt and draws the prompt again, so a
 /// warning from the heartbeat thread never lands inside what is typed.
+/// Colours only on a terminal: in a log file or a test's captured stderr
+/// escape codes are noise around the words a reader (or `grep`) looks for.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(LogLine::default)
+        .with_ansi(io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -146,16 +149,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `peer search NAME`: `HOST:PORT SIZE SHA256` lines; with `--dht` the
+/// registry's and the DHT's sources, grouped by content. Stdout is for
+/// scripts, so a fallback is a warning on stderr.
 fn search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
-    if common.dht.is_some() {
-        return dht_search(common, name);
-    }
-    let sources = match download::search(&common.server, name) {
-        Ok(sources) => sources,
-        Err(e) => return not_found_or(e),
+    let looked = match dht::search(&common.server, common.dht.as_ref(), name) {
+        Ok(looked) => looked,
+        Err(e) if e.is_not_found() => {
+            let _ = writeln!(io::stderr(), "peer: {e}");
+            return Ok(ExitCode::from(EXIT_NOT_FOUND));
+        }
+        Err(e) => return Err(e.into()),
     };
+    if let Some(fallback) = &looked.fallback {
+        tracing::warn!("{fallback}");
+    }
     let mut out = io::stdout().lock();
-    for source in &sources {
+    for source in &looked.sources {
         writeln!(
             out,
             "{} {} {}",
@@ -210,6 +220,7 @@ fn get(common: &PeerConfig, batch: Batch, reporter: &Reporter) -> anyhow::Result
         downloads: common.downloads.clone(),
         download: common.download,
         jobs: batch.jobs,
+        dht: common.dht.clone(),
     };
     let summary = batch::run(&config, names, reporter);
     {
@@ -238,7 +249,10 @@ fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
     )?)
 }
 
-/// `peer get NAME`: exit 0, 1 (with the closest FIND hits on stderr) or 2.
+/// `peer get NAME`: exit 0, 1 (with the closest FIND hits on the same
+/// line) or 2. With `--dht` the registry's and the DHT's sources; a
+/// fallback (one of them could not be asked) is a note on stdout, so that
+/// stderr of a failure holds its one line only.
 fn get_one(
     common: &PeerConfig,
     name: &str,
@@ -249,28 +263,38 @@ fn get_one(
         sha256,
         ..common.download
     };
-    if common.dht.is_some() {
-        return dht_get(common, name, &options, reporter);
-    }
-    match download::download(&common.server, name, &common.downloads, &options, reporter) {
+    let sources = match dht::search(&common.server, common.dht.as_ref(), name) {
+        Ok(looked) => {
+            if let Some(fallback) = looked.fallback {
+                reporter.note(fallback);
+            }
+            looked.sources
+        }
+        Err(e) if e.is_not_found() => return Ok(not_found_with_suggestions(common, name, &e)),
+        Err(e) => return Err(e.into()),
+    };
+    match download::download_from(&sources, name, &common.downloads, &options, reporter) {
         Ok(outcome) => {
             reporter.note(menu::describe(&outcome));
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) if e.is_not_found() => {
-            let mut err = io::stderr().lock();
-            let _ = writeln!(err, "peer: {e}");
-            let hits = find::suggest(&common.server, name);
-            if !hits.is_empty() {
-                let _ = writeln!(err, "peer: did you mean one of these?");
-                for hit in &hits {
-                    let _ = writeln!(err, "  {}", find::describe_hit(hit));
-                }
-            }
-            Ok(ExitCode::from(EXIT_NOT_FOUND))
-        }
         Err(e) => not_found_or(e),
     }
+}
+
+/// Exit 1 with one line: why `name` has no source, and the registry's
+/// closest FIND hits when it has some.
+fn not_found_with_suggestions(
+    common: &PeerConfig,
+    name: &str,
+    error: &dyn std::fmt::Display,
+) -> ExitCode {
+    let line = match find::did_you_mean(&find::suggest(&common.server, name)) {
+        Some(suggestions) => format!("peer: {error}; {suggestions}"),
+        None => format!("peer: {error}"),
+    };
+    let _ = writeln!(io::stderr(), "{line}");
+    ExitCode::from(EXIT_NOT_FOUND)
 }
 
 /// `peer find WORDS...`: one hit per line, or one JSON array.
@@ -293,50 +317,6 @@ fn find_cmd(common: &PeerConfig, words: &[String], json: bool) -> anyhow::Result
         return Ok(ExitCode::from(EXIT_NOT_FOUND));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `search --dht`: the registry's and the DHT's sources, merged, grouped by content.
-fn dht_search(common: &PeerConfig, name: &str) -> anyhow::Result<ExitCode> {
-    let sources = match dht::search(&common.server, common.dht.as_ref(), name) {
-        Ok(sources) => sources,
-        Err(e) => return dht_not_found_or(e),
-    };
-    let mut out = io::stdout().lock();
-    for source in &sources {
-        writeln!(out, "{} {} {}", source.addr(), source.size, source.sha256)
-            .context("writing to stdout")?;
-    }
-    out.flush().context("writing to stdout")?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `get --dht`: the same sources, then the usual verified download.
-fn dht_get(
-    common: &PeerConfig,
-    name: &str,
-    options: &download::Options,
-    reporter: &Reporter,
-) -> anyhow::Result<ExitCode> {
-    let sources = match dht::search(&common.server, common.dht.as_ref(), name) {
-        Ok(sources) => sources,
-        Err(e) => return dht_not_found_or(e),
-    };
-    match download::download_from(&sources, name, &common.downloads, options, reporter) {
-        Ok(outcome) => {
-            reporter.note(menu::describe(&outcome));
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => not_found_or(e),
-    }
-}
-
-/// Like [`not_found_or`], for a `--dht` search.
-fn dht_not_found_or(e: dht::SearchError) -> anyhow::Result<ExitCode> {
-    if e.is_not_found() {
-        let _ = writeln!(io::stderr(), "peer: {e}");
-        return Ok(ExitCode::from(EXIT_NOT_FOUND));
-    }
-    Err(e.into())
 }
 
 /// "No source" is exit 1 with its line; anything else is a failure.
