@@ -460,6 +460,48 @@ fn three_ports_of_one_host_do_not_outvote_two_hosts() {
     println!("11.3: 3 ports of one host vs 2 hosts: the 2 hosts' content, the choice on stderr");
 }
 
+/// A `peer get` whose sources disagree and whose chosen version's sources
+/// all fail says why in one line: the versions are listed only once the
+/// file is there (the contract's one-line reason).
+#[test]
+fn disagreeing_sources_that_all_fail_give_one_line() {
+    let registry = Registry::start();
+    let good_sha = sha256_hex(&pseudo_random_bytes(SMALL, 20));
+    let evil_sha = sha256_hex(&pseudo_random_bytes(SMALL, 23));
+    let missing = |_: &FakeRequest, stream: &mut TcpStream| {
+        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        false
+    };
+    // One host registers a version; two hosts the other, which is chosen,
+    // and neither of those two has the file any more.
+    let lone = FakeSource::start(missing);
+    lone.register(&registry, "gone.pdf", SMALL as u64, &evil_sha);
+    let chosen: Vec<FakeSource> = [2u8, 3]
+        .into_iter()
+        .map(|last| {
+            let fake = FakeSource::start_on("0.0.0.0", missing);
+            let from = IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
+            p2p_tests::client_from(&registry, from)
+                .register(fake.addr.port(), SMALL as u64, &good_sha, "gone.pdf")
+                .expect("register the host");
+            fake
+        })
+        .collect();
+
+    let (_dir, downloads) = new_downloads();
+    let output = get(&registry.addr_string(), &downloads, "gone.pdf", &[]);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let err = text(&output.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", describe(&output));
+    assert!(
+        lines[0].starts_with("peer: every source of \"gone.pdf\" failed"),
+        "{}",
+        describe(&output)
+    );
+    assert!(chosen.iter().all(|c| !c.requests().is_empty()));
+}
+
 /// 11.4: sources that accept and never answer cost a first-byte deadline
 /// each, not 30 s; at most `MAX_SOURCES_TRIED` are tried.
 #[test]
@@ -625,7 +667,7 @@ fn a_fake_size_never_fills_the_disk() {
     assert_only(&downloads, &[]);
 
     // Right length, wrong bytes: nothing of them stays.
-    let content = pseudo_random_bytes(SMALL, 18);
+    let content = pseudo_random_bytes(SMALL, 20);
     let wrong = pseudo_random_bytes(SMALL, 191);
     let liar = FakeSource::start(move |r, s| serve_content(r, s, &wrong, None));
     liar.register(&registry, "W", SMALL as u64, &sha256_hex(&content));

@@ -125,14 +125,15 @@ pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
 }
 
 /// When the sources of `name` disagree on its content, says so on stderr:
-/// one line per alternative, the chosen one first.
+/// one line per alternative, the chosen one first. Called once the file is
+/// there (a failure is one line on stderr, this would come before it).
 pub fn report_disagreement(sources: &[Source], name: &str, reporter: &Reporter) {
     let all = alternatives(sources);
     if all.len() < 2 {
         return;
     }
     reporter.warn(format_args!(
-        "the sources of {:?} disagree on its content ({} versions); taking the one most hosts have, pin another with --sha256:",
+        "the sources of {:?} disagree on its content ({} versions); took the one most hosts have, pin another with --sha256:",
         printable(name),
         all.len()
     ));

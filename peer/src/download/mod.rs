@@ -221,6 +221,24 @@ fn fetch_into(
     reporter: &Reporter,
     pool: Option<&Pool>,
 ) -> Result<Outcome, DownloadError> {
+    let result = fetch_chosen(sources, name, downloads, options, reporter, pool);
+    // The versions are listed once the file is there: a failed `peer get`
+    // says why in one line on stderr, and that line is all it prints there.
+    if result.is_ok() && options.sha256.is_none() {
+        let usable = choose::usable(sources, &Reporter::quiet());
+        choose::report_disagreement(&usable, name, reporter);
+    }
+    result
+}
+
+fn fetch_chosen(
+    sources: &[Source],
+    name: &str,
+    downloads: &Path,
+    options: &Options,
+    reporter: &Reporter,
+    pool: Option<&Pool>,
+) -> Result<Outcome, DownloadError> {
     check_name(name).map_err(|reason| DownloadError::BadName {
         name: name.to_owned(),
         reason,
@@ -242,10 +260,7 @@ fn fetch_into(
             }
             content
         }
-        None => {
-            choose::report_disagreement(&usable, name, reporter);
-            choose_content(&usable)
-        }
+        None => choose_content(&usable),
     };
     content.truncate(MAX_SOURCES_TRIED);
     // A file already there is checked against the content that may be
