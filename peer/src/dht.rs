@@ -9,6 +9,9 @@
 //! - every [`SCAN_INTERVAL`] lists the shared folder and announces files it
 //!   has not announced yet (or whose content changed), so a file that
 //!   appears while `peer serve` runs (live sharing) is found on the DHT too;
+//!   only once quiet, as the watcher registers it ([`Folder::is_quiet`]: not
+//!   open for writing, unmodified for the settle time), so a file being
+//!   written is never announced under the digest of a part;
 //!   [`DhtAnnouncer::announce_file`] announces one at once;
 //! - every [`DEFAULT_ANNOUNCE_INTERVAL`] (15 min) announces everything again:
 //!   BEP 5 nodes forget an announcement after about 30 minutes in common
@@ -42,7 +45,7 @@ use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::Sender;
 use p2p_dht::{content_key, name_key, DhtError, DhtNode, NodeConfig};
@@ -50,7 +53,8 @@ use p2p_proto::protocol::{check_name, Source};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::download::DownloadError;
-use crate::files::{HashCache, SharedDir};
+use crate::files::{HashCache, SharedDir, SharedFile};
+use crate::writing::Writing;
 
 /// Time between two announcements of the whole shared folder (see the module doc).
 pub const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(15 * 60);
@@ -136,8 +140,7 @@ impl DhtAnnouncer {
     pub fn start(
         node: DhtNode,
         port: u16,
-        shared: SharedDir,
-        hashes: HashCache,
+        folder: Folder,
         interval: Duration,
     ) -> io::Result<DhtAnnouncer> {
         let pending: Pending = Arc::default();
@@ -160,7 +163,7 @@ impl DhtAnnouncer {
                 loop {
                     let queued =
                         std::mem::take(&mut *queue.lock().unwrap_or_else(PoisonError::into_inner));
-                    round.run(&shared, &hashes, queued);
+                    round.run(&folder, queued);
                     crossbeam_channel::select! {
                         recv(stopped) -> _ => return,
                         recv(woken) -> _ => {}
@@ -209,6 +212,31 @@ impl Drop for DhtAnnouncer {
     }
 }
 
+/// What the announcer looks at: the shared folder, its digests, and what
+/// tells a file still being written.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    pub shared: SharedDir,
+    pub hashes: HashCache,
+    /// Files open for writing, from the watcher's notifications.
+    pub writing: Writing,
+    /// How long a file must be unmodified (the watcher's settle time).
+    pub settle: Duration,
+}
+
+impl Folder {
+    /// Whether `file` may be announced now: not open for writing, and not
+    /// modified within the settle time (a write the notifications did not
+    /// see: before the watcher started, or without a watcher). A
+    /// modification time in the future (a clock set back) does not hold it.
+    fn is_quiet(&self, file: &SharedFile) -> bool {
+        !self.writing.is_open(&file.path, Instant::now())
+            && SystemTime::now()
+                .duration_since(file.modified)
+                .map_or(true, |age| age >= self.settle)
+    }
+}
+
 /// The announcer thread's state.
 struct Round {
     node: DhtNode,
@@ -222,15 +250,21 @@ struct Round {
 }
 
 impl Round {
-    fn run(&mut self, shared: &SharedDir, hashes: &HashCache, queued: Vec<(String, String)>) {
+    fn run(&mut self, folder: &Folder, queued: Vec<(String, String)>) {
         let full = self
             .last_full
             .is_none_or(|at| at.elapsed() >= self.interval);
         let mut due: Vec<(String, String)> = queued;
-        match shared.list() {
+        match folder.shared.list() {
             Ok(files) => {
                 for file in files {
-                    let sha256 = match hashes.digest(&file) {
+                    if !folder.is_quiet(&file) {
+                        // Still being written: its digest would be of a
+                        // part. Not in `announced`, so the first scan that
+                        // finds it quiet announces it.
+                        continue;
+                    }
+                    let sha256 = match folder.hashes.digest(&file) {
                         Ok(sha256) => sha256,
                         Err(e) => {
                             tracing::debug!("not announced on the DHT: {e}");
@@ -714,11 +748,15 @@ pub fn search(server: &str, dht: Option<&DhtConfig>, name: &str) -> Result<Looke
 
 /// Starts announcing for `peer serve` / the menu when `--dht` is on: the
 /// node, then the announcer thread. `None` without `--dht`.
+/// A file is announced only once quiet: not open for writing (`writing`)
+/// and last modified at least `settle` ago, as the watcher registers it.
 pub fn start_announcing(
     config: Option<&DhtConfig>,
     port: u16,
     shared: &SharedDir,
     hashes: &HashCache,
+    writing: &Writing,
+    settle: Duration,
 ) -> Result<Option<DhtAnnouncer>, StartError> {
     let Some(config) = config else {
         return Ok(None);
@@ -727,8 +765,12 @@ pub fn start_announcing(
     let announcer = DhtAnnouncer::start(
         node,
         port,
-        shared.clone(),
-        hashes.clone(),
+        Folder {
+            shared: shared.clone(),
+            hashes: hashes.clone(),
+            writing: writing.clone(),
+            settle,
+        },
         config.announce_interval,
     )
     .map_err(StartError::Thread)?;
@@ -742,8 +784,10 @@ pub fn announce_or_warn(
     port: u16,
     shared: &SharedDir,
     hashes: &HashCache,
+    writing: &Writing,
+    settle: Duration,
 ) -> Option<DhtAnnouncer> {
-    match start_announcing(config, port, shared, hashes) {
+    match start_announcing(config, port, shared, hashes, writing, settle) {
         Ok(announcer) => announcer,
         Err(e) => {
             tracing::warn!("not announcing on the DHT: {e}");

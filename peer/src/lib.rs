@@ -6,6 +6,7 @@
 //! - [`files`]: the shared folder: safe name → path resolution, listing, streaming SHA-256.
 //! - [`hashcache`]: the persistent hash cache (a checksummed file in the state folder).
 //! - [`watch`]: the watcher thread that keeps registrations in step with the shared folder.
+//! - [`writing`]: which shared files are open for writing, from the folder's notifications.
 //! - [`http`]: the file server other peers (and curl, browsers) download from.
 //! - [`download`]: search, fetch into `.part` from several sources at once (or one after the
 //!   other), verify, rename; resume; sources that fail or lie are left out.
@@ -38,3 +39,4 @@ pub mod registration;
 pub mod serve;
 pub mod ui;
 pub mod watch;
+pub mod writing;

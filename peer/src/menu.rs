@@ -283,7 +283,15 @@ pub fn run(
         console.say(line)?;
     }
 
-    let _dht = crate::dht::announce_or_warn(common.dht.as_ref(), addr.port(), &shared, &hashes);
+    let writing = crate::writing::Writing::default();
+    let _dht = crate::dht::announce_or_warn(
+        common.dht.as_ref(),
+        addr.port(),
+        &shared,
+        &hashes,
+        &writing,
+        common.watch.settle,
+    );
     let registrar = Arc::new(
         Registrar::new(&common.server, addr.port(), shared, hashes).with_bind(common.bind),
     );
@@ -297,6 +305,7 @@ pub fn run(
             scope: watch::Scope::Registered,
             ..common.watch
         },
+        writing,
         Reporter::quiet(),
         Box::new(|_| {}),
     )

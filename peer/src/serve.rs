@@ -30,6 +30,7 @@ use crate::http::{FileServer, HttpError};
 use crate::progress::Reporter;
 use crate::registration::{Heartbeat, Registrar, RETRY_MAX, RETRY_MIN};
 use crate::watch::{OnSynced, Scope, WatchConfig, Watcher};
+use crate::writing::Writing;
 
 /// Why the peer could not start or stop serving.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +247,17 @@ pub fn run(common: &PeerConfig, reporter: &Reporter) -> Result<(), ServeError> {
         prepared.from_cache
     );
     store.save(&prepared.files, &hashes, &pieces);
-    let dht = crate::dht::announce_or_warn(common.dht.as_ref(), addr.port(), &shared, &hashes);
+    // Filled by the watcher's notifications once it runs; the DHT announcer
+    // asks it too, so neither announces a file still being written.
+    let writing = Writing::default();
+    let dht = crate::dht::announce_or_warn(
+        common.dht.as_ref(),
+        addr.port(),
+        &shared,
+        &hashes,
+        &writing,
+        common.watch.settle,
+    );
     let registrar = Arc::new(
         Registrar::new(&common.server, addr.port(), shared, hashes.clone()).with_bind(common.bind),
     );
@@ -267,6 +278,7 @@ pub fn run(common: &PeerConfig, reporter: &Reporter) -> Result<(), ServeError> {
             Arc::clone(&registrar),
             pieces.clone(),
             watch,
+            writing,
             *reporter,
             on_synced,
         )

@@ -580,3 +580,42 @@ fn a_batch_with_dht_and_no_registry_fetches_every_name() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn a_file_held_open_for_writing_is_not_announced_until_closed() {
+    let testnet = Testnet::start(3);
+    let ready = b"announced at start".to_vec();
+    let peer = serve(&testnet.bootstrap, NO_REGISTRY, &[("ready.txt", &ready)]);
+    wait_for_sources(
+        &testnet.bootstrap,
+        NO_REGISTRY,
+        "ready.txt",
+        &[line_of(&peer, &ready)],
+    );
+
+    let content = pseudo_random_bytes(200 * 1024, 5);
+    let (first, rest) = content.split_at(64 * 1024);
+    let mut file = std::fs::File::create(peer.shared.join("open.bin")).unwrap();
+    std::io::Write::write_all(&mut file, first).unwrap();
+    // Held open, unwritten, across more than two of the announcer's scans
+    // (workload pacing: what is checked is that the part is never found;
+    // without the check it is announced at the next scan, and a HEAD
+    // confirms its size and digest, so search lists it).
+    let window =
+        std::time::Instant::now() + 2 * p2p_peer::dht::SCAN_INTERVAL + Duration::from_secs(2);
+    while std::time::Instant::now() < window {
+        let lines = search_lines(&testnet.bootstrap, NO_REGISTRY, "open.bin");
+        assert!(
+            lines.is_empty(),
+            "announced while open for writing: {lines:?}"
+        );
+    }
+    std::io::Write::write_all(&mut file, rest).unwrap();
+    drop(file);
+    wait_for_sources(
+        &testnet.bootstrap,
+        NO_REGISTRY,
+        "open.bin",
+        &[line_of(&peer, &content)],
+    );
+}
