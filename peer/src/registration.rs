@@ -34,6 +34,11 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// this is 10,000 / 45 s ≈ 222 HEARTBEAT/s, one statement each.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(45);
 
+/// Shortest interval the heartbeat shortens itself to (see
+/// [`Heartbeat::start`]): a registry whose TTL is below it cannot be kept up
+/// with by heartbeats at a sane rate.
+pub const MIN_ADAPTED_HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// How many hex digits of a SHA-256 are shown to people.
 pub const SHORT_SHA_LEN: usize = 12;
 
@@ -383,7 +388,13 @@ pub struct Heartbeat {
 impl Heartbeat {
     /// Starts beating every `interval`; while the registry is unreachable it
     /// tries again after [`RETRY_MIN`], doubling up to [`RETRY_MAX`] (never
-    /// longer than `interval`).
+    /// longer than `interval`). When a beat finds that the registry lost
+    /// registrations that were alive at the last one (they expired between
+    /// two beats: its `--ttl` is shorter than the interval, or it was
+    /// restarted on another file), the files are registered again and the
+    /// interval is halved, down to [`MIN_ADAPTED_HEARTBEAT`]: the protocol
+    /// does not tell a peer the registry's TTL, so the peer learns it is
+    /// too slow, as a BitTorrent client follows its tracker's interval.
     pub fn start(registrar: Arc<Registrar>, interval: Duration) -> std::io::Result<Heartbeat> {
         let thread = Background::spawn("heartbeat", move |stopped| {
             beat_until_stopped(&registrar, interval, &stopped)
@@ -398,6 +409,7 @@ impl Heartbeat {
 }
 
 fn beat_until_stopped(registrar: &Registrar, interval: Duration, stopped: &Receiver<()>) {
+    let mut interval = interval;
     let mut wait = interval;
     let mut retry = RETRY_MIN;
     let mut down = false;
@@ -412,10 +424,22 @@ fn beat_until_stopped(registrar: &Registrar, interval: Duration, stopped: &Recei
                     tracing::warn!("the registry at {} answers again", registrar.server());
                 }
                 if let Some(renewed) = beat.renewed {
-                    tracing::warn!(
-                        "the registry at {} had lost this peer's files; registered {renewed} again",
-                        registrar.server()
-                    );
+                    let shorter = adapted(interval);
+                    if shorter < interval {
+                        tracing::warn!(
+                            "the registry at {} had lost this peer's files; registered {renewed} again, \
+                             and heartbeating every {} from now on (its --ttl is shorter than {})",
+                            registrar.server(),
+                            humantime::format_duration(shorter),
+                            humantime::format_duration(interval)
+                        );
+                        interval = shorter;
+                    } else {
+                        tracing::warn!(
+                            "the registry at {} had lost this peer's files; registered {renewed} again",
+                            registrar.server()
+                        );
+                    }
                 }
                 down = false;
                 wait = interval;
@@ -433,9 +457,31 @@ fn beat_until_stopped(registrar: &Registrar, interval: Duration, stopped: &Recei
     }
 }
 
+/// The interval after a beat that found registrations lapsed: half, not
+/// below [`MIN_ADAPTED_HEARTBEAT`] (nor above `interval`, when it was
+/// already shorter: `--heartbeat` may be).
+fn adapted(interval: Duration) -> Duration {
+    (interval / 2).max(MIN_ADAPTED_HEARTBEAT).min(interval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lapse_halves_the_heartbeat_down_to_a_second() {
+        assert_eq!(
+            adapted(Duration::from_secs(45)),
+            Duration::from_millis(22_500)
+        );
+        assert_eq!(adapted(Duration::from_millis(1_500)), MIN_ADAPTED_HEARTBEAT);
+        assert_eq!(adapted(MIN_ADAPTED_HEARTBEAT), MIN_ADAPTED_HEARTBEAT);
+        // A --heartbeat already below the floor stays as given.
+        assert_eq!(
+            adapted(Duration::from_millis(300)),
+            Duration::from_millis(300)
+        );
+    }
 
     #[test]
     fn short_sha_never_panics() {

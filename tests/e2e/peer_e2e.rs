@@ -314,6 +314,32 @@ fn serve_registers_again_what_the_registry_lost() {
 }
 
 #[test]
+fn a_heartbeat_slower_than_the_registry_ttl_speeds_up_after_a_lapse() {
+    let registry = Registry::start_with(&["--ttl", "3s", "--http", "127.0.0.1:0"]);
+    let http = registry.http_addr();
+    let mut peer = Peer::serve(
+        &registry,
+        &[("kept.txt", b"kept alive")],
+        &["--heartbeat", "8s"],
+    );
+    // The registration lapses before the beat at 8 s (which registers it
+    // again and halves the interval to 4 s) and before the one at 12 s
+    // (halved to 2 s, under the TTL): the fourth beat is the first that
+    // finds it alive.
+    let beats = || {
+        p2p_tests::metric(&http, r#"p2p_registry_requests_total{command="heartbeat"}"#).unwrap_or(0)
+    };
+    wait_until("four heartbeats", Duration::from_secs(90), || beats() >= 4);
+    assert!(found(&registry, "kept.txt"));
+    let process = peer.process.take().expect("running");
+    process.signal("TERM");
+    let (status, stderr) = process.wait_exit(WAIT_TIMEOUT);
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("heartbeating every 4s"), "{stderr}");
+    assert!(stderr.contains("heartbeating every 2s"), "{stderr}");
+}
+
+#[test]
 fn serve_waits_for_a_registry_that_is_down_at_start() {
     let dir = tempfile::tempdir().expect("temp dir");
     let shared = dir.path().join("shared");
