@@ -271,6 +271,16 @@ impl Round {
                             continue;
                         }
                     };
+                    // Rewritten while it was read (same size, a new time):
+                    // the digest may mix two versions; the next scan retries.
+                    let still = folder.shared.resolve(&file.name).is_ok_and(|again| {
+                        again.size == file.size
+                            && again.modified == file.modified
+                            && again.path == file.path
+                    });
+                    if !still {
+                        continue;
+                    }
                     if full || self.announced.get(&file.name) != Some(&sha256) {
                         due.push((file.name, sha256));
                     }
@@ -808,6 +818,74 @@ pub enum StartError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unreachable() -> DownloadError {
+        DownloadError::Registry {
+            name: "f".into(),
+            source: p2p_proto::client::ClientError::Connect {
+                addr: "127.0.0.1:1".into(),
+                source: io::Error::from(io::ErrorKind::ConnectionRefused),
+            },
+        }
+    }
+
+    fn not_listed() -> DownloadError {
+        DownloadError::NotFound {
+            name: "f".into(),
+            registry: "127.0.0.1:9000".into(),
+        }
+    }
+
+    fn dht_down() -> Arc<DhtError> {
+        Arc::new(DhtError::NoBootstrap { list: "x:1".into() })
+    }
+
+    fn found(sources: Vec<Source>) -> Result<Found, Arc<DhtError>> {
+        Ok(Found {
+            sources,
+            candidates: 0,
+            first_after: None,
+        })
+    }
+
+    /// The rules of `--dht` for one name: which outcome is "not found"
+    /// (exit 1), which is a failure, which a fallback.
+    #[test]
+    fn combine_follows_the_dht_rules() {
+        let reg = "127.0.0.1:9000";
+        let a = source("10.0.0.1:1", 5, 'a');
+        let b = source("10.0.0.2:2", 5, 'a');
+        // Both answered: merged, no fallback.
+        let both = combine(reg, "f", Ok(vec![a.clone()]), found(vec![b.clone()])).unwrap();
+        assert_eq!(both.sources.len(), 2);
+        assert!(both.fallback.is_none());
+        // The registry unreachable: the DHT alone, said as a fallback.
+        let dht_only = combine(reg, "f", Err(unreachable()), found(vec![b.clone()])).unwrap();
+        assert_eq!(dht_only.sources, vec![b.clone()]);
+        assert!(matches!(
+            dht_only.fallback,
+            Some(Fallback::RegistryUnreachable(_))
+        ));
+        // The DHT unusable: the registry alone.
+        let reg_only = combine(reg, "f", Ok(vec![a.clone()]), Err(dht_down())).unwrap();
+        assert_eq!(reg_only.sources, vec![a]);
+        assert!(matches!(reg_only.fallback, Some(Fallback::DhtUnusable(_))));
+        // Nobody knows a source: not found, whichever side could not answer.
+        for (registry, dht) in [
+            (Err(not_listed()), found(vec![])),
+            (Err(unreachable()), found(vec![])),
+            (Err(not_listed()), Err(dht_down())),
+        ] {
+            let e = combine(reg, "f", registry, dht).unwrap_err();
+            assert!(e.is_not_found(), "{e}");
+        }
+        // Neither could be asked: a failure, not "not found".
+        let e = combine(reg, "f", Err(unreachable()), Err(dht_down())).unwrap_err();
+        assert!(
+            matches!(e, SearchError::Neither { .. }) && !e.is_not_found(),
+            "{e}"
+        );
+    }
 
     fn source(addr: &str, size: u64, sha: char) -> Source {
         let (host, port) = addr.rsplit_once(':').unwrap();

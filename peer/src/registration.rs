@@ -257,6 +257,10 @@ impl Registrar {
     /// Registers every file of the shared folder over one connection. A file
     /// that cannot be read or that the registry refuses is skipped; an
     /// unreachable registry stops the whole and is returned as an error.
+    /// Files are taken as found, a file being written included: `peer
+    /// serve` prints `listening on` once they are registered, and a script
+    /// that wrote its files before starting the peer searches right after;
+    /// the watcher registers a changed file again once it is quiet.
     pub fn register_all(&self, reporter: &Reporter) -> Result<Summary, RegisterError> {
         let files = self.shared.list()?;
         let mut summary = Summary::default();
@@ -299,20 +303,33 @@ impl Registrar {
         Ok(summary)
     }
 
-    /// Sends every registration again (after the registry lost them), with
-    /// the files' current size and digest; files gone from the shared
-    /// folder are forgotten. Returns how many were registered.
+    /// Sends every registration again (after the registry lost them), as
+    /// recorded, for the files still in the version that was registered
+    /// (same size, and the digest cache knows the same size and
+    /// modification time under that digest). A file gone is forgotten; a
+    /// file that changed is forgotten too and left to the watcher, which
+    /// registers it once it is closed and quiet: read here, it could be
+    /// half-written. Returns how many were registered.
     pub fn renew(&self) -> Result<usize, ClientError> {
-        let names: Vec<String> = self.lock().keys().cloned().collect();
+        let held: Vec<(String, Registration)> = self
+            .lock()
+            .iter()
+            .map(|(name, r)| (name.clone(), r.clone()))
+            .collect();
         let mut client = self.connect()?;
         let mut renewed = 0;
-        for name in names {
-            let current = self
-                .shared
-                .resolve(&name)
-                .and_then(|file| Ok((file.size, self.hashes.digest(&file)?)));
-            let (size, sha256) = match current {
-                Ok(current) => current,
+        for (name, recorded) in held {
+            let unchanged = self.shared.resolve(&name).map(|file| {
+                file.size == recorded.size
+                    && self.hashes.cached(&file).as_deref() == Some(recorded.sha256.as_str())
+            });
+            let (size, sha256) = match unchanged {
+                Ok(true) => (recorded.size, recorded.sha256),
+                Ok(false) => {
+                    tracing::debug!("{name:?} changed; the watcher registers it once quiet");
+                    self.lock().remove(&name);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!("no longer registering {name:?}: {e}");
                     self.lock().remove(&name);
@@ -337,8 +354,11 @@ impl Registrar {
     /// One heartbeat; when the registry refreshed fewer registrations than
     /// this peer holds (it restarted, or they expired), registers them again.
     pub fn heartbeat(&self) -> Result<Beat, ClientError> {
-        let refreshed = self.connect()?.heartbeat(self.port)?;
+        let mut client = self.connect()?;
+        // Counted before asking: a registration the watcher adds while the
+        // beat is in flight must not look lapsed.
         let held = self.lock().len() as u64;
+        let refreshed = client.heartbeat(self.port)?;
         let renewed = if refreshed < held {
             Some(self.renew()?)
         } else {
@@ -424,11 +444,14 @@ fn beat_until_stopped(registrar: &Registrar, interval: Duration, stopped: &Recei
                     tracing::warn!("the registry at {} answers again", registrar.server());
                 }
                 if let Some(renewed) = beat.renewed {
-                    let shorter = adapted(interval);
+                    // Only a lapse since a beat that got through says the
+                    // interval is too long for the registry's TTL; after an
+                    // outage the registrations may simply have expired.
+                    let shorter = if down { interval } else { adapted(interval) };
                     if shorter < interval {
                         tracing::warn!(
                             "the registry at {} had lost this peer's files; registered {renewed} again, \
-                             and heartbeating every {} from now on (its --ttl is shorter than {})",
+                             and heartbeating every {} from now on (its --ttl may be shorter than {})",
                             registrar.server(),
                             humantime::format_duration(shorter),
                             humantime::format_duration(interval)

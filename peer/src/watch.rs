@@ -21,10 +21,12 @@
 //!   always the digest of the bytes the file had.
 //! - a file the notifications show *open for writing* (created or written
 //!   to, and not closed since: [`Writing`]) is not quiet however long its
-//!   writer pauses; its close wakes the thread. A writer that holds a file
-//!   open past [`crate::writing::OPEN_FOR_WRITING_LIMIT`] without writing, or a file being
-//!   written when the peer started (no event seen), falls back to the
-//!   settle time alone.
+//!   writer pauses; its close wakes the thread. Past the wait's limit
+//!   (`writing::OPEN_FOR_WRITING_LIMIT` after the last write, a shorter one
+//!   for a file created and never written) the settle time alone decides,
+//!   as it does for what the events cannot show (see [`Writing`]). Files
+//!   present at start are registered as found (`Registrar::register_all`),
+//!   before the watcher runs.
 //! - a registered name no longer listed (removed, renamed away) is
 //!   unregistered.
 //!
@@ -241,6 +243,9 @@ fn watch_until_stopped(
         } else {
             rescan
         };
+        let wait = pass.wake_at.map_or(wait, |at| {
+            wait.min(at.saturating_duration_since(Instant::now()).max(MIN_POLL))
+        });
         select! {
             recv(stopped) -> _ => return,
             recv(events) -> _ => {
@@ -293,6 +298,8 @@ struct Pass {
     changed: bool,
     /// Some file waits to become quiet.
     waiting: bool,
+    /// When the wait of a file open for writing runs out (the earliest).
+    wake_at: Option<Instant>,
 }
 
 /// The reconciling state, owned by the watcher thread.
@@ -404,9 +411,11 @@ impl Sync {
             if seen.refused {
                 continue;
             }
-            if self.writing.is_open(&file.path, now) {
+            if let Some(until) = self.writing.open_until(&file.path, now) {
                 // Not quiet, however long the writer pauses. No polling
-                // meanwhile: its close is an event, which wakes the thread.
+                // meanwhile: its close is an event, which wakes the thread;
+                // otherwise the pass comes back when the wait runs out.
+                pass.wake_at = Some(pass.wake_at.map_or(until, |at| at.min(until)));
                 continue;
             }
             if !seen.old && now.duration_since(seen.since) < self.config.settle {

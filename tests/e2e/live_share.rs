@@ -218,6 +218,42 @@ fn a_file_held_open_for_writing_is_not_announced_while_its_writer_pauses() {
     wait_registered(&registry, "closed.bin", first);
 }
 
+#[test]
+fn a_lapsed_registration_is_not_renewed_from_a_file_being_rewritten() {
+    // Registrations lapse between heartbeats here (TTL 2 s, beats every
+    // 3 s), so each beat registers the peer's files again.
+    let registry = Registry::start_with(&["--ttl", "2s"]);
+    let old = pseudo_random_bytes(64 * 1024, 3);
+    let peer = Peer::serve(
+        &registry,
+        &[("doc.bin", &old)],
+        &["--heartbeat", "3s", FAST[0], FAST[1]],
+    );
+    let new = pseudo_random_bytes(128 * 1024, 4);
+    let (first, rest) = new.split_at(32 * 1024);
+    let mut file = std::fs::File::create(peer.shared.join("doc.bin")).unwrap();
+    file.write_all(first).unwrap();
+    // Held open across two beats (workload pacing): a beat that renewed
+    // the registration by reading the file now would announce the part.
+    let mut announced = Vec::new();
+    let window = std::time::Instant::now() + Duration::from_secs(7);
+    while std::time::Instant::now() < window {
+        for s in search(&registry, "doc.bin") {
+            if s.size as usize == first.len() && !announced.contains(&s) {
+                announced.push(s);
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    file.write_all(rest).unwrap();
+    drop(file);
+    wait_registered(&registry, "doc.bin", &new);
+    assert!(
+        announced.is_empty(),
+        "the part was registered: {announced:?}"
+    );
+}
+
 /// The cache line `peer serve` prints on stderr.
 fn cache_line(stderr: &str) -> &str {
     stderr

@@ -270,7 +270,12 @@ fn get_one(
             }
             looked.sources
         }
-        Err(e) if e.is_not_found() => return Ok(not_found_with_suggestions(common, name, &e)),
+        Err(e) if e.is_not_found() => {
+            // A registry that could not be asked is not asked again for
+            // suggestions (each try waits its timeout).
+            let ask = !matches!(e, dht::SearchError::NotOnDht { .. });
+            return Ok(not_found_with_suggestions(common, name, &e, ask));
+        }
         Err(e) => return Err(e.into()),
     };
     match download::download_from(&sources, name, &common.downloads, &options, reporter) {
@@ -288,8 +293,14 @@ fn not_found_with_suggestions(
     common: &PeerConfig,
     name: &str,
     error: &dyn std::fmt::Display,
+    ask_registry: bool,
 ) -> ExitCode {
-    let line = match find::did_you_mean(&find::suggest(&common.server, name)) {
+    let hits = if ask_registry {
+        find::suggest(&common.server, name)
+    } else {
+        Vec::new()
+    };
+    let line = match find::did_you_mean(&hits) {
         Some(suggestions) => format!("peer: {error}; {suggestions}"),
         None => format!("peer: {error}"),
     };
