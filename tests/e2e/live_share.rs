@@ -51,6 +51,34 @@ fn wait_gone(registry: &Registry, name: &str) {
     });
 }
 
+/// Polls SEARCH `name` until `done` says so and returns the distinct
+/// sources seen meanwhile for which `wrong` holds (what must never be
+/// announced while a file is written).
+fn seen_while(
+    registry: &Registry,
+    name: &str,
+    mut done: impl FnMut() -> bool,
+    wrong: impl Fn(&Source) -> bool,
+) -> Vec<Source> {
+    let mut seen = Vec::new();
+    while !done() {
+        for s in search(registry, name) {
+            if wrong(&s) && !seen.contains(&s) {
+                seen.push(s);
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    seen
+}
+
+/// A `done` for [`seen_while`]: true once `window` has passed (workload
+/// pacing for a check that something does not happen meanwhile).
+fn after(window: Duration) -> impl FnMut() -> bool {
+    let end = std::time::Instant::now() + window;
+    move || std::time::Instant::now() >= end
+}
+
 /// SIGTERM and wait; returns stderr.
 fn stop(peer: &mut Peer) -> String {
     let process = peer.process.take().expect("running");
@@ -151,14 +179,12 @@ fn a_file_written_slowly_is_announced_only_once_complete() {
             }
         })
     };
-    let mut announced_early = Vec::new();
-    while !writer.is_finished() {
-        for s in search(&registry, "slow.bin") {
-            if (s.size != final_size || s.sha256 != final_sha) && !announced_early.contains(&s) {
-                announced_early.push(s);
-            }
-        }
-    }
+    let announced_early = seen_while(
+        &registry,
+        "slow.bin",
+        || writer.is_finished(),
+        |s| s.size != final_size || s.sha256 != final_sha,
+    );
     writer.join().unwrap();
     wait_registered(&registry, "slow.bin", &content);
     assert!(
@@ -185,16 +211,12 @@ fn a_file_held_open_for_writing_is_not_announced_while_its_writer_pauses() {
     // (workload pacing: what is checked is that nothing is announced
     // meanwhile; without the open-file check the half is registered
     // within a settle time and a listing).
-    let mut announced_early = Vec::new();
-    let pause_end = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < pause_end {
-        for s in search(&registry, "paused.bin") {
-            if (s.size != final_size || s.sha256 != final_sha) && !announced_early.contains(&s) {
-                announced_early.push(s);
-            }
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    let announced_early = seen_while(
+        &registry,
+        "paused.bin",
+        after(Duration::from_secs(3)),
+        |s| s.size != final_size || s.sha256 != final_sha,
+    );
     file.write_all(rest).unwrap();
     drop(file);
     wait_registered(&registry, "paused.bin", &content);
@@ -206,14 +228,16 @@ fn a_file_held_open_for_writing_is_not_announced_while_its_writer_pauses() {
     // Closed after a pause without another write: announced at once.
     let mut file = std::fs::File::create(peer.shared.join("closed.bin")).unwrap();
     file.write_all(first).unwrap();
-    let seen_closed = std::time::Instant::now() + Duration::from_secs(1);
-    while std::time::Instant::now() < seen_closed {
-        assert!(
-            search(&registry, "closed.bin").is_empty(),
-            "announced while open"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    let while_open = seen_while(
+        &registry,
+        "closed.bin",
+        after(Duration::from_secs(1)),
+        |_| true,
+    );
+    assert!(
+        while_open.is_empty(),
+        "announced while open: {while_open:?}"
+    );
     drop(file);
     wait_registered(&registry, "closed.bin", first);
 }
@@ -235,16 +259,9 @@ fn a_lapsed_registration_is_not_renewed_from_a_file_being_rewritten() {
     file.write_all(first).unwrap();
     // Held open across two beats (workload pacing): a beat that renewed
     // the registration by reading the file now would announce the part.
-    let mut announced = Vec::new();
-    let window = std::time::Instant::now() + Duration::from_secs(7);
-    while std::time::Instant::now() < window {
-        for s in search(&registry, "doc.bin") {
-            if s.size as usize == first.len() && !announced.contains(&s) {
-                announced.push(s);
-            }
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    let announced = seen_while(&registry, "doc.bin", after(Duration::from_secs(7)), |s| {
+        s.size as usize == first.len()
+    });
     file.write_all(rest).unwrap();
     drop(file);
     wait_registered(&registry, "doc.bin", &new);
