@@ -21,13 +21,16 @@
 //! writer takes one shard's write lock per change. A SEARCH never waits for
 //! the disk.
 //!
-//! Layout, for memory (about 100 bytes a registration; BENCHMARKS.md): a
-//! shard is a slab of slots (the key and its sources) in fixed chunks, so it
-//! grows without doubling, and a table of 4-byte slot numbers; a name's
-//! sources are held inline when there is one (most names); a source names
-//! its peer by a 4-byte id into a peer table, and its content hash is 32
-//! bytes. No sequence number is kept: sources are held in the order they
-//! were last seen, which is all SEARCH needs.
+//! Layout, for memory (about 70 bytes a registration; BENCHMARKS.md): a
+//! shard is a slab of 64-byte slots (a 64-bit fingerprint of the name's
+//! key, not the 32-byte key, and its sources) in fixed chunks, so it grows
+//! without doubling, and a table of 4-byte slot numbers; a name's sources
+//! are held inline when there is one (most names); a source names its peer
+//! by a 4-byte id into a peer table, and its content hash is 32 bytes. No
+//! sequence number is kept: sources are held in the order they were last
+//! seen, which is all SEARCH needs. The fingerprints are keyed by a secret
+//! drawn at each load, and the writer checks a registration's file against
+//! the slot it finds (see [`Shard::fingerprint`] for what that leaves).
 //!
 //! Like the SQL it replaces, a read filters by liveness (`last_seen >=
 //! live_since`) itself: expired registrations may stay here until the
@@ -38,8 +41,9 @@
 //! write's SQL decides (`--max-per-host`, what a heartbeat refreshes is
 //! mirrored, not chosen, here).
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -84,8 +88,8 @@ impl Key {
     }
 
     fn shard(&self) -> usize {
-        // Middle bits: the table takes its bucket from the low bits and its
-        // tag from the top 7; a shard must not make either constant.
+        // Not keyed like the fingerprint within the shard: a name aimed at
+        // one shard only makes that shard larger.
         (self.mixed() >> 32) as usize % SHARDS
     }
 
@@ -163,13 +167,19 @@ pub struct SourceRef<'a> {
     pub sha256: &'a [u8; 32],
 }
 
-/// One registration as the index holds it: 52 bytes.
+/// One registration as the index holds it: 56 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     sha256: [u8; 32],
     size: u64,
     last_seen: i64,
     peer: PeerId,
+    /// The record of the source's name in the word index ([`Names`]), or
+    /// [`NO_REC`] (not made yet, or the word index is broken): the same in
+    /// every source of a name. It is kept here, not once in the [`Slot`],
+    /// because here it fills the 4 bytes the entry would pad itself with,
+    /// and the slot holds its one-source case in 64 bytes.
+    record: RecId,
 }
 
 /// Sources of one name, oldest first: a write puts its source last (a
@@ -194,6 +204,19 @@ impl Sources {
 
     fn is_empty(&self) -> bool {
         self.as_slice().is_empty()
+    }
+
+    /// The record of the name in the word index ([`NO_REC`] for a free slot).
+    fn record(&self) -> RecId {
+        self.as_slice().first().map_or(NO_REC, |e| e.record)
+    }
+
+    /// Tells every source the record of their name.
+    fn set_record(&mut self, r: RecId) {
+        match self {
+            Sources::One(e) => e.record = r,
+            Sources::Many(v) => v.iter_mut().for_each(|e| e.record = r),
+        }
     }
 
     fn position(&self, peer: PeerId) -> Option<usize> {
@@ -267,19 +290,23 @@ impl Sources {
     }
 }
 
+/// A name in a shard: 64 bytes with one source inline.
 #[derive(Debug, Clone)]
 struct Slot {
-    key: Key,
+    /// The name's key as the shard fingerprints it ([`Shard::fingerprint`]):
+    /// the 32-byte key is not kept (at a million names it was 30 MiB, a
+    /// third of the slots).
+    fingerprint: u64,
     sources: Sources,
-    /// The record of the slot's name in the word index ([`Names`]), or
-    /// [`NO_REC`] (not made: the word index is broken).
-    file: RecId,
 }
 
 /// One shard: a slab of slots and a hash table of slot numbers.
 #[derive(Default)]
 struct Shard {
-    /// Numbers of the slots in use, hashed by their keys.
+    /// The keys of the shard's fingerprints ([`Shard::fingerprint`]): random,
+    /// drawn anew with every load (each load makes new shards).
+    keys: RandomState,
+    /// Numbers of the slots in use, hashed by their fingerprints.
     table: HashTable<u32>,
     /// The slots, [`CHUNK`] to a chunk; a free slot has no sources.
     chunks: Vec<Vec<Slot>>,
@@ -300,32 +327,49 @@ impl Shard {
         &mut self.chunks[n as usize / CHUNK][n as usize % CHUNK]
     }
 
-    fn find(&self, key: &Key) -> Option<u32> {
+    /// The fingerprint of `key` in this shard: SipHash-1-3 of the key under
+    /// the shard's random [`Shard::keys`], which is what a slot keeps and the
+    /// table hashes. Two keys of one shard share a fingerprint with
+    /// probability 2^-64 a pair, and nobody outside the process can aim at
+    /// that (the keys are secret and change with every load): the writer
+    /// checks every new registration's name against the slot it finds
+    /// ([`Index::apply`]) and a load refuses two names with one fingerprint,
+    /// so a registered name never answers for another; what is left is a
+    /// SEARCH for a name nobody registered meeting a registered one's
+    /// fingerprint, n/2^64 a lookup (one in 1.8 * 10^13 at a million names).
+    fn fingerprint(&self, key: &Key) -> u64 {
+        self.keys.hash_one(key.0)
+    }
+
+    fn find(&self, fingerprint: u64) -> Option<u32> {
         let chunks = &self.chunks;
         self.table
-            .find(key.mixed(), |&n| slot_in(chunks, n).key == *key)
+            .find(fingerprint, |&n| {
+                slot_in(chunks, n).fingerprint == fingerprint
+            })
             .copied()
     }
 
     fn get(&self, key: &Key) -> Option<&Sources> {
-        self.find(key).map(|n| &self.slot(n).sources)
+        self.find(self.fingerprint(key))
+            .map(|n| &self.slot(n).sources)
     }
 
-    /// The slot of `key`, a free one taken for it if it has none; `None`
-    /// when the shard cannot number another slot.
-    fn slot_for(&mut self, key: Key) -> Option<u32> {
-        if let Some(n) = self.find(&key) {
-            return Some(n);
+    /// The slot of `key`, a free one taken for it if it has none, and
+    /// whether it is new; `None` when the shard cannot number another slot.
+    fn slot_for(&mut self, key: &Key) -> Option<(u32, bool)> {
+        let fingerprint = self.fingerprint(key);
+        if let Some(n) = self.find(fingerprint) {
+            return Some((n, false));
         }
-        self.new_slot(key)
+        self.new_slot(fingerprint).map(|n| (n, true))
     }
 
-    /// A free slot for `key`, which has none (the caller checked).
-    fn new_slot(&mut self, key: Key) -> Option<u32> {
+    /// A free slot for `fingerprint`, which has none (the caller checked).
+    fn new_slot(&mut self, fingerprint: u64) -> Option<u32> {
         let fresh = Slot {
-            key,
+            fingerprint,
             sources: Sources::EMPTY,
-            file: NO_REC,
         };
         let n = match self.free.pop() {
             Some(n) => {
@@ -348,24 +392,21 @@ impl Shard {
             }
         };
         let Shard { table, chunks, .. } = self;
-        table.insert_unique(key.mixed(), n, |&m| slot_in(chunks, m).key.mixed());
+        table.insert_unique(fingerprint, n, |&m| slot_in(chunks, m).fingerprint);
         Some(n)
     }
 
-    /// Frees slot `n` if it has no sources left; returns the record of
-    /// its name in the word index then (to remove there too).
-    fn release_if_empty(&mut self, n: u32) -> Option<RecId> {
+    /// Frees slot `n` if it has no sources left; returns whether it did.
+    fn release_if_empty(&mut self, n: u32) -> bool {
         let slot = self.slot(n);
         if !slot.sources.is_empty() {
-            return None;
+            return false;
         }
-        let file = slot.file;
-        if let Ok(entry) = self.table.find_entry(slot.key.mixed(), |&m| m == n) {
+        if let Ok(entry) = self.table.find_entry(slot.fingerprint, |&m| m == n) {
             entry.remove();
         }
         self.free.push(n);
-        self.slot_mut(n).file = NO_REC;
-        Some(file)
+        true
     }
 
     /// Slots in use: `(number, slot)`.
@@ -684,7 +725,7 @@ impl Fresh {
             let (s, n) = split_name_id(slot);
             if let Some(shard) = self.shards.get_mut(s) {
                 if (n as usize / CHUNK) < shard.chunks.len() {
-                    shard.slot_mut(n).file = r;
+                    shard.slot_mut(n).sources.set_record(r);
                 }
             }
         }
@@ -698,11 +739,15 @@ impl Fresh {
         }
         let s = key.shard();
         let shard = &mut self.shards[s];
-        if shard.find(&key).is_some() {
-            self.failed = Some("the rows of one name were not consecutive");
+        let fingerprint = shard.fingerprint(&key);
+        if shard.find(fingerprint).is_some() {
+            // The load that comes next draws new fingerprints (a pair of
+            // names that share one here will not there).
+            self.failed =
+                Some("the rows of one name were not consecutive, or two names share a fingerprint");
             return;
         }
-        let Some(n) = shard.new_slot(key) else {
+        let Some(n) = shard.new_slot(fingerprint) else {
             self.failed = Some("a shard of the index is full");
             return;
         };
@@ -927,7 +972,7 @@ impl Index {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
             for (_, slot) in shard.used() {
                 let (file_id, name) = names
-                    .get(slot.file)
+                    .get(slot.sources.record())
                     .map_or((0, "<no record>"), |(id, name, _)| (id, name));
                 for (rank, e) in slot.sources.as_slice().iter().enumerate() {
                     let (host, port) = match hosts.get(e.peer.get() as usize - 1) {
@@ -935,7 +980,9 @@ impl Index {
                         _ => (format!("<no peer {}>", e.peer), 0),
                     };
                     rows.push(Row {
-                        name_key: p2p_proto::protocol::to_hex(&slot.key.0),
+                        // The slot keeps no key: the name's (the same for
+                        // every row the server wrote).
+                        name_key: p2p_proto::protocol::name_key(name),
                         host,
                         port,
                         size: e.size,
@@ -1010,6 +1057,7 @@ impl Index {
                     size: row.size,
                     last_seen: row.last_seen,
                     peer,
+                    record: NO_REC, // told by `finish_words`
                 },
             ));
         }
@@ -1140,15 +1188,20 @@ impl Index {
                         return false;
                     };
                     let s = key.shard();
+                    if !self.same_name(s, key, *file_id) {
+                        self.fail("a name's slot holds another file (two fingerprints met, or the file changed under the index)");
+                        return false;
+                    }
                     let mut shard = self.shards[s]
                         .write()
                         .unwrap_or_else(PoisonError::into_inner);
-                    let Some(n) = shard.slot_for(*key) else {
+                    let Some((n, _)) = shard.slot_for(key) else {
                         drop(shard);
                         self.fail("a shard of the index is full");
                         return false;
                     };
                     let sources = &mut shard.slot_mut(n).sources;
+                    let record = sources.record();
                     match sources.position(peer) {
                         Some(at) => drop(sources.remove(at)),
                         None => total += 1,
@@ -1158,10 +1211,10 @@ impl Index {
                         size: *size,
                         last_seen: *ms,
                         peer,
+                        record,
                     });
-                    let new_name = shard.slot(n).file == NO_REC;
                     drop(shard);
-                    if new_name {
+                    if record == NO_REC {
                         // The word index first, then the slot's record
                         // (never both locks at once: a FIND takes them
                         // in that order).
@@ -1174,7 +1227,8 @@ impl Index {
                             .write()
                             .unwrap_or_else(PoisonError::into_inner)
                             .slot_mut(n)
-                            .file = r;
+                            .sources
+                            .set_record(r);
                     }
                     if let Some(names) = book.names_mut(peer) {
                         names.insert(name_id(s, n));
@@ -1188,19 +1242,19 @@ impl Index {
                     let mut shard = self.shards[s]
                         .write()
                         .unwrap_or_else(PoisonError::into_inner);
-                    let Some(n) = shard.find(key) else {
+                    let Some(n) = shard.find(shard.fingerprint(key)) else {
                         continue;
                     };
                     let sources = &mut shard.slot_mut(n).sources;
                     let Some(at) = sources.position(peer) else {
                         continue;
                     };
-                    sources.remove(at);
+                    let record = sources.remove(at).record;
                     total -= 1;
                     let gone = shard.release_if_empty(n);
                     drop(shard);
-                    if let Some(r) = gone {
-                        self.remove_names(&[r]);
+                    if gone {
+                        self.remove_names(&[record]);
                     }
                     if book.forget(peer, name_id(s, n)) {
                         let mut hosts = self.hosts.write().unwrap_or_else(PoisonError::into_inner);
@@ -1247,6 +1301,27 @@ impl Index {
         true
     }
 
+    /// Whether the slot of `key` in shard `s`, if it has one with a record
+    /// in the word index, is file `file_id`'s: a slot is found by its
+    /// fingerprint ([`Shard::fingerprint`]), and this is what keeps a new
+    /// name from joining another's whose fingerprint it met. Writer only.
+    fn same_name(&self, s: usize, key: &Key, file_id: i64) -> bool {
+        let record = {
+            let shard = self.shards[s]
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            match shard.find(shard.fingerprint(key)) {
+                Some(n) => shard.slot(n).sources.record(),
+                None => return true,
+            }
+        };
+        if record == NO_REC {
+            return true; // the word index is broken: nothing to ask
+        }
+        let names = self.names.read().unwrap_or_else(PoisonError::into_inner);
+        names.get(record).is_some_and(|(id, ..)| id == file_id)
+    }
+
     /// Drops every registration not seen since `live_since`: after the
     /// writer's expiry sweep has deleted the same rows from the database.
     /// Ignored while not ready (the writer passes it to the load under way
@@ -1276,6 +1351,7 @@ impl Index {
                         continue; // a free slot
                     }
                     let n = (chunk_at * CHUNK + i) as u32;
+                    let record = slot.sources.record();
                     slot.sources.retain(|e| {
                         let live = e.last_seen >= live_since;
                         if !live {
@@ -1285,12 +1361,14 @@ impl Index {
                     });
                     total += slot.sources.as_slice().len();
                     if slot.sources.is_empty() {
-                        emptied.push(n);
+                        emptied.push((n, record));
                     }
                 }
             }
-            for n in emptied {
-                released.extend(shard.release_if_empty(n));
+            for (n, record) in emptied {
+                if shard.release_if_empty(n) {
+                    released.push(record);
+                }
             }
         }
         self.remove_names(&released);
@@ -1431,9 +1509,35 @@ mod tests {
             56,
             "no tag beside the inline entry"
         );
-        // 88 bytes with the key and one source inline, 8 more (4 and
-        // alignment) for the record of the name in the word index.
-        assert_eq!(std::mem::size_of::<Slot>(), 96);
+        // The fingerprint and one source inline (the name's record in
+        // the entry's spare 4 bytes).
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
+    }
+
+    #[test]
+    fn a_slot_found_for_another_file_stops_the_index() {
+        // Slots are found by fingerprint: a registration whose slot holds
+        // another file (two names whose fingerprints met, or a file changed
+        // by another process) must not join it; the index gives up, SEARCH
+        // goes to SQLite, and the writer loads it again.
+        let index = ready();
+        register(&index, "a", 1, 1);
+        register(&index, "a", 2, 2); // the same file: joins
+        assert_eq!(ports(&index, "a", 0), [2, 1]);
+        let other_file = Change::Register {
+            key: Key::of_name("a"),
+            file_id: 7,
+            name: "a".into(),
+            host: "10.0.0.1".into(),
+            port: 3,
+            size: 5,
+            sha256: HASH.into(),
+            ms: 3,
+            seq: 3,
+        };
+        index.apply(&[other_file]);
+        assert!(!index.is_ready());
+        assert_eq!(index.search(&Key::of_name("a"), 0), None, "ask SQL");
     }
 
     #[test]
