@@ -22,6 +22,18 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// maximal name fits well inside.
 const MAX_REPLY_LINE: usize = 2 * MAX_LINE_BYTES;
 
+/// How far the socket's read timeout may be from the time a reply has left
+/// before it is set again (at most a sixteenth of the client's timeout):
+/// how late past its deadline a reply may be judged late.
+pub const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
+
+/// Why [`Client::read_bytes`] stopped short of a line.
+enum ReadFailure {
+    Late,
+    Closed,
+    Failed(io::Error),
+}
+
 /// Most source lines accepted after `FOUND`: the registry answers a SEARCH
 /// with at most this many (the most recently seen). More is a broken or
 /// hostile registry, refused before a line of it is buffered.
@@ -66,6 +78,10 @@ pub struct Client {
     timeout: Duration,
     reader: BufReader<TcpStream>,
     writer: BufWriter<TcpStream>,
+    /// The read timeout the socket has now (see [`Client::read_line`]).
+    read_timeout: Duration,
+    /// The line being read, as bytes, and as text once whole.
+    bytes: Vec<u8>,
     line: String,
     out: String,
 }
@@ -158,6 +174,8 @@ impl Client {
             timeout,
             reader: BufReader::new(stream),
             writer: BufWriter::new(write_half),
+            read_timeout: timeout,
+            bytes: Vec::new(),
             line: String::new(),
             out: String::new(),
         })
@@ -261,16 +279,59 @@ impl Client {
                 ),
             )
         };
-        let mut bytes = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(late(&self.addr, self.timeout));
+        let mut bytes = std::mem::take(&mut self.bytes);
+        bytes.clear();
+        let read = self.read_bytes(&mut bytes, deadline);
+        self.line.clear();
+        // No allocation when the bytes are UTF-8 (a registry's always are).
+        self.line.push_str(&String::from_utf8_lossy(&bytes));
+        let long = bytes.len() > MAX_REPLY_LINE;
+        self.bytes = bytes;
+        match read {
+            Ok(()) => {}
+            Err(ReadFailure::Late) => return Err(late(&self.addr, self.timeout)),
+            Err(ReadFailure::Failed(e)) => return Err(io_err(&self.addr, e)),
+            Err(ReadFailure::Closed) => {
+                return Err(ClientError::Closed {
+                    addr: self.addr.clone(),
+                })
             }
-            self.reader
-                .get_ref()
-                .set_read_timeout(Some(left))
-                .map_err(|e| io_err(&self.addr, e))?;
+        }
+        if !self.line.ends_with('\n') || long {
+            return Err(self.bad_reply(ReplyError {
+                line: self.line.chars().take(80).collect(),
+                reason: "line too long or cut short",
+            }));
+        }
+        Ok(self.line.trim_end_matches('\n').trim_end_matches('\r'))
+    }
+
+    /// Reads into `bytes` up to and with a line's `\n`, or `MAX_REPLY_LINE`
+    /// + 1 bytes, or the end of input, by `deadline`.
+    ///
+    /// The socket's read timeout is set only before a read that will wait
+    /// (nothing buffered), and only when it is off the time left by more
+    /// than [`TIMEOUT_SLACK`]: a `setsockopt` for every line was a quarter
+    /// of the client's CPU per SEARCH (BENCHMARKS.md, "Issue 15 at stop
+    /// 24"). So a reply may be judged late up to the slack after its
+    /// deadline, and a read that times out before the deadline (the socket
+    /// kept a shorter timeout) is tried again.
+    fn read_bytes(&mut self, bytes: &mut Vec<u8>, deadline: Instant) -> Result<(), ReadFailure> {
+        let slack = TIMEOUT_SLACK.min(self.timeout / 16);
+        loop {
+            if self.reader.buffer().is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ReadFailure::Late);
+                }
+                if left.abs_diff(self.read_timeout) > slack {
+                    self.reader
+                        .get_ref()
+                        .set_read_timeout(Some(left))
+                        .map_err(ReadFailure::Failed)?;
+                    self.read_timeout = left;
+                }
+            }
             let available = match self.reader.fill_buf() {
                 Ok(available) => available,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -280,17 +341,16 @@ impl Client {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Err(late(&self.addr, self.timeout))
+                    continue; // late or not: the top of the loop says
                 }
-                Err(e) => return Err(io_err(&self.addr, e)),
+                Err(e) => return Err(ReadFailure::Failed(e)),
             };
             if available.is_empty() {
-                if bytes.is_empty() {
-                    return Err(ClientError::Closed {
-                        addr: self.addr.clone(),
-                    });
-                }
-                break;
+                return if bytes.is_empty() {
+                    Err(ReadFailure::Closed)
+                } else {
+                    Ok(())
+                };
             }
             let (take, done) = match available.iter().position(|&b| b == b'\n') {
                 Some(i) => (i + 1, true),
@@ -300,17 +360,9 @@ impl Client {
             bytes.extend_from_slice(&available[..take.min(room)]);
             self.reader.consume(take.min(room));
             if done || bytes.len() > MAX_REPLY_LINE {
-                break;
+                return Ok(());
             }
         }
-        self.line = String::from_utf8_lossy(&bytes).into_owned();
-        if !self.line.ends_with('\n') || bytes.len() > MAX_REPLY_LINE {
-            return Err(self.bad_reply(ReplyError {
-                line: self.line.chars().take(80).collect(),
-                reason: "line too long or cut short",
-            }));
-        }
-        Ok(self.line.trim_end_matches('\n').trim_end_matches('\r'))
     }
 
     fn expect_ok(&mut self, request: &Request<'_>) -> Result<Reply, ClientError> {
@@ -405,6 +457,82 @@ impl Client {
         match self.expect_ok(&Request::Quit)? {
             Reply::Bye => Ok(()),
             other => Err(self.unexpected(&Request::Quit, other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread;
+
+    /// A one-connection server on loopback that calls `answer` with the
+    /// number of each request line it reads (0, 1, ...) and the socket.
+    fn server(answer: impl Fn(usize, &mut TcpStream) + Send + 'static) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let Ok(read_half) = stream.try_clone() else {
+                return;
+            };
+            let mut lines = BufReader::new(read_half).lines();
+            let mut n = 0;
+            while let Some(Ok(_)) = lines.next() {
+                answer(n, &mut stream);
+                n += 1;
+            }
+        });
+        addr
+    }
+
+    fn client(addr: &str, timeout: Duration) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        Client::from_stream(addr, stream, timeout).expect("client")
+    }
+
+    const SEARCH: Request<'static> = Request::Search { name: "x" };
+
+    #[test]
+    fn a_reply_in_pieces_within_the_deadline_is_read_and_so_are_the_next() {
+        let source = format!("127.0.0.1:9 10 {}\n", "a".repeat(64));
+        let addr = server(move |n, stream| {
+            let reply = format!("FOUND 1\n{source}");
+            if n == 0 {
+                // Paced, past the slack: the client lowers its socket's
+                // timeout for the rest of this reply and must raise it again.
+                let (first, rest) = reply.split_at(20);
+                let _ = stream.write_all(first.as_bytes());
+                thread::sleep(Duration::from_millis(150));
+                let _ = stream.write_all(rest.as_bytes());
+            } else {
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        let mut client = client(&addr, Duration::from_secs(5));
+        for _ in 0..3 {
+            match client.request(&SEARCH) {
+                Ok(Reply::Found(sources)) => assert_eq!(sources.len(), 1),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_reply_not_whole_by_the_deadline_is_late() {
+        let addr = server(|_, stream| {
+            let _ = stream.write_all(b"FOUND 1\n127.0.0.1:9 ");
+        });
+        let mut client = client(&addr, Duration::from_millis(300));
+        match client.request(&SEARCH) {
+            Err(ClientError::Io { source, .. }) => {
+                assert_eq!(source.kind(), io::ErrorKind::TimedOut);
+                assert!(source.to_string().contains("no whole reply"), "{source}");
+            }
+            other => panic!("{other:?}"),
         }
     }
 }
