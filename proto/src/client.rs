@@ -535,4 +535,112 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    /// Generous: far past the slack, far below a wait that ignores the
+    /// deadline (the trickle below takes 20 s to send). Not a timing test.
+    const HANG: Duration = Duration::from_secs(8);
+
+    /// One byte every 0.25 s: each read returns in time, but the reply is
+    /// judged against its whole deadline, never earlier.
+    #[test]
+    fn a_trickling_reply_is_late_at_its_deadline_not_before() {
+        let addr = server(|_, stream| {
+            let reply = format!("FOUND 1\n127.0.0.1:9 10 {}\n", "a".repeat(64));
+            for b in reply.as_bytes() {
+                if stream.write_all(&[*b]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(250));
+            }
+        });
+        let timeout = Duration::from_millis(1200);
+        let mut client = client(&addr, timeout);
+        let start = Instant::now();
+        let got = client.request(&SEARCH);
+        let took = start.elapsed();
+        assert!(
+            matches!(&got, Err(ClientError::Io { source, .. }) if source.kind() == io::ErrorKind::TimedOut),
+            "{got:?}"
+        );
+        assert!(took >= timeout, "judged late before its deadline: {took:?}");
+        assert!(took < HANG, "the deadline did not hold: {took:?}");
+    }
+
+    /// Silence: late, never before the deadline, on a first and a later
+    /// request (the socket keeps the timeout the first one set).
+    #[test]
+    fn silence_is_late_never_before_the_deadline() {
+        for ms in [20u64, 100, 400] {
+            let addr = server(|_, _| {});
+            let timeout = Duration::from_millis(ms);
+            let mut client = client(&addr, timeout);
+            for _ in 0..2 {
+                let start = Instant::now();
+                assert!(client.request(&SEARCH).is_err());
+                let took = start.elapsed();
+                assert!(took >= timeout, "{ms} ms: late too early: {took:?}");
+                assert!(took < HANG, "{ms} ms: {took:?}");
+            }
+        }
+    }
+
+    /// A reply that ends close to its deadline leaves the socket with a
+    /// short timeout; a next reply slower than that is still read.
+    #[test]
+    fn a_short_socket_timeout_left_by_one_reply_does_not_cut_the_next() {
+        let addr = server(|n, stream| {
+            let reply = format!("FOUND 1\n127.0.0.1:9 10 {}\n", "a".repeat(64));
+            if n == 0 {
+                let (a, rest) = reply.split_at(10);
+                let (b, c) = rest.split_at(10);
+                let _ = stream.write_all(a.as_bytes());
+                thread::sleep(Duration::from_millis(900));
+                let _ = stream.write_all(b.as_bytes());
+                thread::sleep(Duration::from_millis(50));
+                let _ = stream.write_all(c.as_bytes());
+            } else {
+                thread::sleep(Duration::from_millis(300));
+                let _ = stream.write_all(reply.as_bytes());
+            }
+        });
+        let mut client = client(&addr, Duration::from_secs(3));
+        for i in 0..3 {
+            match client.request(&SEARCH) {
+                Ok(Reply::Found(sources)) => assert_eq!(sources.len(), 1),
+                other => panic!("reply {i}: {other:?}"),
+            }
+        }
+    }
+
+    /// Bad lines are bad replies, and nothing of them shows in the next
+    /// reply (the line buffers are reused).
+    #[test]
+    fn bad_lines_do_not_leak_into_the_next_reply() {
+        let addr = server(|n, stream| {
+            let _ = match n {
+                0 => stream.write_all(b"PO\xffNG\n"),
+                1 => stream.write_all(b"PONG\n"),
+                2 => stream
+                    .write_all(format!("FOUND 1\n127.0.0.1:9 10 {}\n", "a".repeat(64)).as_bytes()),
+                _ => stream.write_all(b"ERR"),
+            };
+            if n == 3 {
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            }
+        });
+        let mut client = client(&addr, Duration::from_secs(5));
+        assert!(matches!(
+            client.request(&Request::Ping),
+            Err(ClientError::BadReply { .. })
+        ));
+        assert!(matches!(client.request(&Request::Ping), Ok(Reply::Pong)));
+        match client.request(&SEARCH) {
+            Ok(Reply::Found(sources)) => assert_eq!(sources[0].port, 9),
+            other => panic!("{other:?}"),
+        }
+        match client.request(&Request::Ping) {
+            Err(ClientError::BadReply { source, .. }) => assert_eq!(source.line, "ERR"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
