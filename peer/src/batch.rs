@@ -677,6 +677,10 @@ impl BatchDisplay {
             }
             s.in_flight.remove(name);
             s.finished += 1;
+            if result.is_err() {
+                // Its reason is on stderr; the line keeps the count whole.
+                line = Some(format!("[{}/{}] failed {shown}", s.finished, s.total_files));
+            }
             if let Ok(outcome) = result {
                 let size = match outcome {
                     Outcome::Downloaded { size, .. } => *size,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use comfy_table::{presets, ContentArrangement, Table};
 use p2p_proto::protocol::{FindHit, Source};
-use p2p_proto::units::human_size;
+use p2p_proto::units::{human_size, plural};
 
 use crate::config::PeerConfig;
 use crate::download::{self, Outcome};
@@ -321,7 +321,7 @@ pub fn run(
     heartbeat.stop();
     let farewell = match registrar.unregister_all() {
         Ok(0) => Ok(()),
-        Ok(n) => console.say(format_args!("unregistered {n} files")),
+        Ok(n) => console.say(format_args!("unregistered {n} file{}", plural(n))),
         Err(e) => console.say(format_args!(
             "could not unregister (the registry forgets them at its TTL): {e}"
         )),
@@ -418,11 +418,11 @@ fn register(
                 console.say(format_args!(
                     "registered {} file{}",
                     summary.registered,
-                    if summary.registered == 1 { "" } else { "s" }
+                    plural(summary.registered)
                 ))?;
             }
             Err(e) if e.is_unreachable() => console.say(format_args!(
-                "{e} (is the registry running?); the menu goes on, try again later"
+                "cannot register the shared files: {e} (is the registry running?); the menu goes on, try again later"
             ))?,
             Err(e) => console.say(e)?,
         }
@@ -430,12 +430,12 @@ fn register(
     }
     match registrar.register(&name, reporter) {
         Ok(registration) => console.say(format_args!(
-            "registered {name} ({} bytes, sha256 {})",
-            registration.size,
+            "registered {name} ({}, sha256 {})",
+            human_size(registration.size),
             registration.short_sha()
         ))?,
         Err(e @ RegisterError::Registry(_)) if e.is_unreachable() => console.say(format_args!(
-            "{e} (is the registry running?); the menu goes on, try again later"
+            "cannot register {name}: {e} (is the registry running?); the menu goes on, try again later"
         ))?,
         Err(e) => console.say(e)?,
     }

@@ -280,9 +280,9 @@ impl Registrar {
             match client.register(self.port, file.size, &sha256, &file.name) {
                 Ok(()) => {
                     reporter.note(format_args!(
-                        "registered {} ({} bytes, sha256 {})",
+                        "registered {} ({}, sha256 {})",
                         file.name,
-                        file.size,
+                        p2p_proto::units::human_size(file.size),
                         short_sha(&sha256)
                     ));
                     self.lock().insert(
@@ -387,15 +387,20 @@ impl Registrar {
 }
 
 /// Registers one shared file for `port` and returns what was announced
-/// (`peer register NAME --port N`).
+/// (`peer register NAME --port N [--bind IP]`). The registry records the
+/// address the connection comes from, so it leaves from `bind` when that is
+/// a specific address, as the file server's registrations do.
 pub fn register_one(
     server: &str,
     shared: SharedDir,
     port: u16,
+    bind: IpAddr,
     name: &str,
     reporter: &Reporter,
 ) -> Result<Registration, RegisterError> {
-    Registrar::new(server, port, shared, HashCache::new()).register(name, reporter)
+    Registrar::new(server, port, shared, HashCache::new())
+        .with_bind(bind)
+        .register(name, reporter)
 }
 
 /// The background thread that sends heartbeats. Stopping it (or dropping
@@ -409,12 +414,14 @@ impl Heartbeat {
     /// Starts beating every `interval`; while the registry is unreachable it
     /// tries again after [`RETRY_MIN`], doubling up to [`RETRY_MAX`] (never
     /// longer than `interval`). When a beat finds that the registry lost
-    /// registrations that were alive at the last one (they expired between
-    /// two beats: its `--ttl` is shorter than the interval, or it was
-    /// restarted on another file), the files are registered again and the
+    /// registrations, the files are registered again. When the beat before
+    /// found a lapse too (it got through, and what it registered has lapsed
+    /// again: the registry's `--ttl` is shorter than the interval), the
     /// interval is halved, down to [`MIN_ADAPTED_HEARTBEAT`]: the protocol
     /// does not tell a peer the registry's TTL, so the peer learns it is
-    /// too slow, as a BitTorrent client follows its tracker's interval.
+    /// too slow, as a BitTorrent client follows its tracker's interval. A
+    /// single lapse (an operator's `p2p-admin prune`, a registry restarted
+    /// on another file) changes no interval.
     pub fn start(registrar: Arc<Registrar>, interval: Duration) -> std::io::Result<Heartbeat> {
         let thread = Background::spawn("heartbeat", move |stopped| {
             beat_until_stopped(&registrar, interval, &stopped)
@@ -433,6 +440,8 @@ fn beat_until_stopped(registrar: &Registrar, interval: Duration, stopped: &Recei
     let mut wait = interval;
     let mut retry = RETRY_MIN;
     let mut down = false;
+    // Whether the last beat that got through found registrations lapsed.
+    let mut lapsed = false;
     loop {
         match stopped.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -444,26 +453,33 @@ fn beat_until_stopped(registrar: &Registrar, interval: Duration, stopped: &Recei
                     tracing::warn!("the registry at {} answers again", registrar.server());
                 }
                 if let Some(renewed) = beat.renewed {
-                    // Only a lapse since a beat that got through says the
-                    // interval is too long for the registry's TTL; after an
-                    // outage the registrations may simply have expired.
-                    let shorter = if down { interval } else { adapted(interval) };
+                    // Only a second lapse in a row, each since a beat that
+                    // got through, says the interval is too long for the
+                    // registry's TTL: after an outage the registrations may
+                    // simply have expired, and one lapse may be a prune.
+                    let shorter = if down || !lapsed {
+                        interval
+                    } else {
+                        adapted(interval)
+                    };
                     if shorter < interval {
                         tracing::warn!(
-                            "the registry at {} had lost this peer's files; registered {renewed} again, \
-                             and heartbeating every {} from now on (its --ttl may be shorter than {})",
+                            "the registry at {} lost this peer's files again; registered {renewed} again, \
+                             and heartbeating every {} from now on (its --ttl is shorter than {})",
                             registrar.server(),
-                            humantime::format_duration(shorter),
-                            humantime::format_duration(interval)
+                            seconds(shorter),
+                            seconds(interval)
                         );
                         interval = shorter;
                     } else {
                         tracing::warn!(
-                            "the registry at {} had lost this peer's files; registered {renewed} again",
+                            "the registry at {} had lost this peer's files (expired, or removed by \
+                             its operator); registered {renewed} again",
                             registrar.server()
                         );
                     }
                 }
+                lapsed = beat.renewed.is_some();
                 down = false;
                 wait = interval;
                 retry = RETRY_MIN;
@@ -477,6 +493,16 @@ fn beat_until_stopped(registrar: &Registrar, interval: Duration, stopped: &Recei
                 retry = (retry * 2).min(RETRY_MAX);
             }
         }
+    }
+}
+
+/// A heartbeat interval for a person: `4s`, `22.5s`.
+fn seconds(interval: Duration) -> String {
+    let ms = interval.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", interval.as_secs_f64())
     }
 }
 
@@ -504,6 +530,13 @@ mod tests {
             adapted(Duration::from_millis(300)),
             Duration::from_millis(300)
         );
+    }
+
+    #[test]
+    fn intervals_read_in_seconds() {
+        assert_eq!(seconds(Duration::from_secs(4)), "4s");
+        assert_eq!(seconds(Duration::from_millis(22_500)), "22.5s");
+        assert_eq!(seconds(Duration::from_secs(90)), "90s");
     }
 
     #[test]

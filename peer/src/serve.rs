@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use p2p_proto::units::plural;
 
 use crate::config::PeerConfig;
 use crate::files::{FilesError, HashCache, SharedDir, SharedFile};
@@ -242,8 +243,9 @@ pub fn run(common: &PeerConfig, reporter: &Reporter) -> Result<(), ServeError> {
     // On stderr: stdout is for the start lines scripts read.
     let _ = writeln!(
         io::stderr(),
-        "hashed {} files, {} from cache",
+        "hashed {} file{}, {} from cache",
         prepared.files.len(),
+        plural(prepared.files.len()),
         prepared.from_cache
     );
     store.save(&prepared.files, &hashes, &pieces);
@@ -301,7 +303,7 @@ pub fn run(common: &PeerConfig, reporter: &Reporter) -> Result<(), ServeError> {
         Err(e) => tracing::warn!("hash cache not saved: {e}"),
     }
     match registrar.unregister_all() {
-        Ok(n) => reporter.note(format_args!("unregistered {n} files")),
+        Ok(n) => reporter.note(format_args!("unregistered {n} file{}", plural(n))),
         Err(e) => tracing::warn!(
             "could not unregister (the registrations lapse at the registry's TTL): {e}"
         ),

@@ -431,9 +431,9 @@ impl Sync {
                             self.seen.remove(&file.name);
                             let again = if current.is_some() { " again" } else { "" };
                             self.reporter.note(format_args!(
-                                "registered {}{again} ({} bytes, sha256 {})",
+                                "registered {}{again} ({}, sha256 {})",
                                 file.name,
-                                r.size,
+                                p2p_proto::units::human_size(r.size),
                                 short_sha(&r.sha256)
                             ));
                         }

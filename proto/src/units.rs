@@ -23,6 +23,16 @@ pub fn human_size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// The `s` of a counted noun: `format!("{n} file{}", plural(n))` gives
+/// "1 file", "2 files", "0 files".
+pub fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -463,6 +463,32 @@ fn the_registry_sees_the_bind_address_and_0_0_0_0_says_where_it_is_reachable() {
     }
 }
 
+#[test]
+fn peer_register_with_bind_is_registered_from_that_address() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b.txt"), b"bound").unwrap();
+    let shared = dir.path().to_str().unwrap();
+    let server = registry.addr_string();
+    let args = [
+        "--server",
+        &server,
+        "register",
+        "b.txt",
+        "--port",
+        "4101",
+        "--bind",
+        "127.0.0.3",
+        "--shared",
+        shared,
+    ];
+    let out = run(&bin("peer"), &args, Duration::from_secs(30));
+    assert!(out.status.success(), "{out:?}");
+    let sources = search(&registry, "b.txt");
+    assert_eq!(sources.len(), 1);
+    assert_eq!(sources[0].addr(), "127.0.0.3:4101", "the --bind address");
+}
+
 /// The menu with piped stdin and a stdout line reader.
 struct Menu {
     child: std::process::Child,

@@ -200,7 +200,7 @@ fn a_corrupted_source_beside_a_good_one_yields_the_good_content() {
         "the bad source was never tried"
     );
     assert!(
-        out.contains(&liar.to_string()),
+        out.contains(&liar.to_string()) && out.contains("trying the next source"),
         "says which source failed:\n{out}"
     );
     assert!(std::fs::read(downloads.join("doc.bin")).expect("file") == good);
@@ -222,7 +222,13 @@ fn only_corrupted_sources_leave_nothing_behind() {
         )
         .expect("register");
     let (_dir, _shared, downloads) = Peer::folders();
-    let line = one_line_failure(&peer_in(&registry, &downloads, &["get", "lie.txt"]), 2);
+    let out = peer_in(&registry, &downloads, &["get", "lie.txt"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        !stdout.contains("next source"),
+        "there was no next source:\n{stdout}"
+    );
+    let line = one_line_failure(&out, 2);
     assert!(line.contains("sha256"), "{line}");
     assert!(!downloads.join("lie.txt").exists());
     no_part_files(&downloads);
@@ -323,9 +329,9 @@ fn a_heartbeat_slower_than_the_registry_ttl_speeds_up_after_a_lapse() {
         &["--heartbeat", "8s"],
     );
     // The registration lapses before the beat at 8 s (which registers it
-    // again and halves the interval to 4 s) and before the one at 12 s
-    // (halved to 2 s, under the TTL): the fourth beat is the first that
-    // finds it alive.
+    // again), before the one at 16 s (a second lapse in a row: the interval
+    // halves to 4 s) and before the one at 20 s (halved to 2 s, under the
+    // TTL): the fourth beat is the first that finds it alive.
     let beats = || {
         p2p_tests::metric(&http, r#"p2p_registry_requests_total{command="heartbeat"}"#).unwrap_or(0)
     };
@@ -337,6 +343,42 @@ fn a_heartbeat_slower_than_the_registry_ttl_speeds_up_after_a_lapse() {
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("heartbeating every 4s"), "{stderr}");
     assert!(stderr.contains("heartbeating every 2s"), "{stderr}");
+}
+
+#[test]
+fn one_lapse_such_as_a_prune_is_registered_again_without_a_shorter_heartbeat() {
+    let registry = Registry::start_with(&["--http", "127.0.0.1:0"]);
+    let http = registry.http_addr();
+    let mut peer = Peer::serve(
+        &registry,
+        &[("pruned.txt", b"pruned once")],
+        &["--heartbeat", "1500ms"],
+    );
+    let beats = || {
+        p2p_tests::metric(&http, r#"p2p_registry_requests_total{command="heartbeat"}"#).unwrap_or(0)
+    };
+    // As an operator's prune does (the test runs on the peer's host, so it
+    // may withdraw the peer's registration).
+    let mut client = registry.client();
+    assert!(client.unregister(peer.addr.port(), "pruned.txt").unwrap());
+    wait_until("registered again", WAIT_TIMEOUT, || {
+        found(&registry, "pruned.txt")
+    });
+    // Two beats after the one that registered it again find it alive.
+    let seen = beats();
+    wait_until("two more heartbeats", Duration::from_secs(60), || {
+        beats() >= seen + 2
+    });
+    assert!(found(&registry, "pruned.txt"));
+    let process = peer.process.take().expect("running");
+    process.signal("TERM");
+    let (status, stderr) = process.wait_exit(WAIT_TIMEOUT);
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("removed by its operator"), "{stderr}");
+    assert!(
+        !stderr.contains("heartbeating every"),
+        "one lapse kept the interval: {stderr}"
+    );
 }
 
 #[test]

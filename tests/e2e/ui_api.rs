@@ -374,7 +374,7 @@ fn public_file_port_inline_disposition_and_index() {
     assert_eq!(range.bytes, b"el");
 
     let index = http(addr, "GET", "/", &[("Host", &host)], "");
-    assert!(index.body.contains("3.00 MiB"), "{}", index.body);
+    assert!(index.body.contains("3.0 MiB"), "{}", index.body);
     assert!(
         index.body.contains(&format!("{url}?inline")),
         "{}",

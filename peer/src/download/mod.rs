@@ -71,6 +71,7 @@ mod worker;
 mod tests;
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use p2p_proto::client::Client;
@@ -244,6 +245,11 @@ fn fetch_chosen(
         reason,
     })?;
     fs::create_dir_all(downloads)
+        .map_err(|e| match e.kind() {
+            // What create_dir_all says of a file in the way: "File exists".
+            io::ErrorKind::AlreadyExists => io::Error::other("it is a file, not a folder"),
+            _ => e,
+        })
         .map_err(DownloadError::io("create downloads folder", downloads))?;
     let target = downloads.join(name);
 
@@ -347,8 +353,14 @@ fn fetch_chosen(
         let have = sequential::existing_prefix(&part, first, reporter)?;
         let raced = hedge::race(&remaining, name, (have > 0).then_some(have), pool);
         let mut gone: Vec<usize> = Vec::new();
-        for (index, error) in raced.failed {
-            reporter.note(format_args!("{error}; trying the next source"));
+        // A failure is noted only when another source is tried after it:
+        // the last one's is in the error the download ends with.
+        let untried = remaining.len() - raced.failed.len();
+        let failures = raced.failed.len();
+        for (n, (index, error)) in raced.failed.into_iter().enumerate() {
+            if untried > 0 || n + 1 < failures {
+                reporter.note(format_args!("{error}; trying the next source"));
+            }
             tried += 1;
             gone.push(index);
             last = Some(error);
@@ -370,7 +382,9 @@ fn fetch_chosen(
                 }
                 Err(Attempt::Local(e)) => return Err(e),
                 Err(Attempt::Source(e)) => {
-                    reporter.note(format_args!("{e}; trying the next source"));
+                    if remaining.len() > gone.len() {
+                        reporter.note(format_args!("{e}; trying the next source"));
+                    }
                     last = Some(e);
                 }
             }

@@ -282,7 +282,7 @@ pub fn index_page(files: &[SharedFile]) -> String {
              <a href=\"{}?{INLINE_QUERY}\">view</a></li>",
             html_escape(&url),
             html_escape(&f.name),
-            indicatif::HumanBytes(f.size),
+            p2p_proto::units::human_size(f.size),
             html_escape(&url),
         );
     }
@@ -715,7 +715,7 @@ mod tests {
             modified: std::time::SystemTime::UNIX_EPOCH,
         };
         let page = index_page(&[file("big.iso", 3 * 1024 * 1024), file("half.iso.part", 9)]);
-        assert!(page.contains("3.00 MiB"), "{page}");
+        assert!(page.contains("3.0 MiB"), "{page}");
         assert!(!page.contains("half.iso"), "{page}");
         assert!(index_page(&[]).contains("no files"));
     }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Instant;
 
+use p2p_proto::units::human_size;
 use serde::Serialize;
 
 use crate::config::PeerConfig;
@@ -563,14 +564,15 @@ fn describe(outcome: &Outcome) -> (PathBuf, String) {
             resumed_at,
         } => {
             let resumed = if *resumed_at > 0 {
-                format!(", resumed at {resumed_at} bytes")
+                format!(", resumed at {}", human_size(*resumed_at))
             } else {
                 String::new()
             };
             (
                 path.clone(),
                 format!(
-                    "verified: {size} bytes, sha256 {} from {from}{resumed}",
+                    "verified: {}, sha256 {} from {from}{resumed}",
+                    human_size(*size),
                     short_sha(sha256)
                 ),
             )

@@ -146,7 +146,7 @@ pub enum OpenMode {
 /// Everything that can go wrong in storage. Each message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database {path} does not exist")]
+    #[error("database {path} does not exist (--db PATH names the registry's file)")]
     Missing { path: String },
     #[error("cannot open database {path}: {source}")]
     Open {

@@ -112,7 +112,9 @@ pub struct Common {
     #[arg(long, global = true, value_name = "ADDR")]
     pub server: Option<String>,
 
-    /// Port of this peer's file server (0 picks a free one; the menu asks when it is missing)
+    /// Port of this peer's file server (for `serve` and the menu, 0 picks a
+    /// free one; the menu asks when it is missing; `register` needs the
+    /// port the file server listens on)
     #[arg(long, global = true, value_name = "N")]
     pub port: Option<u16>,
 

@@ -347,7 +347,8 @@ fn register(common: &PeerConfig, name: &str, reporter: &Reporter) -> anyhow::Res
         }
     };
     let shared = SharedDir::open(&common.shared)?;
-    let registration = registration::register_one(&common.server, shared, port, name, reporter)?;
+    let registration =
+        registration::register_one(&common.server, shared, port, common.bind, name, reporter)?;
     reporter.note(format_args!(
         "registered {name} for port {port} ({}, sha256 {})",
         p2p_proto::units::human_size(registration.size),

@@ -26,12 +26,15 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+// The rule of p2p_proto::units::human_size, so the page and the terminal
+// show a size alike: bytes below 1 KiB, else one decimal in binary units.
 function human(bytes) {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let value = bytes;
+  if (bytes < 1024) return `${bytes} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+  let value = bytes / 1024;
   let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
-  return unit === 0 ? `${bytes} B` : `${value.toFixed(2)} ${units[unit]}`;
+  while (value >= 1023.95 && unit < units.length - 1) { value /= 1024; unit += 1; }
+  return `${value.toFixed(1)} ${units[unit]}`;
 }
 
 function duration(seconds) {
