@@ -24,7 +24,10 @@ use p2p_peer::{files::SharedDir, find, progress, registration, serve};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The menu and `serve` run for hours: their log lines carry the time.
+    // A one-shot command's warnings read as its other messages do.
+    let long_running = matches!(cli.command, None | Some(Command::Serve));
+    init_logging(long_running);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -50,15 +53,57 @@ fn main() -> ExitCode {
 /// warning from the heartbeat thread never lands inside what is typed.
 /// Colours only on a terminal: in a log file or a test's captured stderr
 /// escape codes are noise around the words a reader (or `grep`) looks for.
-fn init_logging() {
+/// `long_running` (the menu, `serve`): timestamped log lines; otherwise
+/// `peer: warning: ...` lines (see [`OneLine`]).
+fn init_logging(long_running: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(LogLine::default)
-        .with_ansi(io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_writer(LogLine::default);
+    if long_running {
+        builder
+            .with_ansi(io::stderr().is_terminal())
+            .with_target(false)
+            .init();
+    } else {
+        builder.with_ansi(false).event_format(OneLine).init();
+    }
+}
+
+/// A log event of a one-shot command as one plain line,
+/// `peer: warning: MESSAGE`, like the command's own error line; an event of
+/// another crate (the DHT's) names it: `peer: error (mainline): ...`.
+struct OneLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for OneLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let word = match *event.metadata().level() {
+            tracing::Level::ERROR => "error",
+            tracing::Level::WARN => "warning",
+            tracing::Level::INFO => "info",
+            tracing::Level::DEBUG => "debug",
+            tracing::Level::TRACE => "trace",
+        };
+        let target = event.metadata().target();
+        let crate_name = target.split("::").next().unwrap_or(target);
+        if crate_name.starts_with("p2p_") || crate_name == "peer" {
+            write!(writer, "peer: {word}: ")?;
+        } else {
+            write!(writer, "peer: {word} ({crate_name}): ")?;
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// Where log lines go while the menu edits a line on a terminal.
