@@ -208,7 +208,17 @@ fn two_announcers_are_found_and_both_deliver_without_a_registry() {
     let lines = [line_of(&a, &content), line_of(&b, &content)];
     wait_for_sources(&testnet.bootstrap, NO_REGISTRY, name, &lines);
 
+    // The registry that cannot be asked is one plain warning line.
     let (_dir, _shared, downloads) = Peer::folders();
+    let search = peer_dht(&testnet.bootstrap, NO_REGISTRY, &downloads, "search", name);
+    assert!(search.status.success(), "{}", text(&search.stderr));
+    let warnings = stderr_lines(&search);
+    assert!(
+        warnings.len() == 1
+            && warnings[0].starts_with("peer: warning: the registry cannot be asked"),
+        "{warnings:?}"
+    );
+
     let out = ok(&peer_dht(
         &testnet.bootstrap,
         NO_REGISTRY,
