@@ -193,8 +193,9 @@ fn a_download_started_over_the_api_is_byte_identical() {
     // Starting it again while nothing runs: already there, verified.
     let again = start_download(ui, name, None);
     let again_id = again["id"].as_u64().unwrap();
+    let mut job = serde_json::Value::Null;
     wait_until("the second download to end", WAIT_TIMEOUT, || {
-        let job = http(
+        job = http(
             ui,
             "GET",
             &format!("/api/downloads/{again_id}"),
@@ -204,6 +205,13 @@ fn a_download_started_over_the_api_is_byte_identical() {
         .json();
         job["state"] == "verified"
     });
+    // Its size is the file's, though nothing was fetched.
+    assert_eq!(job["total"], content.len() as u64, "{job}");
+    assert_eq!(job["done"], content.len() as u64, "{job}");
+    assert!(
+        job["message"].as_str().unwrap().contains("already"),
+        "{job}"
+    );
 }
 
 #[test]

@@ -510,7 +510,15 @@ fn download_loop(shared: &Arc<Shared>) {
                 } else {
                     job.state = State::Verified;
                     job.message = text;
-                    let size = job.live.total.load(Ordering::Relaxed);
+                    // A file found already there was never started: its
+                    // size comes from the file, so the row shows it too.
+                    let size = match &outcome {
+                        Outcome::Downloaded { size, .. } => *size,
+                        Outcome::AlreadyPresent { path, .. } => {
+                            std::fs::metadata(path).map_or(0, |m| m.len())
+                        }
+                    };
+                    job.live.total.store(size, Ordering::Relaxed);
                     job.live.done.store(size, Ordering::Relaxed);
                 }
             }

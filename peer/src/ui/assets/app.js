@@ -172,7 +172,13 @@ function updateRow(row, job) {
   row.bar.hidden = job.state !== "running" && job.state !== "queued";
   const facts = [];
   const running = job.state === "running";
-  if (job.total > 0) facts.push(running ? `${human(job.done)} of ${human(job.total)}` : human(job.total));
+  const stopped = job.state === "cancelled" || job.state === "failed";
+  if (job.total > 0) {
+    if (running) facts.push(`${human(job.done)} of ${human(job.total)}`);
+    // What a retry resumes from.
+    else if (stopped && job.done > 0 && job.done < job.total) facts.push(`${human(job.done)} of ${human(job.total)} fetched`);
+    else facts.push(human(job.total));
+  }
   if (running && job.rate > 0) facts.push(`${human(job.rate)}/s`);
   if (running && job.sources) facts.push(job.sources);
   if (running && job.eta_seconds != null) facts.push(`ETA ${duration(job.eta_seconds)}`);
