@@ -232,6 +232,15 @@ fn a_batch_reports_every_file_and_fetches_the_good_ones_verified() {
             .contains("batch of 6 files: 2 downloaded, 1 already present, 3 failed (1 not found)"),
         "{stdout}"
     );
+    // One counted line per file, failed ones included: [1/6] ... [6/6].
+    for k in 1..=6 {
+        assert_eq!(
+            stdout.matches(&format!("[{k}/6] ")).count(),
+            1,
+            "[{k}/6]:\n{stdout}"
+        );
+    }
+    assert_eq!(stdout.matches("] failed ").count(), 3, "{stdout}");
 
     assert_eq!(client.file("good a.bin"), Some(good_a));
     assert_eq!(client.file("good-b.bin"), Some(good_b));

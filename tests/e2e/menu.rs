@@ -174,7 +174,8 @@ fn register_download_list_and_exit() {
     assert!(row.contains("no"), "{row}");
 
     a.send("3\n");
-    a.expect_line("unregistered 1 file");
+    let line = a.expect_line("unregistered 1 file");
+    assert_eq!(line.trim_end(), "unregistered 1 file");
     let (status, stderr) = a.wait_exit();
     assert!(status.success(), "{status}: {stderr}");
     assert_eq!(search_exit_code(&registry, name), Some(1));
@@ -384,6 +385,7 @@ fn on_a_terminal_tab_completes_shared_names_and_q_exits() {
     wait_for("Choose 1-4: ", 2);
     stdin.write_all(b"q\r").unwrap();
     wait_for("unregistered 1 file", 1);
+    assert!(!seen.lock().unwrap().contains("unregistered 1 files"));
     let deadline = Instant::now() + WAIT_TIMEOUT;
     let status = loop {
         if let Some(status) = child.0.try_wait().unwrap() {

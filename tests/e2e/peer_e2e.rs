@@ -208,6 +208,30 @@ fn a_corrupted_source_beside_a_good_one_yields_the_good_content() {
 }
 
 #[test]
+fn each_failed_source_but_the_last_says_the_next_is_tried() {
+    let registry = Registry::start();
+    let mut client = registry.client();
+    for _ in 0..2 {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("address").port();
+        drop(closed);
+        client
+            .register(port, 5, &sha256_hex(b"ghost"), "ghost.txt")
+            .expect("register a dead source");
+    }
+    let (_dir, _shared, downloads) = Peer::folders();
+    let out = peer_in(&registry, &downloads, &["get", "ghost.txt"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        stdout.matches("trying the next source").count(),
+        1,
+        "{stdout}"
+    );
+    let line = one_line_failure(&out, 2);
+    assert!(line.contains("2 tried"), "{line}");
+}
+
+#[test]
 fn only_corrupted_sources_leave_nothing_behind() {
     let registry = Registry::start();
     let claimed = b"what the registry was promised".to_vec();

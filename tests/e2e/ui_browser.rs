@@ -366,6 +366,33 @@ fn search_download_and_watch_it_verify_in_a_real_browser() {
         ) == "mine.txt"
     });
 
+    // The page shows sizes as the terminal does (its script's `human`
+    // against p2p_proto::units::human_size), ties and unit edges included.
+    let mut sizes: Vec<u64> = vec![0, 1, 1023, 1024, 1280, 1536, 1792, 1_048_575, 1_048_576];
+    sizes.extend([1_310_720, 1_048_524, 1_073_689_395, (1 << 53) - 1]);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for shift in [12, 22, 32, 42, 52] {
+        for _ in 0..200 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            sizes.push(x >> (64 - shift));
+        }
+    }
+    for k in 1..=4u32 {
+        for quarter in [1u64, 3, 5, 7] {
+            sizes.push(quarter * 1024u64.pow(k) / 4);
+        }
+    }
+    let shown = browser.script("return arguments[0].map((n) => human(n));", json!([sizes]));
+    for (size, shown) in sizes.iter().zip(shown.as_array().expect("an array")) {
+        assert_eq!(
+            shown.as_str(),
+            Some(p2p_proto::units::human_size(*size).as_str()),
+            "{size} bytes"
+        );
+    }
+
     search_and_download(&browser, "holi", name, Press::Click);
     let mut live = None;
     wait_until(

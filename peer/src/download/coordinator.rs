@@ -36,7 +36,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use indicatif::HumanBytes;
 use p2p_proto::protocol::Source;
 
 use super::behind::Behind;
@@ -289,7 +288,7 @@ fn coordinate(
             return Ok(Coordinated::Fallback {
                 reason: format!(
                     "every source of {name:?} failed (the first {} are verified)",
-                    HumanBytes(keep)
+                    p2p_proto::units::human_size(keep)
                 ),
                 keep: Some(keep),
             });

@@ -247,7 +247,7 @@ fn fetch_chosen(
     fs::create_dir_all(downloads)
         .map_err(|e| match e.kind() {
             // What create_dir_all says of a file in the way: "File exists".
-            io::ErrorKind::AlreadyExists => io::Error::other("it is a file, not a folder"),
+            io::ErrorKind::AlreadyExists => io::Error::other("it exists and is not a folder"),
             _ => e,
         })
         .map_err(DownloadError::io("create downloads folder", downloads))?;

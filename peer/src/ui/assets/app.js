@@ -27,14 +27,27 @@ function el(tag, attrs, ...children) {
 }
 
 // The rule of p2p_proto::units::human_size, so the page and the terminal
-// show a size alike: bytes below 1 KiB, else one decimal in binary units.
+// show a size alike: bytes below 1 KiB, else one decimal in binary units
+// (tests/e2e/ui_browser.rs compares the two).
 function human(bytes) {
   if (bytes < 1024) return `${bytes} B`;
   const units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
   let value = bytes / 1024;
   let unit = 0;
   while (value >= 1023.95 && unit < units.length - 1) { value /= 1024; unit += 1; }
-  return `${value.toFixed(1)} ${units[unit]}`;
+  return `${oneDecimal(value)} ${units[unit]}`;
+}
+
+// Rust's `{:.1}` rounds an exact tie to the even digit, toFixed rounds it
+// up. Of the values bytes / 1024^k, only odd quarters (x.25, x.75) are
+// exact ties at one decimal; value * 4 and value * 10 are exact for them.
+function oneDecimal(value) {
+  const quarters = value * 4;
+  if (Number.isInteger(quarters) && quarters % 2 === 1) {
+    const low = Math.floor(value * 10);
+    return ((low % 2 === 0 ? low : low + 1) / 10).toFixed(1);
+  }
+  return value.toFixed(1);
 }
 
 function duration(seconds) {
