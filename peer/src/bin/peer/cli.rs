@@ -137,7 +137,9 @@ pub struct Common {
     )]
     pub heartbeat: Duration,
 
-    /// Address the file server listens on
+    /// Address the file server listens on; when it is a specific address,
+    /// connections to the registry leave from it too, so the registry
+    /// records it (`register` included)
     #[arg(long, global = true, value_name = "IP", default_value = "0.0.0.0")]
     pub bind: IpAddr,
 
