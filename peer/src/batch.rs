@@ -39,7 +39,7 @@ use crossbeam_channel::bounded;
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use p2p_proto::client::{Client, ClientError, Reply};
 use p2p_proto::protocol::{check_name, Request, Source};
-use p2p_proto::units::human_size;
+use p2p_proto::units::{human_size, plural};
 
 use crate::dht::{self, DhtConfig, Fallback, SearchError};
 use crate::download::{self, choose_content, DownloadError, Options, Outcome, Pool, PoolStats};
@@ -250,7 +250,7 @@ impl Summary {
         let total = self.files.len();
         format!(
             "batch of {total} file{}: {} downloaded, {} already present, {} failed ({not_found} not found)",
-            if total == 1 { "" } else { "s" },
+            plural(total),
             self.downloaded(),
             self.already_present(),
             self.failed(),
@@ -677,29 +677,22 @@ impl BatchDisplay {
             }
             s.in_flight.remove(name);
             s.finished += 1;
-            if result.is_err() {
+            let Ok(outcome) = result else {
                 // Its reason is on stderr; the line keeps the count whole.
                 line = Some(format!("[{}/{}] failed {shown}", s.finished, s.total_files));
-            }
-            if let Ok(outcome) = result {
-                let size = match outcome {
-                    Outcome::Downloaded { size, .. } => *size,
-                    Outcome::AlreadyPresent { path, .. } => {
-                        std::fs::metadata(path).map_or(0, |m| m.len())
-                    }
-                };
-                s.bytes_done += size;
-                let what = match outcome {
-                    Outcome::Downloaded { .. } => "downloaded",
-                    Outcome::AlreadyPresent { .. } => "already present",
-                };
-                line = Some(format!(
-                    "[{}/{}] {what} {shown} ({})",
-                    s.finished,
-                    s.total_files,
-                    human_size(size)
-                ));
-            }
+                return;
+            };
+            s.bytes_done += outcome.size();
+            let what = match outcome {
+                Outcome::Downloaded { .. } => "downloaded",
+                Outcome::AlreadyPresent { .. } => "already present",
+            };
+            line = Some(format!(
+                "[{}/{}] {what} {shown} ({})",
+                s.finished,
+                s.total_files,
+                human_size(outcome.size())
+            ));
         });
         // Lines only without a bar: with one, the bar shows the progress.
         if self.bar.is_none() {

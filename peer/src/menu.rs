@@ -510,7 +510,7 @@ fn choose_hit<'h>(
         "no peer shares {:?}; {} file{} match{}:",
         find::printable(name),
         hits.len(),
-        if hits.len() == 1 { "" } else { "s" },
+        plural(hits.len()),
         if hits.len() == 1 { "es" } else { "" },
     ))?;
     for (number, hit) in hits.iter().enumerate() {
@@ -547,7 +547,7 @@ fn fetch(
     console.say(format_args!(
         "found {} source{} of {name}",
         sources.len(),
-        if sources.len() == 1 { "" } else { "s" }
+        plural(sources.len())
     ))?;
     let mut options = common.download;
     if options.sha256.is_none() {
@@ -592,7 +592,7 @@ fn choose_content(console: &mut Console<'_>, sources: &[Source]) -> Result<Conte
             human_size(alt.size),
             short_sha(&alt.sha256),
             alt.hosts.len(),
-            if alt.hosts.len() == 1 { "" } else { "s" },
+            plural(alt.hosts.len()),
             download::printable(&alt.hosts.join(", ")),
         ))?;
     }

@@ -148,7 +148,21 @@ pub enum Outcome {
         resumed_at: u64,
     },
     /// The downloads folder already holds this content under this name.
-    AlreadyPresent { path: PathBuf, sha256: String },
+    AlreadyPresent {
+        path: PathBuf,
+        /// Bytes of the file as it was hashed.
+        size: u64,
+        sha256: String,
+    },
+}
+
+impl Outcome {
+    /// Bytes of the file now in the downloads folder.
+    pub fn size(&self) -> u64 {
+        match self {
+            Outcome::Downloaded { size, .. } | Outcome::AlreadyPresent { size, .. } => *size,
+        }
+    }
 }
 
 /// Looks `name` up in the registry at `registry` and downloads it into

@@ -574,6 +574,7 @@ pub(super) fn check_existing(
     if sources.iter().any(|s| s.sha256 == actual) {
         return Ok(Some(Outcome::AlreadyPresent {
             path: target.to_owned(),
+            size: meta.len(),
             sha256: actual,
         }));
     }

@@ -510,14 +510,9 @@ fn download_loop(shared: &Arc<Shared>) {
                 } else {
                     job.state = State::Verified;
                     job.message = text;
-                    // A file found already there was never started: its
-                    // size comes from the file, so the row shows it too.
-                    let size = match &outcome {
-                        Outcome::Downloaded { size, .. } => *size,
-                        Outcome::AlreadyPresent { path, .. } => {
-                            std::fs::metadata(path).map_or(0, |m| m.len())
-                        }
-                    };
+                    // A file found already there was never started: the
+                    // outcome has its size, so the row shows it too.
+                    let size = outcome.size();
                     job.live.total.store(size, Ordering::Relaxed);
                     job.live.done.store(size, Ordering::Relaxed);
                 }
@@ -585,7 +580,7 @@ fn describe(outcome: &Outcome) -> (PathBuf, String) {
                 ),
             )
         }
-        Outcome::AlreadyPresent { path, sha256 } => (
+        Outcome::AlreadyPresent { path, sha256, .. } => (
             path.clone(),
             format!(
                 "verified: already in the downloads folder (sha256 {})",
